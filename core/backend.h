@@ -1,0 +1,122 @@
+// Backend: the op interface the model is written against, once, for every device (DESIGN §5).
+//
+// kernels/cpu implements it in fp32 (the reference CI runs); kernels/cuda implements it with bf16
+// activations and weights and fp32 accumulation. Conventions, as in llm.c:
+//   * outputs come first; shapes are in the comments; N = B·T rows.
+//   * "act" pointers hold the backend's compute dtype (fp32 on the CPU, bf16 on CUDA);
+//     `float*` pointers are always fp32 (parameter gradients, saved statistics, group dK/dV sums).
+//   * parameter gradients accumulate (+=); activation gradients are assigned unless a flag says so.
+//   * all pointers are device pointers of this backend (host pointers on the CPU).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+namespace mlkv {
+
+enum class Device { cpu, cuda };
+
+struct AdamwStep {
+  float lr = 0, beta1 = 0.9f, beta2 = 0.95f, eps = 1e-8f, weight_decay = 0;
+  int64_t t = 1;           // 1-based step for bias correction
+  float grad_scale = 1.0f; // applied to the gradient first (clipping, loss-scale undo)
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual Device device() const = 0;
+  virtual std::string name() const = 0;
+  virtual int act_bytes() const = 0;  // 4 (fp32) or 2 (bf16)
+
+  // ---- memory
+  virtual void* alloc(size_t bytes) = 0;  // zero-filled
+  virtual void release(void* p) = 0;
+  virtual void upload(void* dst, const void* host_src, size_t bytes) = 0;
+  virtual void download(void* host_dst, const void* src, size_t bytes) = 0;
+  virtual void zero(void* p, size_t bytes) = 0;
+  virtual void copy(void* dst, const void* src, size_t bytes) = 0;  // device to device
+  virtual void synchronize() = 0;
+  virtual size_t peak_memory_bytes() const { return 0; }
+
+  // ---- casts (n elements)
+  virtual void cast_f32_to_act(void* out, const float* in, int64_t n) = 0;
+  virtual void cast_act_to_f32(float* out, const void* in, int64_t n) = 0;
+
+  // ---- embedding: out[N, d] = wte[tokens[n], :]
+  virtual void embedding_forward(void* out, const int32_t* tokens, const void* wte, int64_t N, int d) = 0;
+  // dwte[V, d] += dout[n, :] at row tokens[n]. Deterministic (no float atomics).
+  virtual void embedding_backward(float* dwte, const void* dout, const int32_t* tokens, int64_t N, int d,
+                                  int64_t V) = 0;
+
+  // ---- LayerNorm over rows of C: out[N, C]; mean[N], rstd[N] saved for the backward.
+  virtual void layernorm_forward(void* out, float* mean, float* rstd, const void* in, const void* w,
+                                 const void* b, int64_t N, int C, float eps) = 0;
+  // din[N, C] += ..., dw[C] += ..., db[C] += ...
+  virtual void layernorm_backward(void* din, float* dw, float* db, const void* dout, const void* in,
+                                  const void* w, const float* mean, const float* rstd, int64_t N, int C) = 0;
+
+  // ---- linear: out[N, OC] (=, or += when accumulate) in[N, IC] · w[OC, IC]^T + bias[OC] (bias may be null)
+  virtual void matmul_forward(void* out, const void* in, const void* w, const void* bias, int64_t N, int IC,
+                              int OC, bool accumulate) = 0;
+  // din[N, IC] (=, or += when accumulate_din) dout · w; dw[OC, IC] += dout^T · in; dbias[OC] += Σ_n dout.
+  // din and dbias may be null.
+  virtual void matmul_backward(void* din, float* dw, float* dbias, const void* dout, const void* in,
+                               const void* w, int64_t N, int IC, int OC, bool accumulate_din) = 0;
+
+  // ---- exact (erf) GELU, elementwise over n: out = gelu(in); din = gelu'(in) · dout
+  virtual void gelu_forward(void* out, const void* in, int64_t n) = 0;
+  virtual void gelu_backward(void* din, const void* in, const void* dout, int64_t n) = 0;
+
+  // ---- y[n] += x[n]
+  virtual void add_inplace(void* y, const void* x, int64_t n) = 0;
+
+  // ---- split the fused projection into heads and apply rotary (rotate_half layout, DESIGN §2).
+  // qkv[B·T, (H + 2·KVH)·hd] → q[B, H, T, hd], k[B, KVH, T, hd], v[B, KVH, T, hd]; KVH = 0 in
+  // non-owner layers (then k and v are untouched). Rotary covers the first `rot` dims of q, and of k
+  // when rotate_k, at positions 0..T-1 with inv_freq[i] = base^(-2i/rot).
+  virtual void qkv_split_rope_forward(void* q, void* k, void* v, const void* qkv, int B, int T, int H, int KVH,
+                                      int hd, int rot, float base, bool rotate_k) = 0;
+  // dqkv[B·T, (H + 2·KVH)·hd] = the inverse of the above applied to dq (act) and the group's fp32
+  // sums dk, dv (ignored when KVH = 0).
+  virtual void qkv_split_rope_backward(void* dqkv, const void* dq, const float* dk, const float* dv, int B, int T,
+                                       int H, int KVH, int hd, int rot, float base, bool rotate_k) = 0;
+  // Rotary alone on x[BH, T, hd] → out (seed-paper compatibility: the owner's own rotated K).
+  virtual void rope_forward(void* out, const void* x, int64_t BH, int T, int hd, int rot, float base) = 0;
+  // dx[BH, T, hd] (fp32) += rope^-1(dout) with dout fp32.
+  virtual void rope_backward_accumulate(float* dx, const float* dout, int64_t BH, int T, int hd, int rot,
+                                        float base) = 0;
+
+  // ---- causal attention, scale 1/sqrt(hd); query head h reads KV head h / (H / KVH).
+  // out[B, T, H·hd] (heads merged, ready for the dense projection); lse[B, H, T] saved.
+  virtual void attention_forward(void* out, float* lse, const void* q, const void* k, const void* v, int B, int T,
+                                 int H, int KVH, int hd) = 0;
+  // dq[B, H, T, hd] assigned; dk, dv[B, KVH, T, hd] fp32 ACCUMULATED: the group's sum over every
+  // query head of this layer and over every layer that reads the shared K/V.
+  virtual void attention_backward(void* dq, float* dk, float* dv, const void* dout, const void* q, const void* k,
+                                  const void* v, const void* out, const float* lse, int B, int T, int H, int KVH,
+                                  int hd) = 0;
+
+  // ---- softmax cross-entropy over V columns. losses[N] = -log softmax(logits[n])[targets[n]],
+  // 0 where targets[n] < 0 (ignored). With compute_grad, logits is overwritten in place by
+  // dloss · (softmax − onehot) (zero rows where ignored).
+  virtual void cross_entropy(float* losses, void* logits, const int32_t* targets, int64_t N, int64_t V,
+                             float dloss, bool compute_grad) = 0;
+
+  // ---- optimizer: AdamW with decoupled weight decay on n fp32 master weights; refreshes the
+  // compute copy act_params when it is not null and not the master itself.
+  virtual void adamw_update(float* master, void* act_params, const float* grad, float* m, float* v, int64_t n,
+                            const AdamwStep& s) = 0;
+  // Σ x² in double on the host (blocks).
+  virtual double sum_squares(const float* x, int64_t n) = 0;
+  // Σ x in double on the host (blocks).
+  virtual double sum(const float* x, int64_t n) = 0;
+};
+
+// Picks "cpu", "cuda" or "auto" (cuda when a GPU is present). Throws ConfigError for unknown or
+// unavailable backends. `threads` sizes the CPU backend's pool (0 = all cores).
+std::unique_ptr<Backend> make_backend(const std::string& which, int threads = 0, int device_index = 0);
+bool cuda_available();
+
+}  // namespace mlkv
