@@ -1,0 +1,35 @@
+// MLKV flash attention on CUDA: causal softmax(Q·K^T/sqrt(hd))·V with query heads grouped onto
+// shared K/V heads (DESIGN §3b). bf16 in/out, fp32 accumulate, no T×T matrix in memory.
+// Plain header: bf16 buffers are passed as void*, the only CUDA type is cudaStream_t.
+#pragma once
+#include <cstddef>
+#include <cuda_runtime_api.h>
+
+namespace mlkv::cuda {
+
+// Head dims the kernels are instantiated for; anything else throws mlkv::Error.
+bool attention_supports_head_dim(int hd);
+
+// out[B, T, H·hd] bf16 (heads merged, ready for the dense projection); lse[B, H, T] fp32
+// (natural-log log-sum-exp of the scaled scores, saved for the backward);
+// q[B, H, T, hd], k/v[B, KVH, T, hd] bf16. Causal, scale 1/sqrt(hd); query head h reads KV head
+// h / (H/KVH). hd ∈ {64, 80, 128, 256}; any T ≥ 1; H % KVH == 0.
+void attention_forward(void* out, float* lse, const void* q, const void* k, const void* v, int B, int T, int H,
+                       int KVH, int hd, cudaStream_t stream);
+
+// dq[B, H, T, hd] bf16 assigned; dk, dv[B, KVH, T, hd] fp32 ACCUMULATED (+=): the sum over all
+// query heads that read each KV head, and (across calls) over all layers sharing the K/V.
+// dout[B, T, H·hd] bf16; out and lse as from the forward. Deterministic: no float atomics, each
+// K/V tile is owned by one thread block, dq by one thread block per query tile.
+//
+// Scratch: the backward uses an internal, lazily grown, per-device workspace (D = rowsum(dO∘O),
+// fp32 [B, H, T]); attention_backward_workspace_bytes says how much. The workspace is reused by
+// every call, so calls on different streams of the same device must not overlap in time (the
+// trainer runs attention on one stream). attention_release_workspace frees it (tests, shutdown).
+size_t attention_backward_workspace_bytes(int B, int T, int H, int KVH, int hd);
+void attention_backward(void* dq, float* dk, float* dv, const void* dout, const void* q, const void* k,
+                        const void* v, const void* out, const float* lse, int B, int T, int H, int KVH, int hd,
+                        cudaStream_t stream);
+void attention_release_workspace();
+
+}  // namespace mlkv::cuda
