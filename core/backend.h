@@ -66,6 +66,7 @@ class Backend {
                                const void* w, int64_t N, int IC, int OC, bool accumulate_din) = 0;
 
   // ---- exact (erf) GELU, elementwise over n: out = gelu(in); din = gelu'(in) · dout
+  // (din may alias dout: the model computes the gradient in place)
   virtual void gelu_forward(void* out, const void* in, int64_t n) = 0;
   virtual void gelu_backward(void* din, const void* in, const void* dout, int64_t n) = 0;
 

@@ -1,0 +1,270 @@
+// Model forward/backward orchestration (see model.h for the shape of the computation).
+#include "core/model.h"
+
+#include <cmath>
+
+#include "core/errors.h"
+
+namespace mlkv {
+
+Recompute parse_recompute(const std::string& s) {
+  if (s == "none") return Recompute::none;
+  if (s == "block") return Recompute::block;
+  throw ConfigError("train.recompute = \"" + s + "\": choices are none, block");
+}
+
+// Activations of one layer that its backward reads. With Recompute::block all layers share one
+// set and each layer's forward is re-run just before its backward; K/V live per owner either way
+// (they are the group's shared state, saved once per group — an MLKV training-memory win).
+struct Model::LayerActs {
+  void *ln1 = nullptr, *ln2 = nullptr;   // [N, d]
+  float *ln1_mean = nullptr, *ln1_rstd = nullptr, *ln2_mean = nullptr, *ln2_rstd = nullptr;  // [N]
+  void* qkv = nullptr;                   // [N, (H + 2·KVH)·hd]
+  void* q = nullptr;                     // [B, H, T, hd]
+  void* k_rot = nullptr;                 // [B, KVH, T, hd], owner in rope_shared_keys=false mode
+  void* attn = nullptr;                  // [N, H·hd]
+  float* lse = nullptr;                  // [B, H, T]
+  void *h = nullptr, *gelu = nullptr;    // [N, ffn]
+};
+
+void* Model::alloc_act(int64_t elems) {
+  const size_t bytes = static_cast<size_t>(elems) * be_.act_bytes();
+  allocations_.push_back(be_.alloc(bytes));
+  activation_bytes_ += bytes;
+  return allocations_.back();
+}
+
+float* Model::alloc_f32(int64_t elems) {
+  allocations_.push_back(be_.alloc(static_cast<size_t>(elems) * sizeof(float)));
+  activation_bytes_ += static_cast<size_t>(elems) * sizeof(float);
+  return static_cast<float*>(allocations_.back());
+}
+
+Model::Model(const ModelSpec& spec, Backend& backend, int B, int T, Recompute recompute)
+    : spec_(spec), layout_(spec), be_(backend), B_(B), T_(T), recompute_(recompute) {
+  spec_.validate("model");
+  if (T > spec_.max_seq_len)
+    throw ConfigError("train.seq_len = " + std::to_string(T) + " exceeds model.max_seq_len = " +
+                      std::to_string(spec_.max_seq_len));
+  const int64_t N = int64_t{B} * T, d = spec_.d_model, hd = spec_.head_dim(), H = spec_.heads,
+                KVH = spec_.kv.kv_heads, L = spec_.layers, P = layout_.total();
+  master_ = static_cast<float*>(be_.alloc(P * sizeof(float)));
+  grads_ = static_cast<float*>(be_.alloc(P * sizeof(float)));
+  params_ = be_.act_bytes() == 4 ? static_cast<void*>(master_) : be_.alloc(P * be_.act_bytes());
+  tokens_ = static_cast<int32_t*>(be_.alloc(N * sizeof(int32_t)));
+  targets_ = static_cast<int32_t*>(be_.alloc(N * sizeof(int32_t)));
+  activation_bytes_ = 0;
+
+  for (int l = 0; l <= L; ++l) resid_.push_back(alloc_act(N * d));
+  k_.assign(L, nullptr);
+  v_.assign(L, nullptr);
+  for (int o : spec_.kv.owners()) {
+    k_[o] = alloc_act(B * KVH * T * hd);
+    v_[o] = alloc_act(B * KVH * T * hd);
+  }
+  const int acts_sets = recompute_ == Recompute::block ? 1 : static_cast<int>(L);
+  for (int i = 0; i < acts_sets; ++i) {
+    auto a = std::make_unique<LayerActs>();
+    a->ln1 = alloc_act(N * d);
+    a->ln2 = alloc_act(N * d);
+    a->ln1_mean = alloc_f32(N);
+    a->ln1_rstd = alloc_f32(N);
+    a->ln2_mean = alloc_f32(N);
+    a->ln2_rstd = alloc_f32(N);
+    a->qkv = alloc_act(N * (H + 2 * KVH) * hd);
+    a->q = alloc_act(N * H * hd);
+    if (!spec_.kv.rope_shared_keys) a->k_rot = alloc_act(B * KVH * T * hd);
+    a->attn = alloc_act(N * H * hd);
+    a->lse = alloc_f32(int64_t{B} * H * T);
+    a->h = alloc_act(N * spec_.ffn);
+    a->gelu = alloc_act(N * spec_.ffn);
+    layer_acts_.push_back(std::move(a));
+  }
+  lnf_out_ = alloc_act(N * d);
+  lnf_mean_ = alloc_f32(N);
+  lnf_rstd_ = alloc_f32(N);
+  logits_ = alloc_act(N * spec_.vocab);
+  losses_ = alloc_f32(N);
+  dresid_ = alloc_act(N * d);
+  dln1_ = alloc_act(N * d);
+  dln2_ = alloc_act(N * d);
+  dqkv_ = alloc_act(N * (H + 2 * KVH) * hd);
+  dq_ = alloc_act(N * H * hd);
+  dattn_ = alloc_act(N * H * hd);
+  dh_ = alloc_act(N * spec_.ffn);
+  dk_acc_ = alloc_f32(B * KVH * T * hd);
+  dv_acc_ = alloc_f32(B * KVH * T * hd);
+  if (!spec_.kv.rope_shared_keys) dk_own_ = alloc_f32(B * KVH * T * hd);
+}
+
+Model::~Model() {
+  for (void* a : allocations_) be_.release(a);
+  if (params_ != master_) be_.release(params_);
+  be_.release(master_);
+  be_.release(grads_);
+  be_.release(tokens_);
+  be_.release(targets_);
+}
+
+void* Model::p(int view) {
+  return static_cast<char*>(params_) + layout_.views()[view].offset * be_.act_bytes();
+}
+float* Model::g(int view) { return grads_ + layout_.views()[view].offset; }
+
+void Model::set_master(const std::vector<float>& host) {
+  if (static_cast<int64_t>(host.size()) != layout_.total())
+    throw CheckpointError("parameter vector has " + std::to_string(host.size()) + " elements, model needs " +
+                          std::to_string(layout_.total()));
+  be_.upload(master_, host.data(), host.size() * sizeof(float));
+  refresh_compute_params();
+}
+
+std::vector<float> Model::get_master() const {
+  std::vector<float> host(layout_.total());
+  be_.download(host.data(), master_, host.size() * sizeof(float));
+  return host;
+}
+
+std::vector<float> Model::get_grads() const {
+  std::vector<float> host(layout_.total());
+  be_.download(host.data(), grads_, host.size() * sizeof(float));
+  return host;
+}
+
+void Model::refresh_compute_params() {
+  if (params_ != master_) be_.cast_f32_to_act(params_, master_, layout_.total());
+}
+
+void Model::zero_grads() { be_.zero(grads_, layout_.total() * sizeof(float)); }
+
+void Model::layer_forward(int l, LayerActs& a) {
+  const ModelSpec& s = spec_;
+  const LayerParams& lp = layout_.layer(l);
+  const int64_t N = int64_t{B_} * T_;
+  const int d = s.d_model, hd = s.head_dim(), H = s.heads, o = s.kv.owner[l];
+  const bool owner = o == l, shared_rot = s.kv.rope_shared_keys;
+  const int KVH_l = owner ? s.kv.kv_heads : 0;
+  void* x = resid_[l];
+  void* y = resid_[l + 1];
+  const float eps = static_cast<float>(s.ln_eps), base = static_cast<float>(s.rotary_base);
+
+  be_.layernorm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, x, p(lp.ln1_w), p(lp.ln1_b), N, d, eps);
+  be_.layernorm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, x, p(lp.ln2_w), p(lp.ln2_b), N, d, eps);
+  // attention branch: only owners project K/V; everyone reads the owner's buffers
+  be_.matmul_forward(a.qkv, a.ln1, p(lp.qkv_w), p(lp.qkv_b), N, d, s.qkv_rows(l), false);
+  be_.qkv_split_rope_forward(a.q, k_[l], v_[l], a.qkv, B_, T_, H, KVH_l, hd, s.rot_dims(), base, shared_rot);
+  const void* k_use = k_[o];
+  if (owner && !shared_rot) {  // seed-paper compatibility: the owner alone attends to rotated K
+    be_.rope_forward(a.k_rot, k_[o], int64_t{B_} * s.kv.kv_heads, T_, hd, s.rot_dims(), base);
+    k_use = a.k_rot;
+  }
+  be_.attention_forward(a.attn, a.lse, a.q, k_use, v_[o], B_, T_, H, s.kv.kv_heads, hd);
+  be_.matmul_forward(y, a.attn, p(lp.dense_w), p(lp.dense_b), N, H * hd, d, false);
+  // MLP branch, added onto the same output, then the residual
+  be_.matmul_forward(a.h, a.ln2, p(lp.up_w), p(lp.up_b), N, d, s.ffn, false);
+  be_.gelu_forward(a.gelu, a.h, N * s.ffn);
+  be_.matmul_forward(y, a.gelu, p(lp.down_w), p(lp.down_b), N, s.ffn, d, true);
+  be_.add_inplace(y, x, N * d);
+}
+
+// On entry dresid_ holds ∂loss/∂x_{l+1}; on exit ∂loss/∂x_l (the identity path keeps it, the
+// two LayerNorm backwards add onto it).
+void Model::layer_backward(int l, LayerActs& a) {
+  const ModelSpec& s = spec_;
+  const LayerParams& lp = layout_.layer(l);
+  const int64_t N = int64_t{B_} * T_;
+  const int d = s.d_model, hd = s.head_dim(), H = s.heads, o = s.kv.owner[l], KVH = s.kv.kv_heads;
+  const bool owner = o == l, shared_rot = s.kv.rope_shared_keys;
+  const float base = static_cast<float>(s.rotary_base);
+  const int64_t kv_elems = int64_t{B_} * KVH * T_ * hd;
+  void* x = resid_[l];
+
+  if (l == s.kv.group_top(o)) {  // the first layer of this group the backward reaches
+    be_.zero(dk_acc_, kv_elems * sizeof(float));
+    be_.zero(dv_acc_, kv_elems * sizeof(float));
+  }
+  // MLP branch
+  be_.matmul_backward(dh_, g(lp.down_w), g(lp.down_b), dresid_, a.gelu, p(lp.down_w), N, s.ffn, d, false);
+  be_.gelu_backward(dh_, a.h, dh_, N * s.ffn);
+  be_.matmul_backward(dln2_, g(lp.up_w), g(lp.up_b), dh_, a.ln2, p(lp.up_w), N, d, s.ffn, false);
+  // attention branch
+  be_.matmul_backward(dattn_, g(lp.dense_w), g(lp.dense_b), dresid_, a.attn, p(lp.dense_w), N, H * hd, d, false);
+  const bool own_rot = owner && !shared_rot;
+  if (own_rot) be_.zero(dk_own_, kv_elems * sizeof(float));
+  be_.attention_backward(dq_, own_rot ? dk_own_ : dk_acc_, dv_acc_, dattn_, a.q, own_rot ? a.k_rot : k_[o], v_[o],
+                         a.attn, a.lse, B_, T_, H, KVH, hd);
+  if (own_rot) be_.rope_backward_accumulate(dk_acc_, dk_own_, int64_t{B_} * KVH, T_, hd, s.rot_dims(), base);
+  // Owners hand the group's summed dK/dV to their projection; readers pass only dQ.
+  be_.qkv_split_rope_backward(dqkv_, dq_, dk_acc_, dv_acc_, B_, T_, H, owner ? KVH : 0, hd, s.rot_dims(), base,
+                              shared_rot);
+  be_.matmul_backward(dln1_, g(lp.qkv_w), g(lp.qkv_b), dqkv_, a.ln1, p(lp.qkv_w), N, d, s.qkv_rows(l), false);
+  be_.layernorm_backward(dresid_, g(lp.ln1_w), g(lp.ln1_b), dln1_, x, p(lp.ln1_w), a.ln1_mean, a.ln1_rstd, N, d);
+  be_.layernorm_backward(dresid_, g(lp.ln2_w), g(lp.ln2_b), dln2_, x, p(lp.ln2_w), a.ln2_mean, a.ln2_rstd, N, d);
+}
+
+void Model::forward(const int32_t* tokens) {
+  const int64_t N = int64_t{B_} * T_;
+  for (int64_t i = 0; i < N; ++i)
+    if (tokens[i] < 0 || tokens[i] >= spec_.vocab)
+      throw DataError("token id " + std::to_string(tokens[i]) + " at batch position " + std::to_string(i) +
+                      " is outside the vocabulary [0, " + std::to_string(spec_.vocab) + ")");
+  be_.upload(tokens_, tokens, N * sizeof(int32_t));
+  be_.embedding_forward(resid_[0], tokens_, p(layout_.embed_in()), N, spec_.d_model);
+  for (int l = 0; l < spec_.layers; ++l) layer_forward(l, *layer_acts_[recompute_ == Recompute::block ? 0 : l]);
+  be_.layernorm_forward(lnf_out_, lnf_mean_, lnf_rstd_, resid_[spec_.layers], p(layout_.final_ln_w()),
+                        p(layout_.final_ln_b()), N, spec_.d_model, static_cast<float>(spec_.ln_eps));
+  be_.matmul_forward(logits_, lnf_out_, p(layout_.embed_out()), nullptr, N, spec_.d_model,
+                     static_cast<int>(spec_.vocab), false);
+}
+
+LossSum Model::loss(const int32_t* targets, float dloss, bool compute_grad) {
+  const int64_t N = int64_t{B_} * T_;
+  LossSum ls;
+  for (int64_t i = 0; i < N; ++i) {
+    if (targets[i] >= spec_.vocab)
+      throw DataError("target id " + std::to_string(targets[i]) + " at batch position " + std::to_string(i) +
+                      " is outside the vocabulary");
+    ls.count += targets[i] >= 0;
+  }
+  be_.upload(targets_, targets, N * sizeof(int32_t));
+  be_.cross_entropy(losses_, logits_, targets_, N, spec_.vocab, dloss, compute_grad);
+  ls.sum = be_.sum(losses_, N);
+  return ls;
+}
+
+LossSum Model::forward_backward(const int32_t* tokens, const int32_t* targets, float dloss) {
+  const int64_t N = int64_t{B_} * T_;
+  const int d = spec_.d_model;
+  forward(tokens);
+  const LossSum ls = loss(targets, dloss, true);  // logits_ now holds ∂loss/∂logits
+  be_.zero(dresid_, N * d * be_.act_bytes());
+  be_.matmul_backward(dln1_, g(layout_.embed_out()), nullptr, logits_, lnf_out_, p(layout_.embed_out()), N, d,
+                      static_cast<int>(spec_.vocab), false);
+  be_.layernorm_backward(dresid_, g(layout_.final_ln_w()), g(layout_.final_ln_b()), dln1_, resid_[spec_.layers],
+                         p(layout_.final_ln_w()), lnf_mean_, lnf_rstd_, N, d);
+  for (int l = spec_.layers - 1; l >= 0; --l) {
+    LayerActs& a = *layer_acts_[recompute_ == Recompute::block ? 0 : l];
+    if (recompute_ == Recompute::block) layer_forward(l, a);
+    layer_backward(l, a);
+  }
+  be_.embedding_backward(g(layout_.embed_in()), dresid_, tokens_, N, d, spec_.vocab);
+  return ls;
+}
+
+LossSum Model::forward_loss(const int32_t* tokens, const int32_t* targets) {
+  forward(tokens);
+  return loss(targets, 0.0f, false);
+}
+
+std::vector<float> Model::forward_logits(const int32_t* tokens) {
+  forward(tokens);
+  const int64_t n = int64_t{B_} * T_ * spec_.vocab;
+  float* tmp = static_cast<float*>(be_.alloc(n * sizeof(float)));
+  be_.cast_act_to_f32(tmp, logits_, n);
+  std::vector<float> host(n);
+  be_.download(host.data(), tmp, n * sizeof(float));
+  be_.release(tmp);
+  return host;
+}
+
+}  // namespace mlkv
