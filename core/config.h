@@ -23,6 +23,7 @@ struct ModelSection {
   double ln_eps = 1e-5;
   int ffn = 0;                // 0 = 4·d_model
   double init_std = 0.02;     // from-scratch init (Pythia's small_init / wang_init derive from it)
+  bool operator==(const ModelSection&) const = default;
 };
 
 struct KvSection {
@@ -32,6 +33,7 @@ struct KvSection {
   bool rope_shared_keys = true;
   std::string merge = "mean";  // conversion across a group: mean | paper | owner
   bool widen_mlp = false;     // conversion: widen the MLP to restore the parameter count
+  bool operator==(const KvSection&) const = default;
 };
 
 struct TrainSection {
@@ -48,6 +50,7 @@ struct TrainSection {
   int64_t eval_batches = 8;         // global batches per validation pass
   int max_bad_steps = 5;            // consecutive non-finite steps before stopping
   int threads = 0;                  // CPU backend threads (0 = all cores)
+  bool operator==(const TrainSection&) const = default;
 };
 
 struct OptimSection {
@@ -61,6 +64,7 @@ struct OptimSection {
   double eps = 1e-8;
   double weight_decay = 0.1;
   double grad_clip = 1.0;     // 0 = off
+  bool operator==(const OptimSection&) const = default;
 };
 
 struct DataSection {
@@ -69,12 +73,14 @@ struct DataSection {
   double val_fraction = 0.0;
   bool shuffle = true;
   int prefetch = 4;
+  bool operator==(const DataSection&) const = default;
 };
 
 struct CheckpointSection {
   std::string dir = "checkpoints";
   int64_t interval = 0;       // steps between checkpoints (0 = only at the end)
   int keep_last = 3;
+  bool operator==(const CheckpointSection&) const = default;
 };
 
 struct LogSection {
@@ -82,6 +88,7 @@ struct LogSection {
   int64_t interval = 10;
   bool tensorboard = true;
   double peak_flops = 989e12;  // for MFU; H100 SXM bf16 dense
+  bool operator==(const LogSection&) const = default;
 };
 
 struct ParallelSection {
@@ -89,6 +96,7 @@ struct ParallelSection {
   bool zero1 = true;
   double bucket_mb = 25.0;
   double nccl_timeout_s = 600.0;
+  bool operator==(const ParallelSection&) const = default;
 };
 
 struct Config {
@@ -102,7 +110,9 @@ struct Config {
   LogSection log;
   ParallelSection parallel;
 
-  ModelSpec spec() const;     // the architecture, with its KvPlan
+  ModelSpec spec() const;     // the architecture, with its KvPlan (validated; throws ConfigError)
+  // Field-by-field equality, `source` included (tests compare a round trip with it copied).
+  bool operator==(const Config&) const = default;
 };
 
 // Reads FILE (following `include = "base.toml"` chains, later files winning), applies
