@@ -1,0 +1,112 @@
+// Column sums over the N rows of a bf16 [N, C] matrix, deterministic (no float atomics):
+//   bias gradient:          dbias[C] += Σ_n dout[n, :]
+//   LayerNorm param grads:  dw[C] += Σ_n dout[n, :]·xhat[n, :],  db[C] += Σ_n dout[n, :]
+//                           with xhat = (in − mean[n])·rstd[n]
+// Pass 1: block (column tile, chunk of kRowsPerChunk rows) sums its rows in a fixed order and
+// writes one fp32 partial row per chunk. Pass 2: one thread per column adds the chunks in order.
+// The chunking depends only on (N, C), so the result is bitwise the same on every run and GPU.
+#include "kernels/cuda/backend_ops.cuh"
+
+namespace mlkv::cuda {
+
+namespace {
+
+constexpr int kRowsPerChunk = 64;
+constexpr int kTx = 32, kTy = 8;  // threads along columns, along rows
+
+// part0[chunk, C] = Σ dout; part1[chunk, C] = Σ dout·xhat (XHAT only). VEC columns per thread.
+template <int VEC, bool XHAT>
+__global__ void __launch_bounds__(kTx* kTy) colsum_partial(float* part0, float* part1, const bf16* dout,
+                                                          const bf16* in, const float* mean, const float* rstd,
+                                                          int64_t N, int C) {
+  __shared__ float s0[kTy][kTx * VEC];
+  __shared__ float s1[XHAT ? kTy : 1][kTx * VEC];
+  const int col = (blockIdx.x * kTx + threadIdx.x) * VEC;
+  const int64_t r0 = int64_t{blockIdx.y} * kRowsPerChunk;
+  const int64_t r1 = min(N, r0 + kRowsPerChunk);
+  float a0[VEC] = {}, a1[VEC] = {};
+  if (col < C) {
+    for (int64_t r = r0 + threadIdx.y; r < r1; r += kTy) {
+      float g[VEC], x[VEC];
+      if constexpr (VEC == 8) {
+        load8(dout + r * C + col, g);
+        if constexpr (XHAT) load8(in + r * C + col, x);
+      } else {
+        g[0] = __bfloat162float(dout[r * C + col]);
+        if constexpr (XHAT) x[0] = __bfloat162float(in[r * C + col]);
+      }
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) {
+        a0[i] += g[i];
+        if constexpr (XHAT) a1[i] += g[i] * ((x[i] - mean[r]) * rstd[r]);
+      }
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < VEC; ++i) {
+    s0[threadIdx.y][threadIdx.x * VEC + i] = a0[i];
+    if constexpr (XHAT) s1[threadIdx.y][threadIdx.x * VEC + i] = a1[i];
+  }
+  __syncthreads();
+  // Each thread of the block now finalises columns of the tile, summing the kTy rows in order.
+  for (int c = threadIdx.y * kTx + threadIdx.x; c < kTx * VEC; c += kTx * kTy) {
+    const int gc = blockIdx.x * kTx * VEC + c;
+    if (gc >= C) continue;
+    float t0 = 0, t1 = 0;
+#pragma unroll
+    for (int y = 0; y < kTy; ++y) {
+      t0 += s0[y][c];
+      if constexpr (XHAT) t1 += s1[y][c];
+    }
+    part0[int64_t{blockIdx.y} * C + gc] = t0;
+    if constexpr (XHAT) part1[int64_t{blockIdx.y} * C + gc] = t1;
+  }
+}
+
+// out0[c] += Σ_chunk part0[chunk, c] (and out1 from part1 when given), chunks in order.
+__global__ void colsum_finish(float* out0, float* out1, const float* part0, const float* part1, int chunks, int C) {
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  float t0 = 0, t1 = 0;
+  for (int k = 0; k < chunks; ++k) {
+    t0 += part0[int64_t{k} * C + c];
+    if (out1) t1 += part1[int64_t{k} * C + c];
+  }
+  out0[c] += t0;
+  if (out1) out1[c] += t1;
+}
+
+template <bool XHAT>
+void colsum(float* out0, float* out1, const bf16* dout, const bf16* in, const float* mean, const float* rstd,
+            int64_t N, int C, Scratch& scratch, cudaStream_t s) {
+  if (N == 0 || C == 0) return;
+  const int chunks = static_cast<int>(ceil_div(N, kRowsPerChunk));
+  float* part0 = static_cast<float*>(scratch.get(sizeof(float) * size_t(chunks) * C * (XHAT ? 2 : 1)));
+  float* part1 = XHAT ? part0 + size_t(chunks) * C : nullptr;
+  const bool vec = C % 8 == 0 && aligned16(dout) && (!XHAT || aligned16(in));
+  const dim3 block(kTx, kTy);
+  if (vec) {
+    const dim3 grid(static_cast<unsigned>(ceil_div(C, kTx * 8)), chunks);
+    colsum_partial<8, XHAT><<<grid, block, 0, s>>>(part0, part1, dout, in, mean, rstd, N, C);
+  } else {
+    const dim3 grid(static_cast<unsigned>(ceil_div(C, kTx)), chunks);
+    colsum_partial<1, XHAT><<<grid, block, 0, s>>>(part0, part1, dout, in, mean, rstd, N, C);
+  }
+  MLKV_LAUNCH_CHECK();
+  colsum_finish<<<static_cast<unsigned>(ceil_div(C, 256)), 256, 0, s>>>(out0, out1, part0, part1, chunks, C);
+  MLKV_LAUNCH_CHECK();
+}
+
+}  // namespace
+
+void bias_grad(float* dbias, const bf16* dout, int64_t N, int C, Scratch& scratch, cudaStream_t s) {
+  colsum<false>(dbias, nullptr, dout, nullptr, nullptr, nullptr, N, C, scratch, s);
+}
+
+// Declared for layernorm.cu: db += Σ dout, dw += Σ dout·xhat.
+void layernorm_param_grads(float* dw, float* db, const bf16* dout, const bf16* in, const float* mean,
+                           const float* rstd, int64_t N, int C, Scratch& scratch, cudaStream_t s) {
+  colsum<true>(db, dw, dout, in, mean, rstd, N, C, scratch, s);
+}
+
+}  // namespace mlkv::cuda

@@ -1,0 +1,266 @@
+// CudaBackend: core/backend.h on one GPU. bf16 activations and weights, fp32 master weights,
+// gradients and statistics. Every op is enqueued on one stream owned by the backend; memory comes
+// from a private stream-ordered pool (cudaMallocFromPoolAsync) that keeps freed blocks cached, so
+// per-step alloc/release cost no driver calls, and whose used-memory high-water mark is the peak.
+#include <algorithm>
+#include <cstdio>
+#include <string>
+#include <unordered_map>
+
+#include "core/errors.h"
+#include "kernels/cuda/attention.h"
+#include "kernels/cuda/backend_ops.cuh"
+#include "kernels/cuda/cuda_backend.h"
+
+namespace mlkv::cuda {
+
+[[noreturn]] void throw_cuda_error(cudaError_t e, const char* what, const char* file, int line) {
+  throw Error(std::string(file) + ":" + std::to_string(line) + ": " + what + ": " + cudaGetErrorName(e) + " (" +
+              cudaGetErrorString(e) + ")");
+}
+[[noreturn]] void throw_cublas_error(cublasStatus_t s, const char* what, const char* file, int line) {
+  throw Error(std::string(file) + ":" + std::to_string(line) + ": " + what + ": cuBLAS status " +
+              std::to_string(static_cast<int>(s)));
+}
+
+int grid_for(int64_t work_items, int block) {
+  static int sms = [] {
+    int dev = 0, n = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+      n = 132;
+    return n;
+  }();
+  const int64_t blocks = ceil_div(work_items, block);
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(blocks, int64_t{sms} * 8)));
+}
+
+Scratch::~Scratch() {
+  if (ptr_) cudaFreeAsync(ptr_, stream_);
+}
+
+void* Scratch::get(size_t bytes) {
+  if (bytes <= bytes_) return ptr_;
+  // Freed in stream order: ops already enqueued on the old buffer finish first.
+  if (ptr_) MLKV_CUDA_CHECK(cudaFreeAsync(ptr_, stream_));
+  ptr_ = nullptr;
+  bytes_ = 0;
+  const size_t grown = std::max(bytes, size_t{1} << 20);
+  MLKV_CUDA_CHECK(cudaMallocAsync(&ptr_, grown, stream_));
+  bytes_ = grown;
+  return ptr_;
+}
+
+namespace {
+
+bf16* B(void* p) { return static_cast<bf16*>(p); }
+const bf16* B(const void* p) { return static_cast<const bf16*>(p); }
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(int device) : device_(device) {
+    MLKV_CUDA_CHECK(cudaSetDevice(device));
+    cudaDeviceProp prop{};
+    MLKV_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+    name_ = std::string("cuda-bf16 (") + prop.name + ", device " + std::to_string(device) + ")";
+    MLKV_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    cudaMemPoolProps props{};
+    props.allocType = cudaMemAllocationTypePinned;
+    props.location.type = cudaMemLocationTypeDevice;
+    props.location.id = device;
+    MLKV_CUDA_CHECK(cudaMemPoolCreate(&pool_, &props));
+    // Keep every freed block: a training step's allocations repeat exactly, so they are reused.
+    uint64_t keep = UINT64_MAX;
+    MLKV_CUDA_CHECK(cudaMemPoolSetAttribute(pool_, cudaMemPoolAttrReleaseThreshold, &keep));
+    // Scratch and cuBLASLt workspace come from the device's default pool, which gets the same
+    // threshold; their bytes are added to the peak below.
+    cudaMemPool_t def;
+    MLKV_CUDA_CHECK(cudaDeviceGetDefaultMemPool(&def, device));
+    MLKV_CUDA_CHECK(cudaMemPoolSetAttribute(def, cudaMemPoolAttrReleaseThreshold, &keep));
+    scratch_ = std::make_unique<Scratch>(stream_);
+    gemm_ = std::make_unique<Gemm>(stream_);
+  }
+
+  ~CudaBackend() override {
+    cudaStreamSynchronize(stream_);
+    gemm_.reset();
+    scratch_.reset();
+    for (auto& [p, n] : live_) cudaFreeAsync(p, stream_);
+    cudaStreamSynchronize(stream_);
+    cudaMemPoolDestroy(pool_);
+    cudaStreamDestroy(stream_);
+  }
+
+  Device device() const override { return Device::cuda; }
+  std::string name() const override { return name_; }
+  int act_bytes() const override { return 2; }
+  cudaStream_t stream() const { return stream_; }
+
+  // ---- memory
+  void* alloc(size_t bytes) override {
+    void* p = nullptr;
+    if (bytes == 0) bytes = 1;
+    const cudaError_t e = cudaMallocFromPoolAsync(&p, bytes, pool_, stream_);
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      throw Error("cuda backend: out of device memory allocating " + std::to_string(bytes) + " bytes (" +
+                  std::to_string(live_bytes_ >> 20) + " MiB live): " + cudaGetErrorString(e));
+    }
+    MLKV_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, stream_));
+    live_[p] = bytes;
+    live_bytes_ += bytes;
+    return p;
+  }
+  void release(void* p) override {
+    if (!p) return;
+    auto it = live_.find(p);
+    if (it == live_.end()) throw Error("cuda backend: release of a pointer it did not allocate");
+    live_bytes_ -= it->second;
+    live_.erase(it);
+    MLKV_CUDA_CHECK(cudaFreeAsync(p, stream_));
+  }
+  void upload(void* dst, const void* src, size_t bytes) override {
+    MLKV_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_));
+    // A pageable source is staged before cudaMemcpyAsync returns, so the caller may reuse it at
+    // once without stalling the stream; a pinned one is read later by DMA, so wait for that.
+    cudaPointerAttributes attr{};
+    if (cudaPointerGetAttributes(&attr, src) != cudaSuccess) cudaGetLastError();
+    if (attr.type == cudaMemoryTypeHost) MLKV_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+  void download(void* dst, const void* src, size_t bytes) override {
+    MLKV_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
+    MLKV_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+  void zero(void* p, size_t bytes) override { MLKV_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, stream_)); }
+  void copy(void* dst, const void* src, size_t bytes) override {
+    MLKV_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream_));
+  }
+  void synchronize() override { MLKV_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+  // The pool's high-water mark (every alloc) plus the scratch buffer and GEMM workspace.
+  size_t peak_memory_bytes() const override {
+    uint64_t high = 0;
+    cudaMemPoolGetAttribute(pool_, cudaMemPoolAttrUsedMemHigh, &high);
+    return static_cast<size_t>(high) + scratch_->capacity() + (32u << 20);
+  }
+
+  // ---- casts
+  void cast_f32_to_act(void* out, const float* in, int64_t n) override { cast_f32_to_bf16(B(out), in, n, stream_); }
+  void cast_act_to_f32(float* out, const void* in, int64_t n) override { cast_bf16_to_f32(out, B(in), n, stream_); }
+
+  // ---- embedding
+  void embedding_forward(void* out, const int32_t* tokens, const void* wte, int64_t N, int d) override {
+    cuda::embedding_forward(B(out), tokens, B(wte), N, d, stream_);
+  }
+  void embedding_backward(float* dwte, const void* dout, const int32_t* tokens, int64_t N, int d,
+                          int64_t V) override {
+    cuda::embedding_backward(dwte, B(dout), tokens, N, d, V, *scratch_, stream_);
+  }
+
+  // ---- layernorm
+  void layernorm_forward(void* out, float* mean, float* rstd, const void* in, const void* w, const void* b,
+                         int64_t N, int C, float eps) override {
+    cuda::layernorm_forward(B(out), mean, rstd, B(in), B(w), B(b), N, C, eps, stream_);
+  }
+  void layernorm_backward(void* din, float* dw, float* db, const void* dout, const void* in, const void* w,
+                          const float* mean, const float* rstd, int64_t N, int C) override {
+    cuda::layernorm_backward(B(din), dw, db, B(dout), B(in), B(w), mean, rstd, N, C, *scratch_, stream_);
+  }
+
+  // ---- linear
+  void matmul_forward(void* out, const void* in, const void* w, const void* bias, int64_t N, int IC, int OC,
+                      bool accumulate) override {
+    gemm_->forward(B(out), B(in), B(w), B(bias), N, IC, OC, accumulate);
+  }
+  void matmul_backward(void* din, float* dw, float* dbias, const void* dout, const void* in, const void* w,
+                       int64_t N, int IC, int OC, bool accumulate_din) override {
+    if (din) gemm_->backward_input(B(din), B(dout), B(w), N, IC, OC, accumulate_din);
+    gemm_->backward_weight(dw, B(dout), B(in), N, IC, OC);
+    if (dbias) bias_grad(dbias, B(dout), N, OC, *scratch_, stream_);
+  }
+
+  // ---- elementwise
+  void gelu_forward(void* out, const void* in, int64_t n) override { cuda::gelu_forward(B(out), B(in), n, stream_); }
+  void gelu_backward(void* din, const void* in, const void* dout, int64_t n) override {
+    cuda::gelu_backward(B(din), B(in), B(dout), n, stream_);
+  }
+  void add_inplace(void* y, const void* x, int64_t n) override { cuda::add_inplace(B(y), B(x), n, stream_); }
+
+  // ---- rotary
+  void qkv_split_rope_forward(void* q, void* k, void* v, const void* qkv, int Bn, int T, int H, int KVH, int hd,
+                              int rot, float base, bool rotate_k) override {
+    cuda::qkv_split_rope_forward(B(q), B(k), B(v), B(qkv), Bn, T, H, KVH, hd, rot, base, rotate_k, stream_);
+  }
+  void qkv_split_rope_backward(void* dqkv, const void* dq, const float* dk, const float* dv, int Bn, int T, int H,
+                               int KVH, int hd, int rot, float base, bool rotate_k) override {
+    cuda::qkv_split_rope_backward(B(dqkv), B(dq), dk, dv, Bn, T, H, KVH, hd, rot, base, rotate_k, stream_);
+  }
+  void rope_forward(void* out, const void* x, int64_t BH, int T, int hd, int rot, float base) override {
+    cuda::rope_forward(B(out), B(x), BH, T, hd, rot, base, stream_);
+  }
+  void rope_backward_accumulate(float* dx, const float* dout, int64_t BH, int T, int hd, int rot,
+                                float base) override {
+    cuda::rope_backward_accumulate(dx, dout, BH, T, hd, rot, base, stream_);
+  }
+
+  // ---- attention: the MLKV flash kernels (kernels/cuda/attention.h)
+  void attention_forward(void* out, float* lse, const void* q, const void* k, const void* v, int Bn, int T, int H,
+                         int KVH, int hd) override {
+    cuda::attention_forward(out, lse, q, k, v, Bn, T, H, KVH, hd, stream_);
+  }
+  void attention_backward(void* dq, float* dk, float* dv, const void* dout, const void* q, const void* k,
+                          const void* v, const void* out, const float* lse, int Bn, int T, int H, int KVH,
+                          int hd) override {
+    cuda::attention_backward(dq, dk, dv, dout, q, k, v, out, lse, Bn, T, H, KVH, hd, stream_);
+  }
+
+  // ---- loss, optimizer, reductions
+  void cross_entropy(float* losses, void* logits, const int32_t* targets, int64_t N, int64_t V, float dloss,
+                     bool compute_grad) override {
+    cuda::cross_entropy(losses, B(logits), targets, N, V, dloss, compute_grad, stream_);
+  }
+  void adamw_update(float* master, void* act_params, const float* grad, float* m, float* v, int64_t n,
+                    const AdamwStep& s) override {
+    cuda::adamw_update(master, act_params == master ? nullptr : B(act_params), grad, m, v, n, s, stream_);
+  }
+  double sum_squares(const float* x, int64_t n) override { return reduce_sum(x, n, true, *scratch_, stream_); }
+  double sum(const float* x, int64_t n) override { return reduce_sum(x, n, false, *scratch_, stream_); }
+
+ private:
+  int device_;
+  std::string name_;
+  cudaStream_t stream_ = nullptr;
+  cudaMemPool_t pool_ = nullptr;
+  std::unordered_map<void*, size_t> live_;
+  size_t live_bytes_ = 0;
+  std::unique_ptr<Scratch> scratch_;
+  std::unique_ptr<Gemm> gemm_;
+};
+
+}  // namespace
+}  // namespace mlkv::cuda
+
+namespace mlkv {
+
+int cuda_device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();  // clear the sticky "no driver" error for later callers
+    return 0;
+  }
+  return n;
+}
+
+std::unique_ptr<Backend> make_cuda_backend(int device_index) {
+  const int n = cuda_device_count();
+  if (device_index < 0 || device_index >= n)
+    throw Error("cuda backend: device " + std::to_string(device_index) + " requested but " + std::to_string(n) +
+                " CUDA device(s) present");
+  return std::make_unique<cuda::CudaBackend>(device_index);
+}
+
+void* cuda_backend_stream(Backend& b) {
+  auto* c = dynamic_cast<cuda::CudaBackend*>(&b);
+  if (!c) throw Error("cuda_backend_stream: backend " + b.name() + " is not the CUDA backend");
+  return c->stream();
+}
+
+}  // namespace mlkv

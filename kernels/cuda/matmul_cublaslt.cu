@@ -1,0 +1,150 @@
+// Linear layers through cuBLASLt: bf16 operands, fp32 accumulation (CUBLAS_COMPUTE_32F).
+//   forward:          out[N, OC] (=/+=) in[N, IC] · w[OC, IC]^T + bias   (BIAS epilogue, bf16 out)
+//   backward input:   din[N, IC] (=/+=) dout[N, OC] · w                   (bf16 out)
+//   backward weight:  dw[OC, IC] += dout^T · in                           (fp32 C = D, beta 1)
+// cuBLASLt is column-major: a row-major [R, C] buffer is the column-major C×R matrix, so each
+// row-major product is issued transposed (D^T = op(B)^T·op(A)^T), which needs no data movement.
+// Descriptors and the heuristic's algorithm are built once per shape and cached: a training step
+// repeats the same few dozen shapes, and the heuristic query costs more than a small GEMM.
+#include <map>
+#include <tuple>
+
+#include "core/errors.h"
+#include "kernels/cuda/backend_ops.cuh"
+
+namespace mlkv::cuda {
+
+namespace {
+
+constexpr size_t kWorkspaceBytes = size_t{32} << 20;
+
+// Largest power of two ≤ 16 dividing the address: the heuristic must know what it may assume.
+int alignment_of(const void* p) {
+  const auto a = reinterpret_cast<uintptr_t>(p);
+  int al = 16;
+  while (al > 1 && (a % al) != 0) al >>= 1;
+  return al;
+}
+
+struct Key {
+  cublasOperation_t ta, tb;
+  int64_t m, n, k, lda, ldb, ldd;
+  cudaDataType_t dtype;
+  bool bias;
+  int align_a, align_b, align_d;
+  auto tie() const { return std::tie(ta, tb, m, n, k, lda, ldb, ldd, dtype, bias, align_a, align_b, align_d); }
+  bool operator<(const Key& o) const { return tie() < o.tie(); }
+};
+
+struct Plan {
+  cublasLtMatmulDesc_t op = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
+  cublasLtMatmulAlgo_t algo{};
+};
+
+}  // namespace
+
+struct Gemm::Impl {
+  cudaStream_t stream;
+  cublasLtHandle_t handle = nullptr;
+  void* workspace = nullptr;
+  std::map<Key, Plan> plans;
+
+  explicit Impl(cudaStream_t s) : stream(s) {
+    MLKV_CUBLAS_CHECK(cublasLtCreate(&handle));
+    MLKV_CUDA_CHECK(cudaMallocAsync(&workspace, kWorkspaceBytes, stream));
+  }
+  ~Impl() {
+    for (auto& [k, p] : plans) {
+      cublasLtMatmulDescDestroy(p.op);
+      cublasLtMatrixLayoutDestroy(p.a);
+      cublasLtMatrixLayoutDestroy(p.b);
+      cublasLtMatrixLayoutDestroy(p.d);
+    }
+    cudaFreeAsync(workspace, stream);
+    cublasLtDestroy(handle);
+  }
+
+  const Plan& plan(const Key& key) {
+    auto it = plans.find(key);
+    if (it != plans.end()) return it->second;
+    Plan p;
+    MLKV_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    MLKV_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSA, &key.ta, sizeof(key.ta)));
+    MLKV_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSB, &key.tb, sizeof(key.tb)));
+    if (key.bias) {
+      const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
+      const cudaDataType_t bt = CUDA_R_16BF;
+      MLKV_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
+      MLKV_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof(bt)));
+    }
+    // Stored (pre-op) shapes: A is m×k or k×m, B is k×n or n×k, D is m×n.
+    const bool ta = key.ta == CUBLAS_OP_T, tb = key.tb == CUBLAS_OP_T;
+    MLKV_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.a, CUDA_R_16BF, ta ? key.k : key.m, ta ? key.m : key.k, key.lda));
+    MLKV_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.b, CUDA_R_16BF, tb ? key.n : key.k, tb ? key.k : key.n, key.ldb));
+    MLKV_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.d, key.dtype, key.m, key.n, key.ldd));
+
+    cublasLtMatmulPreference_t pref;
+    MLKV_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+    const uint64_t ws = kWorkspaceBytes;
+    const uint32_t al_a = key.align_a, al_b = key.align_b, al_d = key.align_d;
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a, sizeof(al_a));
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b, sizeof(al_b));
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_d, sizeof(al_d));
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_d, sizeof(al_d));
+    cublasLtMatmulHeuristicResult_t result{};
+    int found = 0;
+    const cublasStatus_t st =
+        cublasLtMatmulAlgoGetHeuristic(handle, p.op, p.a, p.b, p.d, p.d, pref, 1, &result, &found);
+    cublasLtMatmulPreferenceDestroy(pref);
+    if (st != CUBLAS_STATUS_SUCCESS || found == 0) {
+      cublasLtMatmulDescDestroy(p.op);
+      cublasLtMatrixLayoutDestroy(p.a);
+      cublasLtMatrixLayoutDestroy(p.b);
+      cublasLtMatrixLayoutDestroy(p.d);
+      throw Error("cuBLASLt: no algorithm for m=" + std::to_string(key.m) + " n=" + std::to_string(key.n) +
+                  " k=" + std::to_string(key.k) + " (status " + std::to_string(static_cast<int>(st)) + ")");
+    }
+    p.algo = result.algo;
+    return plans.emplace(key, p).first->second;
+  }
+
+  // D = op(A)·op(B) (+ beta·D) (+ bias), D used as C too.
+  void run(cublasOperation_t ta, cublasOperation_t tb, int64_t m, int64_t n, int64_t k, const bf16* A, int64_t lda,
+           const bf16* Bm, int64_t ldb, void* D, int64_t ldd, cudaDataType_t dtype, float beta, const bf16* bias) {
+    if (m == 0 || n == 0) return;
+    const Key key{ta,   tb,   m,    n, k, lda, ldb, ldd, dtype, bias != nullptr, alignment_of(A), alignment_of(Bm),
+                  alignment_of(D)};
+    const Plan& p = plan(key);
+    if (bias)
+      MLKV_CUBLAS_CHECK(
+          cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+    const float alpha = 1.0f;
+    MLKV_CUBLAS_CHECK(cublasLtMatmul(handle, p.op, &alpha, A, p.a, Bm, p.b, &beta, D, p.d, D, p.d, &p.algo,
+                                     workspace, kWorkspaceBytes, stream));
+  }
+};
+
+Gemm::Gemm(cudaStream_t s) : impl_(std::make_unique<Impl>(s)) {}
+Gemm::~Gemm() = default;
+
+// out^T (OC×N) = w_cm^T (w_cm is IC×OC) · in_cm (IC×N)
+void Gemm::forward(bf16* out, const bf16* in, const bf16* w, const bf16* bias, int64_t N, int IC, int OC,
+                   bool accumulate) {
+  impl_->run(CUBLAS_OP_T, CUBLAS_OP_N, OC, N, IC, w, IC, in, IC, out, OC, CUDA_R_16BF, accumulate ? 1.0f : 0.0f,
+             bias);
+}
+
+// din^T (IC×N) = w_cm (IC×OC) · dout_cm (OC×N)
+void Gemm::backward_input(bf16* din, const bf16* dout, const bf16* w, int64_t N, int IC, int OC, bool accumulate) {
+  impl_->run(CUBLAS_OP_N, CUBLAS_OP_N, IC, N, OC, w, IC, dout, OC, din, IC, CUDA_R_16BF, accumulate ? 1.0f : 0.0f,
+             nullptr);
+}
+
+// dw^T (IC×OC) += in_cm (IC×N) · dout_cm^T (N×OC)
+void Gemm::backward_weight(float* dw, const bf16* dout, const bf16* in, int64_t N, int IC, int OC) {
+  impl_->run(CUBLAS_OP_N, CUBLAS_OP_T, IC, OC, N, in, IC, dout, OC, dw, IC, CUDA_R_32F, 1.0f, nullptr);
+}
+
+}  // namespace mlkv::cuda

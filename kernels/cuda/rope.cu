@@ -1,0 +1,229 @@
+// Rotary position embedding (DESIGN §2: first `rot` dims, rotate_half layout, base^(-2i/rot)):
+//   split forward:  qkv[B·T, (H + 2·KVH)·hd] (rows: all q heads | all k heads | all v heads)
+//                   → q[B, H, T, hd] rotated, k[B, KVH, T, hd] rotated when rotate_k, v[B, KVH, T, hd]
+//   split backward: dqkv[B·T, (H + 2·KVH)·hd] = rope⁻¹(dq) | rope⁻¹(dk) | dv   (dk, dv fp32 group sums)
+//   rope forward:   out[BH, T, hd] = rope(x);   rope backward: dx[BH, T, hd] (fp32) += rope⁻¹(dout fp32)
+// For the pair (x0, x1) = (x[i], x[i + rot/2]) at position t with angle a = t·base^(-2i/rot):
+//   forward  (x0·cos a − x1·sin a, x1·cos a + x0·sin a);  inverse (g0·cos a + g1·sin a, g1·cos a − g0·sin a).
+// Each thread moves VEC consecutive elements of one head row; a chunk in [0, rot/2) also carries
+// its partner chunk at +rot/2, a chunk in [rot/2, rot) is left to that partner, the rest is copied.
+#include <string>
+
+#include "core/errors.h"
+#include "kernels/cuda/backend_ops.cuh"
+
+namespace mlkv::cuda {
+
+namespace {
+
+template <int VEC>
+__device__ __forceinline__ void ld(const bf16* p, float (&f)[VEC]) {
+  if constexpr (VEC == 8) {
+    load8(p, f);
+  } else if constexpr (VEC == 2) {
+    const float2 t = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(p));
+    f[0] = t.x;
+    f[1] = t.y;
+  } else {
+    f[0] = __bfloat162float(*p);
+  }
+}
+template <int VEC>
+__device__ __forceinline__ void ld(const float* p, float (&f)[VEC]) {
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) f[k] = p[k];
+}
+template <int VEC>
+__device__ __forceinline__ void st(bf16* p, const float (&f)[VEC]) {
+  if constexpr (VEC == 8) {
+    store8(p, f);
+  } else if constexpr (VEC == 2) {
+    *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(f[0], f[1]);
+  } else {
+    *p = __float2bfloat16(f[0]);
+  }
+}
+template <int VEC>
+__device__ __forceinline__ void st(float* p, const float (&f)[VEC]) {
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) p[k] = f[k];
+}
+
+// Rotates (lo, hi) in place: lo holds x[i0 .. i0+VEC), hi holds x[i0+half ..).
+template <int VEC>
+__device__ __forceinline__ void rotate(float (&lo)[VEC], float (&hi)[VEC], int t, int i0, int rot, float log2_base,
+                                       bool inverse) {
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) {
+    const float inv_freq = exp2f(-static_cast<float>(2 * (i0 + k)) / rot * log2_base);
+    float s, c;
+    sincosf(static_cast<float>(t) * inv_freq, &s, &c);
+    if (inverse) s = -s;
+    const float x0 = lo[k], x1 = hi[k];
+    lo[k] = x0 * c - x1 * s;
+    hi[k] = x1 * c + x0 * s;
+  }
+}
+
+// Moves one chunk of VEC elements at offset e of a head row: src → dst, rotating when `rotary`.
+template <int VEC, typename TS, typename TD>
+__device__ __forceinline__ void move_chunk(TD* dst, const TS* src, int e, int t, int rot, float log2_base,
+                                           bool rotary, bool inverse) {
+  const int half = rot / 2;
+  if (rotary && e < rot) {
+    if (e >= half) return;  // written by the partner chunk
+    float lo[VEC], hi[VEC];
+    ld<VEC>(src + e, lo);
+    ld<VEC>(src + e + half, hi);
+    rotate<VEC>(lo, hi, t, e, rot, log2_base, inverse);
+    st<VEC>(dst + e, lo);
+    st<VEC>(dst + e + half, hi);
+  } else {
+    float f[VEC];
+    ld<VEC>(src + e, f);
+    st<VEC>(dst + e, f);
+  }
+}
+
+// One thread per (row n = b·T + t, head slot j of the fused row, chunk).
+template <int VEC>
+__global__ void split_forward(bf16* q, bf16* k, bf16* v, const bf16* qkv, int B, int T, int H, int KVH, int hd,
+                              int rot, float log2_base, bool rotate_k) {
+  const int chunks = hd / VEC, slots = H + 2 * KVH;
+  const int64_t total = int64_t{B} * T * slots * chunks;
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total; i += int64_t{gridDim.x} * blockDim.x) {
+    const int e = static_cast<int>(i % chunks) * VEC;
+    const int j = static_cast<int>((i / chunks) % slots);
+    const int64_t n = i / (int64_t{chunks} * slots);
+    const int b = static_cast<int>(n / T), t = static_cast<int>(n % T);
+    const bf16* src = qkv + n * slots * hd + int64_t{j} * hd;
+    if (j < H) {
+      move_chunk<VEC>(q + ((int64_t{b} * H + j) * T + t) * hd, src, e, t, rot, log2_base, true, false);
+    } else if (j < H + KVH) {
+      move_chunk<VEC>(k + ((int64_t{b} * KVH + (j - H)) * T + t) * hd, src, e, t, rot, log2_base, rotate_k, false);
+    } else {
+      move_chunk<VEC>(v + ((int64_t{b} * KVH + (j - H - KVH)) * T + t) * hd, src, e, t, rot, log2_base, false, false);
+    }
+  }
+}
+
+template <int VEC>
+__global__ void split_backward(bf16* dqkv, const bf16* dq, const float* dk, const float* dv, int B, int T, int H,
+                               int KVH, int hd, int rot, float log2_base, bool rotate_k) {
+  const int chunks = hd / VEC, slots = H + 2 * KVH;
+  const int64_t total = int64_t{B} * T * slots * chunks;
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total; i += int64_t{gridDim.x} * blockDim.x) {
+    const int e = static_cast<int>(i % chunks) * VEC;
+    const int j = static_cast<int>((i / chunks) % slots);
+    const int64_t n = i / (int64_t{chunks} * slots);
+    const int b = static_cast<int>(n / T), t = static_cast<int>(n % T);
+    bf16* dst = dqkv + n * slots * hd + int64_t{j} * hd;
+    if (j < H) {
+      move_chunk<VEC>(dst, dq + ((int64_t{b} * H + j) * T + t) * hd, e, t, rot, log2_base, true, true);
+    } else if (j < H + KVH) {
+      move_chunk<VEC>(dst, dk + ((int64_t{b} * KVH + (j - H)) * T + t) * hd, e, t, rot, log2_base, rotate_k, true);
+    } else {
+      move_chunk<VEC>(dst, dv + ((int64_t{b} * KVH + (j - H - KVH)) * T + t) * hd, e, t, rot, log2_base, false, true);
+    }
+  }
+}
+
+template <int VEC>
+__global__ void rope_plain_forward(bf16* out, const bf16* x, int64_t BH, int T, int hd, int rot, float log2_base) {
+  const int chunks = hd / VEC;
+  const int64_t total = BH * T * chunks;
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total; i += int64_t{gridDim.x} * blockDim.x) {
+    const int e = static_cast<int>(i % chunks) * VEC;
+    const int64_t row = i / chunks;
+    move_chunk<VEC>(out + row * hd, x + row * hd, e, static_cast<int>(row % T), rot, log2_base, true, false);
+  }
+}
+
+// dx += rope⁻¹(dout), fp32 both; only the rotary dims are rotated, the rest added as is.
+__global__ void rope_plain_backward_acc(float* dx, const float* dout, int64_t BH, int T, int hd, int rot,
+                                        float log2_base) {
+  const int half = rot / 2;
+  const int64_t total = BH * T * hd;
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total; i += int64_t{gridDim.x} * blockDim.x) {
+    const int e = static_cast<int>(i % hd);
+    const int64_t row = i / hd;
+    if (e >= half && e < rot) continue;
+    if (e < half) {
+      float lo[1] = {dout[row * hd + e]}, hi[1] = {dout[row * hd + e + half]};
+      rotate<1>(lo, hi, static_cast<int>(row % T), e, rot, log2_base, true);
+      dx[row * hd + e] += lo[0];
+      dx[row * hd + e + half] += hi[0];
+    } else {
+      dx[row * hd + e] += dout[row * hd + e];
+    }
+  }
+}
+
+// Widest chunk that keeps every chunk inside one of [0, rot/2), [rot/2, rot), [rot, hd).
+int pick_vec(int hd, int rot, bool ptrs_aligned16) {
+  const int half = rot / 2;
+  if (ptrs_aligned16 && hd % 8 == 0 && half % 8 == 0) return 8;
+  if (hd % 2 == 0 && half % 2 == 0) return 2;
+  return 1;
+}
+
+void check_rot(int hd, int rot) {
+  if (rot < 0 || rot > hd || rot % 2 != 0)
+    throw Error("rope: rotary dims " + std::to_string(rot) + " must be even and <= head dim " + std::to_string(hd));
+}
+
+}  // namespace
+
+void qkv_split_rope_forward(bf16* q, bf16* k, bf16* v, const bf16* qkv, int B, int T, int H, int KVH, int hd,
+                            int rot, float base, bool rotate_k, cudaStream_t s) {
+  check_rot(hd, rot);
+  const int64_t elems = int64_t{B} * T * (H + 2 * KVH) * hd;
+  if (elems == 0) return;
+  const bool al = aligned16(q) && aligned16(qkv) && (KVH == 0 || (aligned16(k) && aligned16(v)));
+  const float lb = log2f(base);
+  switch (pick_vec(hd, rot, al)) {
+    case 8: split_forward<8><<<grid_for(elems / 8, 256), 256, 0, s>>>(q, k, v, qkv, B, T, H, KVH, hd, rot, lb, rotate_k); break;
+    case 2: split_forward<2><<<grid_for(elems / 2, 256), 256, 0, s>>>(q, k, v, qkv, B, T, H, KVH, hd, rot, lb, rotate_k); break;
+    default: split_forward<1><<<grid_for(elems, 256), 256, 0, s>>>(q, k, v, qkv, B, T, H, KVH, hd, rot, lb, rotate_k);
+  }
+  MLKV_LAUNCH_CHECK();
+}
+
+void qkv_split_rope_backward(bf16* dqkv, const bf16* dq, const float* dk, const float* dv, int B, int T, int H,
+                             int KVH, int hd, int rot, float base, bool rotate_k, cudaStream_t s) {
+  check_rot(hd, rot);
+  const int64_t elems = int64_t{B} * T * (H + 2 * KVH) * hd;
+  if (elems == 0) return;
+  const bool al = aligned16(dqkv) && aligned16(dq);  // fp32 dk/dv are read element by element
+  const float lb = log2f(base);
+  switch (pick_vec(hd, rot, al)) {
+    case 8: split_backward<8><<<grid_for(elems / 8, 256), 256, 0, s>>>(dqkv, dq, dk, dv, B, T, H, KVH, hd, rot, lb, rotate_k); break;
+    case 2: split_backward<2><<<grid_for(elems / 2, 256), 256, 0, s>>>(dqkv, dq, dk, dv, B, T, H, KVH, hd, rot, lb, rotate_k); break;
+    default: split_backward<1><<<grid_for(elems, 256), 256, 0, s>>>(dqkv, dq, dk, dv, B, T, H, KVH, hd, rot, lb, rotate_k);
+  }
+  MLKV_LAUNCH_CHECK();
+}
+
+void rope_forward(bf16* out, const bf16* x, int64_t BH, int T, int hd, int rot, float base, cudaStream_t s) {
+  check_rot(hd, rot);
+  const int64_t elems = BH * T * hd;
+  if (elems == 0) return;
+  const float lb = log2f(base);
+  switch (pick_vec(hd, rot, aligned16(out) && aligned16(x))) {
+    case 8: rope_plain_forward<8><<<grid_for(elems / 8, 256), 256, 0, s>>>(out, x, BH, T, hd, rot, lb); break;
+    case 2: rope_plain_forward<2><<<grid_for(elems / 2, 256), 256, 0, s>>>(out, x, BH, T, hd, rot, lb); break;
+    default: rope_plain_forward<1><<<grid_for(elems, 256), 256, 0, s>>>(out, x, BH, T, hd, rot, lb);
+  }
+  MLKV_LAUNCH_CHECK();
+}
+
+void rope_backward_accumulate(float* dx, const float* dout, int64_t BH, int T, int hd, int rot, float base,
+                              cudaStream_t s) {
+  check_rot(hd, rot);
+  const int64_t elems = BH * T * hd;
+  if (elems == 0) return;
+  rope_plain_backward_acc<<<grid_for(elems, 256), 256, 0, s>>>(dx, dout, BH, T, hd, rot, log2f(base));
+  MLKV_LAUNCH_CHECK();
+}
+
+}  // namespace mlkv::cuda
