@@ -195,7 +195,14 @@ std::string format_double(double v) {  // shortest text that reads back as the s
   char buf[64];
   auto [end, ec] = std::to_chars(buf, buf + sizeof buf, v);
   std::string s(buf, end);
-  if (s.find_first_of(".eEn") == std::string::npos) s += ".0";
+  if (const size_t e = s.find('e'); e != std::string::npos) {  // "6e-04" -> "6e-4", "9.89e+14" -> "9.89e14"
+    size_t digits = e + 1 + (s[e + 1] == '-' || s[e + 1] == '+');
+    const std::string sign = s[e + 1] == '-' ? "-" : "";
+    while (digits + 1 < s.size() && s[digits] == '0') ++digits;
+    s = s.substr(0, e + 1) + sign + s.substr(digits);
+  } else if (s.find('.') == std::string::npos) {
+    s += ".0";  // "2" would read back as an integer
+  }
   return s;
 }
 
