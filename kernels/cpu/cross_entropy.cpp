@@ -20,13 +20,12 @@ void CpuBackend::cross_entropy(float* losses, void* logits_, const int32_t* targ
     }
     float mx = -INFINITY;
     for (int64_t j = 0; j < V; ++j) mx = std::max(mx, row[j]);
-    double denom = 0;
-    for (int64_t j = 0; j < V; ++j) denom += std::exp(static_cast<double>(row[j] - mx));
-    const double log_denom = std::log(denom);
-    losses[n] = static_cast<float>(log_denom - (row[t] - mx));
+    double denom = 0;  // float exponentials, double sum: accurate and ~4x cheaper than double exp
+    for (int64_t j = 0; j < V; ++j) denom += std::exp(row[j] - mx);
+    const float log_denom = static_cast<float>(std::log(denom));
+    losses[n] = log_denom - (row[t] - mx);
     if (compute_grad) {
-      for (int64_t j = 0; j < V; ++j)
-        row[j] = dloss * static_cast<float>(std::exp(static_cast<double>(row[j] - mx) - log_denom));
+      for (int64_t j = 0; j < V; ++j) row[j] = dloss * std::exp(row[j] - mx - log_denom);
       row[t] -= dloss;
     }
   }

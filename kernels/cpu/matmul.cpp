@@ -1,21 +1,16 @@
-// Linear layer, fp32: out[N, OC] = in[N, IC] · w[OC, IC]^T + bias, and its backward.
-// Forward rows are dot products with 8 independent partial sums (vectorisable without
-// -ffast-math, fixed order so bitwise reproducible); backward terms are axpys.
+// Linear layer, fp32: out[N, OC] = in[N, IC] · w[OC, IC]ᵀ + bias, and its backward, expressed
+// through the one blocked GEMM kernel (gemm.h):
+//   forward  out  = in · wᵀ          (wᵀ copied once per call: cheap next to the product)
+//   backward din  = dout · w
+//            dw  += doutᵀ · in       (doutᵀ copied once per call)
+//            dbias += Σ_n dout[n, :]
 #include <algorithm>
+#include <vector>
 
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/gemm.h"
 
 namespace mlkv {
-
-static inline float dot(const float* a, const float* b, int n) {
-  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  int k = 0;
-  for (; k + 8 <= n; k += 8)
-    for (int j = 0; j < 8; ++j) acc[j] += a[k + j] * b[k + j];
-  float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-  for (; k < n; ++k) s += a[k] * b[k];
-  return s;
-}
 
 void CpuBackend::matmul_forward(void* out_, const void* in_, const void* w_, const void* bias_, int64_t N, int IC,
                                 int OC, bool accumulate) {
@@ -23,18 +18,15 @@ void CpuBackend::matmul_forward(void* out_, const void* in_, const void* w_, con
   const float* in = static_cast<const float*>(in_);
   const float* w = static_cast<const float*>(w_);
   const float* bias = static_cast<const float*>(bias_);
-  // Blocks of 64 output columns keep a slab of w in cache while all rows stream past it.
-  constexpr int kCols = 64;
-  const int col_blocks = (OC + kCols - 1) / kCols;
-#pragma omp parallel for collapse(2) schedule(static)
-  for (int64_t n0 = 0; n0 < N; n0 += 16)
-    for (int cb = 0; cb < col_blocks; ++cb)
-      for (int64_t n = n0; n < std::min(N, n0 + 16); ++n)
-        for (int o = cb * kCols; o < std::min(OC, (cb + 1) * kCols); ++o) {
-          const float r = dot(in + n * IC, w + int64_t{o} * IC, IC) + (bias ? bias[o] : 0.0f);
-          float& dst = out[n * OC + o];
-          dst = accumulate ? dst + r : r;
-        }
+  std::vector<float> wt(static_cast<size_t>(IC) * OC);
+  cpu::transpose(wt.data(), w, OC, IC);
+  if (bias) {  // seed the output with the bias, then accumulate the product onto it
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; ++n)
+      for (int o = 0; o < OC; ++o) out[n * OC + o] = (accumulate ? out[n * OC + o] : 0.0f) + bias[o];
+    accumulate = true;
+  }
+  cpu::gemm_nn(out, in, wt.data(), N, OC, IC, IC, OC, OC, accumulate);
 }
 
 void CpuBackend::matmul_backward(void* din_, float* dw, float* dbias, const void* dout_, const void* in_,
@@ -43,31 +35,18 @@ void CpuBackend::matmul_backward(void* din_, float* dw, float* dbias, const void
   const float* dout = static_cast<const float*>(dout_);
   const float* in = static_cast<const float*>(in_);
   const float* w = static_cast<const float*>(w_);
-  if (din) {
-    // din[n, :] (+)= Σ_o dout[n, o] · w[o, :]
+  if (din) cpu::gemm_nn(din, dout, w, N, IC, OC, OC, IC, IC, accumulate_din);
+  std::vector<float> dout_t(static_cast<size_t>(N) * OC);
+  cpu::transpose(dout_t.data(), dout, N, OC);
+  cpu::gemm_nn(dw, dout_t.data(), in, OC, IC, N, N, IC, IC, true);
+  if (dbias) {
 #pragma omp parallel for schedule(static)
-    for (int64_t n = 0; n < N; ++n) {
-      float* row = din + n * IC;
-      if (!accumulate_din) std::fill(row, row + IC, 0.0f);
-      for (int o = 0; o < OC; ++o) {
-        const float g = dout[n * OC + o];
-        const float* wr = w + int64_t{o} * IC;
-        for (int i = 0; i < IC; ++i) row[i] += g * wr[i];
-      }
+    for (int o = 0; o < OC; ++o) {
+      float s = 0.0f;
+      const float* row = dout_t.data() + int64_t{o} * N;
+      for (int64_t n = 0; n < N; ++n) s += row[n];
+      dbias[o] += s;
     }
-  }
-  // dw[o, :] += Σ_n dout[n, o] · in[n, :];  dbias[o] += Σ_n dout[n, o]
-#pragma omp parallel for schedule(static)
-  for (int o = 0; o < OC; ++o) {
-    float* wr = dw + int64_t{o} * IC;
-    float bsum = 0.0f;
-    for (int64_t n = 0; n < N; ++n) {
-      const float g = dout[n * OC + o];
-      bsum += g;
-      const float* xr = in + n * IC;
-      for (int i = 0; i < IC; ++i) wr[i] += g * xr[i];
-    }
-    if (dbias) dbias[o] += bsum;
   }
 }
 
