@@ -51,11 +51,12 @@ __device__ __forceinline__ void st(float* p, const float (&f)[VEC]) {
 
 // Rotates (lo, hi) in place: lo holds x[i0 .. i0+VEC), hi holds x[i0+half ..).
 template <int VEC>
-__device__ __forceinline__ void rotate(float (&lo)[VEC], float (&hi)[VEC], int t, int i0, int rot, float log2_base,
+__device__ __forceinline__ void rotate(float (&lo)[VEC], float (&hi)[VEC], int t, int i0, int rot, float base,
                                        bool inverse) {
 #pragma unroll
   for (int k = 0; k < VEC; ++k) {
-    const float inv_freq = exp2f(-static_cast<float>(2 * (i0 + k)) / rot * log2_base);
+    // 1/base^(2i/rot) in fp32, as the reference and HF compute it: parity to the last bits.
+    const float inv_freq = 1.0f / powf(base, static_cast<float>(2 * (i0 + k)) / static_cast<float>(rot));
     float s, c;
     sincosf(static_cast<float>(t) * inv_freq, &s, &c);
     if (inverse) s = -s;
@@ -67,7 +68,7 @@ __device__ __forceinline__ void rotate(float (&lo)[VEC], float (&hi)[VEC], int t
 
 // Moves one chunk of VEC elements at offset e of a head row: src → dst, rotating when `rotary`.
 template <int VEC, typename TS, typename TD>
-__device__ __forceinline__ void move_chunk(TD* dst, const TS* src, int e, int t, int rot, float log2_base,
+__device__ __forceinline__ void move_chunk(TD* dst, const TS* src, int e, int t, int rot, float base,
                                            bool rotary, bool inverse) {
   const int half = rot / 2;
   if (rotary && e < rot) {
@@ -75,7 +76,7 @@ __device__ __forceinline__ void move_chunk(TD* dst, const TS* src, int e, int t,
     float lo[VEC], hi[VEC];
     ld<VEC>(src + e, lo);
     ld<VEC>(src + e + half, hi);
-    rotate<VEC>(lo, hi, t, e, rot, log2_base, inverse);
+    rotate<VEC>(lo, hi, t, e, rot, base, inverse);
     st<VEC>(dst + e, lo);
     st<VEC>(dst + e + half, hi);
   } else {
@@ -88,7 +89,7 @@ __device__ __forceinline__ void move_chunk(TD* dst, const TS* src, int e, int t,
 // One thread per (row n = b·T + t, head slot j of the fused row, chunk).
 template <int VEC>
 __global__ void split_forward(bf16* q, bf16* k, bf16* v, const bf16* qkv, int B, int T, int H, int KVH, int hd,
-                              int rot, float log2_base, bool rotate_k) {
+                              int rot, float base, bool rotate_k) {
   const int chunks = hd / VEC, slots = H + 2 * KVH;
   const int64_t total = int64_t{B} * T * slots * chunks;
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total; i += int64_t{gridDim.x} * blockDim.x) {
@@ -98,18 +99,18 @@ __global__ void split_forward(bf16* q, bf16* k, bf16* v, const bf16* qkv, int B,
     const int b = static_cast<int>(n / T), t = static_cast<int>(n % T);
     const bf16* src = qkv + n * slots * hd + int64_t{j} * hd;
     if (j < H) {
-      move_chunk<VEC>(q + ((int64_t{b} * H + j) * T + t) * hd, src, e, t, rot, log2_base, true, false);
+      move_chunk<VEC>(q + ((int64_t{b} * H + j) * T + t) * hd, src, e, t, rot, base, true, false);
     } else if (j < H + KVH) {
-      move_chunk<VEC>(k + ((int64_t{b} * KVH + (j - H)) * T + t) * hd, src, e, t, rot, log2_base, rotate_k, false);
+      move_chunk<VEC>(k + ((int64_t{b} * KVH + (j - H)) * T + t) * hd, src, e, t, rot, base, rotate_k, false);
     } else {
-      move_chunk<VEC>(v + ((int64_t{b} * KVH + (j - H - KVH)) * T + t) * hd, src, e, t, rot, log2_base, false, false);
+      move_chunk<VEC>(v + ((int64_t{b} * KVH + (j - H - KVH)) * T + t) * hd, src, e, t, rot, base, false, false);
     }
   }
 }
 
 template <int VEC>
 __global__ void split_backward(bf16* dqkv, const bf16* dq, const float* dk, const float* dv, int B, int T, int H,
-                               int KVH, int hd, int rot, float log2_base, bool rotate_k) {
+                               int KVH, int hd, int rot, float base, bool rotate_k) {
   const int chunks = hd / VEC, slots = H + 2 * KVH;
   const int64_t total = int64_t{B} * T * slots * chunks;
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total; i += int64_t{gridDim.x} * blockDim.x) {
@@ -119,29 +120,29 @@ __global__ void split_backward(bf16* dqkv, const bf16* dq, const float* dk, cons
     const int b = static_cast<int>(n / T), t = static_cast<int>(n % T);
     bf16* dst = dqkv + n * slots * hd + int64_t{j} * hd;
     if (j < H) {
-      move_chunk<VEC>(dst, dq + ((int64_t{b} * H + j) * T + t) * hd, e, t, rot, log2_base, true, true);
+      move_chunk<VEC>(dst, dq + ((int64_t{b} * H + j) * T + t) * hd, e, t, rot, base, true, true);
     } else if (j < H + KVH) {
-      move_chunk<VEC>(dst, dk + ((int64_t{b} * KVH + (j - H)) * T + t) * hd, e, t, rot, log2_base, rotate_k, true);
+      move_chunk<VEC>(dst, dk + ((int64_t{b} * KVH + (j - H)) * T + t) * hd, e, t, rot, base, rotate_k, true);
     } else {
-      move_chunk<VEC>(dst, dv + ((int64_t{b} * KVH + (j - H - KVH)) * T + t) * hd, e, t, rot, log2_base, false, true);
+      move_chunk<VEC>(dst, dv + ((int64_t{b} * KVH + (j - H - KVH)) * T + t) * hd, e, t, rot, base, false, true);
     }
   }
 }
 
 template <int VEC>
-__global__ void rope_plain_forward(bf16* out, const bf16* x, int64_t BH, int T, int hd, int rot, float log2_base) {
+__global__ void rope_plain_forward(bf16* out, const bf16* x, int64_t BH, int T, int hd, int rot, float base) {
   const int chunks = hd / VEC;
   const int64_t total = BH * T * chunks;
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total; i += int64_t{gridDim.x} * blockDim.x) {
     const int e = static_cast<int>(i % chunks) * VEC;
     const int64_t row = i / chunks;
-    move_chunk<VEC>(out + row * hd, x + row * hd, e, static_cast<int>(row % T), rot, log2_base, true, false);
+    move_chunk<VEC>(out + row * hd, x + row * hd, e, static_cast<int>(row % T), rot, base, true, false);
   }
 }
 
 // dx += rope⁻¹(dout), fp32 both; only the rotary dims are rotated, the rest added as is.
 __global__ void rope_plain_backward_acc(float* dx, const float* dout, int64_t BH, int T, int hd, int rot,
-                                        float log2_base) {
+                                        float base) {
   const int half = rot / 2;
   const int64_t total = BH * T * hd;
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total; i += int64_t{gridDim.x} * blockDim.x) {
@@ -150,7 +151,7 @@ __global__ void rope_plain_backward_acc(float* dx, const float* dout, int64_t BH
     if (e >= half && e < rot) continue;
     if (e < half) {
       float lo[1] = {dout[row * hd + e]}, hi[1] = {dout[row * hd + e + half]};
-      rotate<1>(lo, hi, static_cast<int>(row % T), e, rot, log2_base, true);
+      rotate<1>(lo, hi, static_cast<int>(row % T), e, rot, base, true);
       dx[row * hd + e] += lo[0];
       dx[row * hd + e + half] += hi[0];
     } else {
@@ -180,11 +181,10 @@ void qkv_split_rope_forward(bf16* q, bf16* k, bf16* v, const bf16* qkv, int B, i
   const int64_t elems = int64_t{B} * T * (H + 2 * KVH) * hd;
   if (elems == 0) return;
   const bool al = aligned16(q) && aligned16(qkv) && (KVH == 0 || (aligned16(k) && aligned16(v)));
-  const float lb = log2f(base);
   switch (pick_vec(hd, rot, al)) {
-    case 8: split_forward<8><<<grid_for(elems / 8, 256), 256, 0, s>>>(q, k, v, qkv, B, T, H, KVH, hd, rot, lb, rotate_k); break;
-    case 2: split_forward<2><<<grid_for(elems / 2, 256), 256, 0, s>>>(q, k, v, qkv, B, T, H, KVH, hd, rot, lb, rotate_k); break;
-    default: split_forward<1><<<grid_for(elems, 256), 256, 0, s>>>(q, k, v, qkv, B, T, H, KVH, hd, rot, lb, rotate_k);
+    case 8: split_forward<8><<<grid_for(elems / 8, 256), 256, 0, s>>>(q, k, v, qkv, B, T, H, KVH, hd, rot, base, rotate_k); break;
+    case 2: split_forward<2><<<grid_for(elems / 2, 256), 256, 0, s>>>(q, k, v, qkv, B, T, H, KVH, hd, rot, base, rotate_k); break;
+    default: split_forward<1><<<grid_for(elems, 256), 256, 0, s>>>(q, k, v, qkv, B, T, H, KVH, hd, rot, base, rotate_k);
   }
   MLKV_LAUNCH_CHECK();
 }
@@ -195,11 +195,10 @@ void qkv_split_rope_backward(bf16* dqkv, const bf16* dq, const float* dk, const 
   const int64_t elems = int64_t{B} * T * (H + 2 * KVH) * hd;
   if (elems == 0) return;
   const bool al = aligned16(dqkv) && aligned16(dq);  // fp32 dk/dv are read element by element
-  const float lb = log2f(base);
   switch (pick_vec(hd, rot, al)) {
-    case 8: split_backward<8><<<grid_for(elems / 8, 256), 256, 0, s>>>(dqkv, dq, dk, dv, B, T, H, KVH, hd, rot, lb, rotate_k); break;
-    case 2: split_backward<2><<<grid_for(elems / 2, 256), 256, 0, s>>>(dqkv, dq, dk, dv, B, T, H, KVH, hd, rot, lb, rotate_k); break;
-    default: split_backward<1><<<grid_for(elems, 256), 256, 0, s>>>(dqkv, dq, dk, dv, B, T, H, KVH, hd, rot, lb, rotate_k);
+    case 8: split_backward<8><<<grid_for(elems / 8, 256), 256, 0, s>>>(dqkv, dq, dk, dv, B, T, H, KVH, hd, rot, base, rotate_k); break;
+    case 2: split_backward<2><<<grid_for(elems / 2, 256), 256, 0, s>>>(dqkv, dq, dk, dv, B, T, H, KVH, hd, rot, base, rotate_k); break;
+    default: split_backward<1><<<grid_for(elems, 256), 256, 0, s>>>(dqkv, dq, dk, dv, B, T, H, KVH, hd, rot, base, rotate_k);
   }
   MLKV_LAUNCH_CHECK();
 }
@@ -208,11 +207,10 @@ void rope_forward(bf16* out, const bf16* x, int64_t BH, int T, int hd, int rot, 
   check_rot(hd, rot);
   const int64_t elems = BH * T * hd;
   if (elems == 0) return;
-  const float lb = log2f(base);
   switch (pick_vec(hd, rot, aligned16(out) && aligned16(x))) {
-    case 8: rope_plain_forward<8><<<grid_for(elems / 8, 256), 256, 0, s>>>(out, x, BH, T, hd, rot, lb); break;
-    case 2: rope_plain_forward<2><<<grid_for(elems / 2, 256), 256, 0, s>>>(out, x, BH, T, hd, rot, lb); break;
-    default: rope_plain_forward<1><<<grid_for(elems, 256), 256, 0, s>>>(out, x, BH, T, hd, rot, lb);
+    case 8: rope_plain_forward<8><<<grid_for(elems / 8, 256), 256, 0, s>>>(out, x, BH, T, hd, rot, base); break;
+    case 2: rope_plain_forward<2><<<grid_for(elems / 2, 256), 256, 0, s>>>(out, x, BH, T, hd, rot, base); break;
+    default: rope_plain_forward<1><<<grid_for(elems, 256), 256, 0, s>>>(out, x, BH, T, hd, rot, base);
   }
   MLKV_LAUNCH_CHECK();
 }
@@ -222,7 +220,7 @@ void rope_backward_accumulate(float* dx, const float* dout, int64_t BH, int T, i
   check_rot(hd, rot);
   const int64_t elems = BH * T * hd;
   if (elems == 0) return;
-  rope_plain_backward_acc<<<grid_for(elems, 256), 256, 0, s>>>(dx, dout, BH, T, hd, rot, log2f(base));
+  rope_plain_backward_acc<<<grid_for(elems, 256), 256, 0, s>>>(dx, dout, BH, T, hd, rot, base);
   MLKV_LAUNCH_CHECK();
 }
 
