@@ -4,7 +4,8 @@
 // convention (forward 4·B·H·T²·hd / 2 for causal, backward 2.5× that), so the numbers line up
 // with torch SDPA's (scripts/bench_attention.sh runs both on the same shapes).
 //
-//   mlkv-bench-attention [--shapes "B,H,KVH,T,hd;..."] [--iters N] [--csv FILE]
+//   mlkv-bench-attention [--shapes "B,H,KVH,T,hd;..."] [--iters N] [--csv FILE] [--mma]
+// --mma forces the portable mma.sync kernels instead of the Hopper wgmma ones.
 #ifdef MLKV_HAVE_CUDA
 #include <cuda_runtime_api.h>
 
@@ -97,15 +98,17 @@ int main(int argc, char** argv) {
     if (a == "--shapes" && i + 1 < argc) shapes = argv[++i];
     else if (a == "--iters" && i + 1 < argc) iters = std::max(1, std::atoi(argv[++i]));
     else if (a == "--csv" && i + 1 < argc) csv = argv[++i];
+    else if (a == "--mma") mlkv::cuda::attention_use_sm90(false);
     else {
-      std::fprintf(stderr, "usage: %s [--shapes \"B,H,KVH,T,hd;...\"] [--iters N] [--csv FILE]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--shapes \"B,H,KVH,T,hd;...\"] [--iters N] [--csv FILE] [--mma]\n", argv[0]);
       return mlkv::kExitBadInput;
     }
   }
   try {
     cudaDeviceProp prop{};
     check(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties");
-    std::printf("mlkv-bench-attention on %s, causal bf16, median of %d\n", prop.name, iters);
+    std::printf("mlkv-bench-attention on %s, %s kernels, causal bf16, median of %d\n", prop.name,
+                mlkv::cuda::attention_sm90_active() ? "sm90 wgmma" : "mma.sync", iters);
     std::printf("%-26s %9s %9s %9s %8s %8s\n", "B,H,KVH,T,hd", "fwd ms", "bwd ms", "total", "fwd TF/s", "bwd TF/s");
     std::ofstream csv_out;
     if (!csv.empty()) {

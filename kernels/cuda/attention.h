@@ -32,4 +32,10 @@ void attention_backward(void* dq, float* dk, float* dv, const void* dout, const 
                         cudaStream_t stream);
 void attention_release_workspace();
 
+// Kernel family: on an H100/H200 (compute capability 9.0) built with sm_90a code, the Hopper
+// wgmma kernels run; elsewhere, or after attention_use_sm90(false), the mma.sync kernels (sm_80
+// and up) do. Both compute the same function; the switch exists for tests and benchmarks.
+void attention_use_sm90(bool enable);
+bool attention_sm90_active();  // whether calls on the current device take the wgmma kernels
+
 }  // namespace mlkv::cuda

@@ -19,6 +19,7 @@
 
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/attention_launch.cuh"
+#include "kernels/cuda/attention_sm90.h"
 #include "kernels/cuda/attention_tile.cuh"
 
 namespace mlkv::cuda {
@@ -368,32 +369,32 @@ __global__ void __launch_bounds__(256)
 }
 
 template <int HD, int NW, int BC>
-void launch_bwd(void* dq, float* dk, float* dv, float* dvec, const void* dout, const void* q, const void* k,
-                const void* v, const void* out, const float* lse, int B, int T, int H, int KVH,
-                cudaStream_t stream) {
+void launch_dq(void* dq, float* dvec, const void* dout, const void* q, const void* k, const void* v, const void* out,
+               const float* lse, int B, int T, int H, int KVH, cudaStream_t stream) {
+  using Tile = DqTile<HD, NW, BC>;
   const float scale = 1.f / std::sqrt(float(HD));
-  const float scale_log2 = scale * kLog2e;
-  {
-    using Tile = DqTile<HD, NW, BC>;
-    auto kernel = attention_bwd_dq_kernel<HD, NW, BC>;
-    allow_smem(kernel, Tile::kSmem);
-    const dim3 grid((T + Tile::kBr - 1) / Tile::kBr, H, B);
-    kernel<<<grid, Tile::kThreads, Tile::kSmem, stream>>>(
-        static_cast<bf16*>(dq), dvec, static_cast<const bf16*>(dout), static_cast<const bf16*>(q),
-        static_cast<const bf16*>(k), static_cast<const bf16*>(v), static_cast<const bf16*>(out), lse, T, H, H / KVH,
-        scale_log2, scale);
-    check_launch("attention_bwd_dq_kernel");
-  }
-  {
-    using Tile = DkdvTile<HD>;
-    auto kernel = attention_bwd_dkdv_kernel<HD>;
-    allow_smem(kernel, Tile::kSmem);
-    const dim3 grid((T + Tile::kBc - 1) / Tile::kBc, KVH, B);
-    kernel<<<grid, Tile::kThreads, Tile::kSmem, stream>>>(
-        dk, dv, static_cast<const bf16*>(dout), static_cast<const bf16*>(q), static_cast<const bf16*>(k),
-        static_cast<const bf16*>(v), lse, dvec, T, H, H / KVH, scale_log2, scale);
-    check_launch("attention_bwd_dkdv_kernel");
-  }
+  auto kernel = attention_bwd_dq_kernel<HD, NW, BC>;
+  allow_smem(kernel, Tile::kSmem);
+  const dim3 grid((T + Tile::kBr - 1) / Tile::kBr, H, B);
+  kernel<<<grid, Tile::kThreads, Tile::kSmem, stream>>>(
+      static_cast<bf16*>(dq), dvec, static_cast<const bf16*>(dout), static_cast<const bf16*>(q),
+      static_cast<const bf16*>(k), static_cast<const bf16*>(v), static_cast<const bf16*>(out), lse, T, H, H / KVH,
+      scale * kLog2e, scale);
+  check_launch("attention_bwd_dq_kernel");
+}
+
+template <int HD>
+void launch_dkdv(float* dk, float* dv, const float* dvec, const void* dout, const void* q, const void* k,
+                 const void* v, const float* lse, int B, int T, int H, int KVH, cudaStream_t stream) {
+  using Tile = DkdvTile<HD>;
+  const float scale = 1.f / std::sqrt(float(HD));
+  auto kernel = attention_bwd_dkdv_kernel<HD>;
+  allow_smem(kernel, Tile::kSmem);
+  const dim3 grid((T + Tile::kBc - 1) / Tile::kBc, KVH, B);
+  kernel<<<grid, Tile::kThreads, Tile::kSmem, stream>>>(
+      dk, dv, static_cast<const bf16*>(dout), static_cast<const bf16*>(q), static_cast<const bf16*>(k),
+      static_cast<const bf16*>(v), lse, dvec, T, H, H / KVH, scale * kLog2e, scale);
+  check_launch("attention_bwd_dkdv_kernel");
 }
 
 // ------------------------------------------------------------------------------------------
@@ -450,11 +451,27 @@ void attention_backward(void* dq, float* dk, float* dv, const void* dout, const 
   for (const void* p : ptrs)
     if (!attn::aligned16(p)) throw Error("attention_backward: all tensors must be 16-byte aligned");
   float* dvec = attn::workspace(attention_backward_workspace_bytes(B, T, H, KVH, hd));
-  switch (hd) {
-    case 64: attn::launch_bwd<64, 4, 64>(dq, dk, dv, dvec, dout, q, k, v, out, lse, B, T, H, KVH, stream); break;
-    case 80: attn::launch_bwd<80, 4, 64>(dq, dk, dv, dvec, dout, q, k, v, out, lse, B, T, H, KVH, stream); break;
-    case 128: attn::launch_bwd<128, 4, 64>(dq, dk, dv, dvec, dout, q, k, v, out, lse, B, T, H, KVH, stream); break;
-    case 256: attn::launch_bwd<256, 4, 32>(dq, dk, dv, dvec, dout, q, k, v, out, lse, B, T, H, KVH, stream); break;
+  const bool sm90 = attn::sm90_enabled();
+  // Kernel 1 (dq, and D for kernel 2), then kernel 2 (dK, dV) on the same stream.
+  if (sm90) {
+    attn::backward_dq_sm90(dq, dvec, dout, q, k, v, out, lse, B, T, H, KVH, hd, stream);
+  } else {
+    switch (hd) {
+      case 64: attn::launch_dq<64, 4, 64>(dq, dvec, dout, q, k, v, out, lse, B, T, H, KVH, stream); break;
+      case 80: attn::launch_dq<80, 4, 64>(dq, dvec, dout, q, k, v, out, lse, B, T, H, KVH, stream); break;
+      case 128: attn::launch_dq<128, 4, 64>(dq, dvec, dout, q, k, v, out, lse, B, T, H, KVH, stream); break;
+      case 256: attn::launch_dq<256, 4, 32>(dq, dvec, dout, q, k, v, out, lse, B, T, H, KVH, stream); break;
+    }
+  }
+  if (sm90 && attn::backward_dkdv_sm90_supports(hd)) {
+    attn::backward_dkdv_sm90(dk, dv, dout, q, k, v, lse, dvec, B, T, H, KVH, hd, stream);
+  } else {
+    switch (hd) {
+      case 64: attn::launch_dkdv<64>(dk, dv, dvec, dout, q, k, v, lse, B, T, H, KVH, stream); break;
+      case 80: attn::launch_dkdv<80>(dk, dv, dvec, dout, q, k, v, lse, B, T, H, KVH, stream); break;
+      case 128: attn::launch_dkdv<128>(dk, dv, dvec, dout, q, k, v, lse, B, T, H, KVH, stream); break;
+      case 256: attn::launch_dkdv<256>(dk, dv, dvec, dout, q, k, v, lse, B, T, H, KVH, stream); break;
+    }
   }
 }
 

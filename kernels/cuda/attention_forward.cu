@@ -10,6 +10,7 @@
 
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/attention_launch.cuh"
+#include "kernels/cuda/attention_sm90.h"
 #include "kernels/cuda/attention_tile.cuh"
 
 namespace mlkv::cuda {
@@ -203,6 +204,7 @@ void attention_forward(void* out, float* lse, const void* q, const void* k, cons
   attn::check_shape("attention_forward", B, T, H, KVH, hd);
   if (!attn::aligned16(out) || !attn::aligned16(q) || !attn::aligned16(k) || !attn::aligned16(v))
     throw Error("attention_forward: q, k, v and out must be 16-byte aligned");
+  if (attn::sm90_enabled()) return attn::forward_sm90(out, lse, q, k, v, B, T, H, KVH, hd, stream);
   switch (hd) {
     case 64: attn::launch_fwd<64, 8, 64>(out, lse, q, k, v, B, T, H, KVH, stream); break;
     case 80: attn::launch_fwd<80, 8, 64>(out, lse, q, k, v, B, T, H, KVH, stream); break;

@@ -125,11 +125,32 @@ struct Inputs {
   }
 };
 
+// Selects a kernel family for one test and restores the default afterwards.
+struct KernelFamily {
+  explicit KernelFamily(bool sm90) { mlkv::cuda::attention_use_sm90(sm90); }
+  ~KernelFamily() { mlkv::cuda::attention_use_sm90(true); }
+};
+
+void check_case(const AttnShape& s);
+
 class AttentionCase : public ::testing::TestWithParam<AttnShape> {};
 
+// The default family: the Hopper wgmma kernels on an H100/H200 built with sm_90a code.
 TEST_P(AttentionCase, ForwardBackwardMatchReference) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
-  const AttnShape s = GetParam();
+  KernelFamily family(true);
+  std::printf("  [%s kernels]\n", mlkv::cuda::attention_sm90_active() ? "sm90 wgmma" : "mma.sync");
+  check_case(GetParam());
+}
+
+// The portable mma.sync kernels (the fallback off Hopper), forced.
+TEST_P(AttentionCase, MmaSyncKernelsMatchReference) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  KernelFamily family(false);
+  check_case(GetParam());
+}
+
+void check_case(const AttnShape& s) {
   std::mt19937_64 rng(0x5eed0000ull + s.T * 131 + s.hd * 7 + s.H * 3 + s.KVH);
   Inputs in(s, rng);
 

@@ -1,0 +1,268 @@
+// MLKV flash-attention forward on Hopper tensor cores (wgmma, sm_90a): out[B, T, H·hd] and
+// lse[B, H, T] from q[B, H, T, hd], k/v[B, KVH, T, hd], causal, bf16 in, fp32 accumulate; the
+// same contract as attention_fwd_kernel (attention_forward.cu), which remains the fallback.
+//
+// One block = NWG warpgroups, each owning 64 query rows of one (b, h). Per K/V tile of BC keys:
+//   S (64 × BC)  = Q · Kᵀ   wgmma, A = Q and B = K both from shared memory (K-major)
+//   online softmax on S in registers (the per-warp layout is mma.m16n8k16's, as in the fallback)
+//   O (64 × hd) += P · V    wgmma, A = P from registers, B = V from shared memory (MN-major)
+// K/V tiles stream through two cp.async stages. The block's warpgroups share each tile, and
+// while one is in its softmax the other's wgmma keeps the tensor cores busy.
+//
+// Also holds sm90_enabled(): the once-per-device check that the sm_90a code is present.
+#include <cmath>
+#include <mutex>
+#include <vector>
+
+#include "kernels/cuda/attention.h"
+#include "kernels/cuda/attention_launch.cuh"
+#include "kernels/cuda/attention_sm90.cuh"
+#include "kernels/cuda/attention_sm90.h"
+
+namespace mlkv::cuda {
+namespace attn {
+namespace {
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define MLKV_SM90A 1
+#endif
+
+template <int HD, int NWG, int BC>
+struct Sm90FwdTile {
+  static constexpr int kBr = 64 * NWG;
+  static constexpr int kThreads = 128 * NWG;
+  static constexpr size_t kSmem = size_t(kBr + 4 * BC) * HD * sizeof(bf16);  // Q, 2 stages of K and V
+};
+
+template <int HD, int NWG, int BC>
+__global__ void __launch_bounds__(NWG * 128, 1)
+    attention_fwd_sm90_kernel(bf16* __restrict__ out, float* __restrict__ lse, const bf16* __restrict__ q,
+                              const bf16* __restrict__ k, const bf16* __restrict__ v, int T, int H, int group,
+                              float scale_log2) {
+#ifdef MLKV_SM90A
+  using Tile = Sm90FwdTile<HD, NWG, BC>;
+  constexpr int kBr = Tile::kBr, kNT = Tile::kThreads;
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  bf16* sQ = reinterpret_cast<bf16*>(smem_raw);  // [kBr × HD] core-matrix layout
+  bf16* sK = sQ + kBr * HD;                      // [2][BC × HD]
+  bf16* sV = sK + 2 * BC * HD;                   // [2][BC × HD]
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int wg = warp >> 2, wq = warp & 3;  // warpgroup, warp within it
+  const int qt = gridDim.x - 1 - blockIdx.x;
+  const int h = blockIdx.y, b = blockIdx.z;
+  const int KVH = H / group, g = h / group;
+  const int q0 = qt * kBr;
+  const bf16* qp = q + (int64_t(b) * H + h) * T * HD;
+  const bf16* kp = k + (int64_t(b) * KVH + g) * T * HD;
+  const bf16* vp = v + (int64_t(b) * KVH + g) * T * HD;
+  const int kv_end = min(q0 + kBr, T);
+  const int n_tiles = (kv_end + BC - 1) / BC;
+
+  load_tile_cm_async<kBr, HD, kNT>(sQ, qp, HD, q0, T, tid);
+  load_tile_cm_async<BC, HD, kNT>(sK, kp, HD, 0, T, tid);
+  load_tile_cm_async<BC, HD, kNT>(sV, vp, HD, 0, T, tid);
+  cp_async_commit();
+
+  const int wg_row0 = q0 + wg * 64;           // first query row of this warpgroup
+  const int wrow0 = wg_row0 + wq * 16;        // ... of this warp
+  const int r0 = wrow0 + (lane >> 2);         // this thread's rows r0, r0 + 8
+  float o[HD / 2];
+#pragma unroll
+  for (int i = 0; i < HD / 2; ++i) o[i] = 0.f;
+  float s[BC / 2];
+#pragma unroll
+  for (int i = 0; i < BC / 2; ++i) s[i] = 0.f;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+
+  for (int j = 0; j < n_tiles; ++j) {
+    const int st = j & 1;
+    if (j + 1 < n_tiles) {
+      load_tile_cm_async<BC, HD, kNT>(sK + (st ^ 1) * BC * HD, kp, HD, (j + 1) * BC, T, tid);
+      load_tile_cm_async<BC, HD, kNT>(sV + (st ^ 1) * BC * HD, vp, HD, (j + 1) * BC, T, tid);
+    }
+    cp_async_commit();
+    cp_async_wait<1>();
+    fence_proxy_async();
+    __syncthreads();
+    const bf16* cK = sK + st * BC * HD;
+    const bf16* cV = sV + st * BC * HD;
+    const int c0 = j * BC;
+    if (c0 > wg_row0 + 63) {  // tile entirely above this warpgroup's rows (uniform per warpgroup)
+      __syncthreads();
+      continue;
+    }
+
+    // S = Q · Kᵀ
+    wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < HD / 16; ++ks)
+      WgmmaSS<BC>::run(s, desc_kmajor<HD>(sQ, wg * 64, ks), desc_kmajor<HD>(cK, 0, ks), ks > 0);
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_regs(s);
+
+    if (c0 + BC - 1 > wrow0 || c0 + BC > T) {
+#pragma unroll
+      for (int nt = 0; nt < BC / 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int col = c0 + nt * 8 + (lane & 3) * 2 + (e & 1);
+          const int row = r0 + (e >> 1) * 8;
+          if (col > row || col >= T) s[4 * nt + e] = -INFINITY;
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int nt = 0; nt < BC / 8; ++nt) mx = fmaxf(mx, fmaxf(s[4 * nt + 2 * r], s[4 * nt + 2 * r + 1]));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float m_new = fmaxf(m[r], mx * scale_log2);
+      const float m_use = m_new == -INFINITY ? 0.f : m_new;
+      const float alpha = exp2f(m[r] - m_use);
+      m[r] = m_new;
+      float sum = 0.f;
+#pragma unroll
+      for (int nt = 0; nt < BC / 8; ++nt) {
+        float& x0 = s[4 * nt + 2 * r];
+        float& x1 = s[4 * nt + 2 * r + 1];
+        x0 = exp2f(fmaf(x0, scale_log2, -m_use));
+        x1 = exp2f(fmaf(x1, scale_log2, -m_use));
+        sum += x0 + x1;
+      }
+      l[r] = l[r] * alpha + sum;
+#pragma unroll
+      for (int dt = 0; dt < HD / 8; ++dt) {
+        o[4 * dt + 2 * r] *= alpha;
+        o[4 * dt + 2 * r + 1] *= alpha;
+      }
+    }
+
+    // O += P · V
+    uint32_t pa[BC / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < BC / 16; ++kk) {
+      pa[kk][0] = pack_bf16(s[8 * kk + 0], s[8 * kk + 1]);
+      pa[kk][1] = pack_bf16(s[8 * kk + 2], s[8 * kk + 3]);
+      pa[kk][2] = pack_bf16(s[8 * kk + 4], s[8 * kk + 5]);
+      pa[kk][3] = pack_bf16(s[8 * kk + 6], s[8 * kk + 7]);
+    }
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < BC / 16; ++kk) WgmmaRS<HD, 1>::run(o, pa[kk], desc_mnmajor<HD>(cV, kk), 1);
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_regs(o);
+    __syncthreads();  // the next iteration refills this stage
+  }
+
+  // Epilogue: normalise, stage this warp's rows in its own part of sQ (core-matrix layout), then
+  // write 16-byte chunks to out[b, t, h·hd + d].
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+  }
+  const float inv0 = 1.f / l[0], inv1 = 1.f / l[1];
+  bf16* sO = sQ + wg * 64 * HD;  // this warpgroup's 64 rows; only it read them
+  const int lr = wq * 16 + (lane >> 2);
+#pragma unroll
+  for (int dt = 0; dt < HD / 8; ++dt) {
+    const int col = dt * 8 + (lane & 3) * 2;
+    *reinterpret_cast<uint32_t*>(sO + cm_offset<HD>(lr, col)) = pack_bf16(o[4 * dt] * inv0, o[4 * dt + 1] * inv0);
+    *reinterpret_cast<uint32_t*>(sO + cm_offset<HD>(lr + 8, col)) =
+        pack_bf16(o[4 * dt + 2] * inv1, o[4 * dt + 3] * inv1);
+  }
+  __syncwarp();
+  constexpr int kChunks = HD / 8;
+  for (int c = lane; c < 16 * kChunks; c += 32) {
+    const int r8 = c & 7, rest = c >> 3;
+    const int ch = rest % kChunks, rr = wq * 16 + (rest / kChunks) * 8 + r8;
+    const int t = wg_row0 + rr;
+    if (t < T)
+      *reinterpret_cast<uint4*>(out + (int64_t(b) * T + t) * H * HD + h * HD + ch * 8) =
+          *reinterpret_cast<const uint4*>(sO + cm_offset<HD>(rr, ch * 8));
+  }
+  if ((lane & 3) == 0) {
+    float* lp = lse + (int64_t(b) * H + h) * T;
+    if (r0 < T) lp[r0] = (m[0] + log2f(l[0])) * kLn2;
+    if (r0 + 8 < T) lp[r0 + 8] = (m[1] + log2f(l[1])) * kLn2;
+  }
+#endif
+}
+
+template <int HD, int NWG, int BC>
+void launch_fwd_sm90(void* out, float* lse, const void* q, const void* k, const void* v, int B, int T, int H,
+                     int KVH, cudaStream_t stream) {
+  using Tile = Sm90FwdTile<HD, NWG, BC>;
+  auto kernel = attention_fwd_sm90_kernel<HD, NWG, BC>;
+  allow_smem(kernel, Tile::kSmem);
+  const dim3 grid((T + Tile::kBr - 1) / Tile::kBr, H, B);
+  kernel<<<grid, Tile::kThreads, Tile::kSmem, stream>>>(
+      static_cast<bf16*>(out), lse, static_cast<const bf16*>(q), static_cast<const bf16*>(k),
+      static_cast<const bf16*>(v), T, H, H / KVH, kLog2e / std::sqrt(float(HD)));
+  check_launch("attention_fwd_sm90_kernel");
+}
+
+__global__ void sm90a_probe_kernel(int* flag) {
+#ifdef MLKV_SM90A
+  *flag = 1;
+#else
+  *flag = 0;
+#endif
+}
+
+std::mutex g_probe_mutex;
+std::vector<int> g_probe;  // per device: -1 unknown, 0 no, 1 yes
+bool g_sm90_allowed = true;
+
+}  // namespace
+
+bool sm90_enabled() {
+  int dev = 0;
+  check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
+  std::lock_guard<std::mutex> lock(g_probe_mutex);
+  if (!g_sm90_allowed) return false;
+  if (g_probe.size() <= size_t(dev)) g_probe.resize(dev + 1, -1);
+  if (g_probe[dev] < 0) {
+    int major = 0, minor = 0;
+    check_cuda(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev), "cudaDeviceGetAttribute");
+    check_cuda(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev), "cudaDeviceGetAttribute");
+    int found = 0;
+    if (major == 9 && minor == 0) {
+      int* flag = nullptr;
+      check_cuda(cudaMalloc(&flag, sizeof(int)), "cudaMalloc(probe)");
+      sm90a_probe_kernel<<<1, 1>>>(flag);
+      const cudaError_t e = cudaMemcpy(&found, flag, sizeof(int), cudaMemcpyDeviceToHost);
+      cudaFree(flag);
+      // No kernel image for this device means the binary has no sm_90-family code at all.
+      if (e != cudaSuccess) found = 0;
+      cudaGetLastError();
+    }
+    g_probe[dev] = found;
+  }
+  return g_probe[dev] == 1;
+}
+
+void forward_sm90(void* out, float* lse, const void* q, const void* k, const void* v, int B, int T, int H, int KVH,
+                  int hd, cudaStream_t stream) {
+  switch (hd) {
+    case 64: launch_fwd_sm90<64, 2, 128>(out, lse, q, k, v, B, T, H, KVH, stream); break;
+    case 80: launch_fwd_sm90<80, 2, 128>(out, lse, q, k, v, B, T, H, KVH, stream); break;
+    case 128: launch_fwd_sm90<128, 2, 128>(out, lse, q, k, v, B, T, H, KVH, stream); break;
+    case 256: launch_fwd_sm90<256, 2, 64>(out, lse, q, k, v, B, T, H, KVH, stream); break;
+  }
+}
+
+}  // namespace attn
+
+void attention_use_sm90(bool enable) {
+  std::lock_guard<std::mutex> lock(attn::g_probe_mutex);
+  attn::g_sm90_allowed = enable;
+}
+
+bool attention_sm90_active() { return attn::sm90_enabled(); }
+
+}  // namespace mlkv::cuda
