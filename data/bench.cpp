@@ -34,7 +34,8 @@ void make_synthetic(int64_t tokens, ShardWriterOptions writer_options, uint64_t 
     for (int64_t i = 0; i < n; ++i) {
       state ^= state << 13, state ^= state >> 7, state ^= state << 17;  // xorshift64
       double u = static_cast<double>(state >> 11) * 0x1.0p-53;
-      uint32_t id = static_cast<uint32_t>(vocab * u * u * u * u);  // skewed to low ids
+      // Skewed to low ids like text; id 0 is left to the EOD below.
+      uint32_t id = 1 + static_cast<uint32_t>((vocab - 1) * u * u * u * u);
       if ((state & 1023) == 0) id = eod;
       block[static_cast<size_t>(i)] = id;
     }

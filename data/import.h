@@ -36,4 +36,8 @@ ImportReport import_raw(const std::string& file, const std::string& dtype,
                         const std::string& out_dir, ShardWriterOptions writer,
                         bool docs_from_eod);
 
+// Writes all tokens of a dataset, shard after shard, as a flat little-endian file of `dtype`
+// ("uint16", "uint32", or "" for the shards' own width). Returns the number of tokens.
+int64_t export_raw(const std::string& dataset, const std::string& file, const std::string& dtype);
+
 }  // namespace mlkv::data

@@ -27,7 +27,7 @@ inline constexpr const char* kAttrSource = "source";                 // string, 
 // reads of one window skip HDF5's chunk cache. Compressed chunks are smaller because a random
 // window read must inflate its whole chunk.
 inline constexpr int64_t kDefaultChunkTokens = int64_t{1} << 20;
-inline constexpr int64_t kDefaultCompressedChunkTokens = int64_t{1} << 16;
+inline constexpr int64_t kDefaultCompressedChunkTokens = int64_t{1} << 13;
 inline constexpr int64_t kDefaultShardTokens = int64_t{1} << 27;
 
 // uint16 holds every id when vocab_size ≤ 65535 (ids are < vocab_size).

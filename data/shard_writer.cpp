@@ -112,6 +112,7 @@ void ShardWriter::open_next_shard() {
   h5::Handle space(H5Screate_simple(1, &zero, &unlimited));
   h5::Handle dcpl(H5Pcreate(H5P_DATASET_CREATE));
   H5Pset_chunk(dcpl.get(), 1, &chunk);
+  H5Pset_obj_track_times(dcpl.get(), false);  // no timestamps: same input, same bytes
   if (options_.compress_level > 0) {
     // Byte shuffle first: the high bytes of token ids are highly repetitive.
     H5Pset_shuffle(dcpl.get());
@@ -206,8 +207,10 @@ void ShardWriter::close_shard(OpenShard& shard) {
     offsets.push_back(static_cast<uint64_t>(shard.written));
     hsize_t n = offsets.size();
     h5::Handle space(H5Screate_simple(1, &n, nullptr));
+    h5::Handle dcpl(H5Pcreate(H5P_DATASET_CREATE));
+    H5Pset_obj_track_times(dcpl.get(), false);
     h5::Handle dset(H5Dcreate2(root, kDocOffsetsDataset, H5T_STD_U64LE, space.get(), H5P_DEFAULT,
-                               H5P_DEFAULT, H5P_DEFAULT));
+                               dcpl.get(), H5P_DEFAULT));
     if (!dset.valid() || H5Dwrite(dset.get(), H5T_NATIVE_UINT64, H5S_ALL, H5S_ALL, H5P_DEFAULT,
                                   offsets.data()) < 0) {
       throw IoError(path + ": cannot write /doc_offsets " + h5::last_error());

@@ -37,6 +37,7 @@ commands:
   validate DIR                 the trainer's start-up check for a vocab and seq_len
   bench DIR                    reader throughput (tokens/s of this process)
   make-synthetic OUT           synthetic shards for the benchmark
+  export-raw DIR FILE          all tokens, in shard order, as a flat uint16/uint32 file
   encode FILE                  print the ids of a text (or .jsonl) file, one JSON array per document
 
 exit codes: 0 ok, 1 runtime failure, 2 bad input (data, flags)
@@ -93,6 +94,10 @@ Reader throughput of this process: sequential 1Mi-token reads, then shuffled Loa
 )"},
     {"make-synthetic", R"(usage: mlkv-data make-synthetic OUT --tokens N [--compress L] [--seed S] [shard options]
 Writes N synthetic tokens (Zipf-like ids, an EOD about every 1024 tokens) for `bench`.
+)"},
+    {"export-raw", R"(usage: mlkv-data export-raw DIR FILE [--dtype uint16|uint32]
+Writes every token of the dataset, shard after shard, as little-endian uint16 or uint32
+(default: the shards' own width). The inverse of import-raw.
 )"},
     {"encode", R"(usage: mlkv-data encode --tokenizer tokenizer.json FILE [--jsonl]
 Prints the ids of FILE as one JSON array (or, with --jsonl, one array per line's "text").
@@ -296,6 +301,11 @@ int run(int argc, char** argv) {
     options.source = "make-synthetic";
     data::make_synthetic(args.get_int("tokens", 0), options,
                          static_cast<uint64_t>(args.get_int("seed", 1)), std::cout);
+  } else if (command == "export-raw") {
+    Args args = parse(argc, argv, {"dtype"}, {});
+    need_positional(args, 2, 2, command);
+    int64_t written = data::export_raw(args.positional[0], args.positional[1], args.get("dtype"));
+    std::cout << "wrote " << written << " tokens to " << args.positional[1] << "\n";
   } else if (command == "encode") {
     Args args = parse(argc, argv, {"tokenizer"}, {"jsonl"});
     need_positional(args, 1, 1, command);
