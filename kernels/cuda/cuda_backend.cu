@@ -4,8 +4,12 @@
 // per-step alloc/release cost no driver calls, and whose used-memory high-water mark is the peak.
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "core/errors.h"
 #include "kernels/cuda/attention.h"
@@ -55,6 +59,92 @@ namespace {
 bf16* B(void* p) { return static_cast<bf16*>(p); }
 const bf16* B(const void* p) { return static_cast<const bf16*>(p); }
 
+// Per-op device time, on when MLKV_CUDA_PROFILE=1: an event pair around each op, read back in
+// batches (no synchronisation between ops, so the timeline is the real one), printed at exit.
+class OpProfiler {
+ public:
+  explicit OpProfiler(cudaStream_t s) : stream_(s) {
+    const char* e = std::getenv("MLKV_CUDA_PROFILE");
+    on_ = e && *e && std::strcmp(e, "0") != 0;
+  }
+  ~OpProfiler() {
+    if (!on_) return;
+    flush();
+    std::vector<std::pair<std::string, Total>> rows(totals_.begin(), totals_.end());
+    std::sort(rows.begin(), rows.end(), [](auto& a, auto& b) { return a.second.ms > b.second.ms; });
+    double all = 0;
+    for (auto& r : rows) all += r.second.ms;
+    std::fprintf(stderr, "cuda op profile (MLKV_CUDA_PROFILE): %.1f ms in ops\n%-44s %8s %10s %10s %6s\n", all, "op",
+                 "calls", "total ms", "mean us", "share");
+    for (auto& [name, t] : rows)
+      std::fprintf(stderr, "%-44s %8lld %10.2f %10.1f %5.1f%%\n", name.c_str(), static_cast<long long>(t.calls), t.ms,
+                   1e3 * t.ms / t.calls, 100 * t.ms / all);
+    for (auto& r : pending_) pool_.push_back(r.a), pool_.push_back(r.b);
+    for (cudaEvent_t e : pool_) cudaEventDestroy(e);
+  }
+  bool on() const { return on_; }
+  void begin(std::string name) {
+    cudaEvent_t a = event();
+    cudaEventRecord(a, stream_);
+    pending_.push_back({std::move(name), a, nullptr});
+  }
+  void end() {
+    cudaEvent_t b = event();
+    cudaEventRecord(b, stream_);
+    pending_.back().b = b;
+    if (pending_.size() >= 4096) flush();
+  }
+  void flush() {
+    if (pending_.empty()) return;
+    cudaEventSynchronize(pending_.back().b);
+    for (auto& r : pending_) {
+      float ms = 0;
+      cudaEventElapsedTime(&ms, r.a, r.b);
+      Total& t = totals_[r.name];
+      t.ms += ms;
+      ++t.calls;
+      pool_.push_back(r.a);
+      pool_.push_back(r.b);
+    }
+    pending_.clear();
+  }
+
+ private:
+  struct Rec {
+    std::string name;
+    cudaEvent_t a, b;
+  };
+  struct Total {
+    double ms = 0;
+    int64_t calls = 0;
+  };
+  cudaEvent_t event() {
+    if (!pool_.empty()) {
+      cudaEvent_t e = pool_.back();
+      pool_.pop_back();
+      return e;
+    }
+    cudaEvent_t e;
+    MLKV_CUDA_CHECK(cudaEventCreate(&e));
+    return e;
+  }
+  cudaStream_t stream_;
+  bool on_ = false;
+  std::vector<Rec> pending_;
+  std::vector<cudaEvent_t> pool_;
+  std::map<std::string, Total> totals_;
+};
+
+// Times the enclosing op when profiling is on; `name` is only built then.
+#define MLKV_PROFILE(...)                                       \
+  struct ProfScope_ {                                           \
+    OpProfiler& p;                                              \
+    ~ProfScope_() {                                             \
+      if (p.on()) p.end();                                      \
+    }                                                           \
+  } prof_scope_{*prof_};                                         \
+  if (prof_->on()) prof_->begin(__VA_ARGS__)
+
 class CudaBackend final : public Backend {
  public:
   explicit CudaBackend(int device) : device_(device) {
@@ -78,10 +168,12 @@ class CudaBackend final : public Backend {
     MLKV_CUDA_CHECK(cudaMemPoolSetAttribute(def, cudaMemPoolAttrReleaseThreshold, &keep));
     scratch_ = std::make_unique<Scratch>(stream_);
     gemm_ = std::make_unique<Gemm>(stream_);
+    prof_ = std::make_unique<OpProfiler>(stream_);
   }
 
   ~CudaBackend() override {
     cudaStreamSynchronize(stream_);
+    prof_.reset();
     gemm_.reset();
     scratch_.reset();
     for (auto& [p, n] : live_) cudaFreeAsync(p, stream_);
@@ -143,86 +235,122 @@ class CudaBackend final : public Backend {
   }
 
   // ---- casts
-  void cast_f32_to_act(void* out, const float* in, int64_t n) override { cast_f32_to_bf16(B(out), in, n, stream_); }
-  void cast_act_to_f32(float* out, const void* in, int64_t n) override { cast_bf16_to_f32(out, B(in), n, stream_); }
+  void cast_f32_to_act(void* out, const float* in, int64_t n) override {
+    MLKV_PROFILE("cast_f32_to_bf16");
+    cast_f32_to_bf16(B(out), in, n, stream_);
+  }
+  void cast_act_to_f32(float* out, const void* in, int64_t n) override {
+    MLKV_PROFILE("cast_bf16_to_f32");
+    cast_bf16_to_f32(out, B(in), n, stream_);
+  }
 
   // ---- embedding
   void embedding_forward(void* out, const int32_t* tokens, const void* wte, int64_t N, int d) override {
+    MLKV_PROFILE("embedding_forward");
     cuda::embedding_forward(B(out), tokens, B(wte), N, d, stream_);
   }
   void embedding_backward(float* dwte, const void* dout, const int32_t* tokens, int64_t N, int d,
                           int64_t V) override {
+    MLKV_PROFILE("embedding_backward");
     cuda::embedding_backward(dwte, B(dout), tokens, N, d, V, *scratch_, stream_);
   }
 
   // ---- layernorm
   void layernorm_forward(void* out, float* mean, float* rstd, const void* in, const void* w, const void* b,
                          int64_t N, int C, float eps) override {
+    MLKV_PROFILE("layernorm_forward");
     cuda::layernorm_forward(B(out), mean, rstd, B(in), B(w), B(b), N, C, eps, stream_);
   }
   void layernorm_backward(void* din, float* dw, float* db, const void* dout, const void* in, const void* w,
                           const float* mean, const float* rstd, int64_t N, int C) override {
+    MLKV_PROFILE("layernorm_backward");
     cuda::layernorm_backward(B(din), dw, db, B(dout), B(in), B(w), mean, rstd, N, C, *scratch_, stream_);
   }
 
   // ---- linear
+  static std::string shape(const char* op, int64_t N, int IC, int OC) {
+    return std::string(op) + " " + std::to_string(N) + "x" + std::to_string(IC) + "->" + std::to_string(OC);
+  }
   void matmul_forward(void* out, const void* in, const void* w, const void* bias, int64_t N, int IC, int OC,
                       bool accumulate) override {
+    MLKV_PROFILE(shape("matmul_forward", N, IC, OC));
     gemm_->forward(B(out), B(in), B(w), B(bias), N, IC, OC, accumulate);
   }
   void matmul_backward(void* din, float* dw, float* dbias, const void* dout, const void* in, const void* w,
                        int64_t N, int IC, int OC, bool accumulate_din) override {
+    MLKV_PROFILE(shape("matmul_backward", N, IC, OC));
     if (din) gemm_->backward_input(B(din), B(dout), B(w), N, IC, OC, accumulate_din);
     gemm_->backward_weight(dw, B(dout), B(in), N, IC, OC);
     if (dbias) bias_grad(dbias, B(dout), N, OC, *scratch_, stream_);
   }
 
   // ---- elementwise
-  void gelu_forward(void* out, const void* in, int64_t n) override { cuda::gelu_forward(B(out), B(in), n, stream_); }
+  void gelu_forward(void* out, const void* in, int64_t n) override {
+    MLKV_PROFILE("gelu_forward");
+    cuda::gelu_forward(B(out), B(in), n, stream_);
+  }
   void gelu_backward(void* din, const void* in, const void* dout, int64_t n) override {
+    MLKV_PROFILE("gelu_backward");
     cuda::gelu_backward(B(din), B(in), B(dout), n, stream_);
   }
-  void add_inplace(void* y, const void* x, int64_t n) override { cuda::add_inplace(B(y), B(x), n, stream_); }
+  void add_inplace(void* y, const void* x, int64_t n) override {
+    MLKV_PROFILE("add_inplace");
+    cuda::add_inplace(B(y), B(x), n, stream_);
+  }
 
   // ---- rotary
   void qkv_split_rope_forward(void* q, void* k, void* v, const void* qkv, int Bn, int T, int H, int KVH, int hd,
                               int rot, float base, bool rotate_k) override {
+    MLKV_PROFILE("qkv_split_rope_forward");
     cuda::qkv_split_rope_forward(B(q), B(k), B(v), B(qkv), Bn, T, H, KVH, hd, rot, base, rotate_k, stream_);
   }
   void qkv_split_rope_backward(void* dqkv, const void* dq, const float* dk, const float* dv, int Bn, int T, int H,
                                int KVH, int hd, int rot, float base, bool rotate_k) override {
+    MLKV_PROFILE("qkv_split_rope_backward");
     cuda::qkv_split_rope_backward(B(dqkv), B(dq), dk, dv, Bn, T, H, KVH, hd, rot, base, rotate_k, stream_);
   }
   void rope_forward(void* out, const void* x, int64_t BH, int T, int hd, int rot, float base) override {
+    MLKV_PROFILE("rope_forward");
     cuda::rope_forward(B(out), B(x), BH, T, hd, rot, base, stream_);
   }
   void rope_backward_accumulate(float* dx, const float* dout, int64_t BH, int T, int hd, int rot,
                                 float base) override {
+    MLKV_PROFILE("rope_backward_accumulate");
     cuda::rope_backward_accumulate(dx, dout, BH, T, hd, rot, base, stream_);
   }
 
   // ---- attention: the MLKV flash kernels (kernels/cuda/attention.h)
   void attention_forward(void* out, float* lse, const void* q, const void* k, const void* v, int Bn, int T, int H,
                          int KVH, int hd) override {
+    MLKV_PROFILE("attention_forward");
     cuda::attention_forward(out, lse, q, k, v, Bn, T, H, KVH, hd, stream_);
   }
   void attention_backward(void* dq, float* dk, float* dv, const void* dout, const void* q, const void* k,
                           const void* v, const void* out, const float* lse, int Bn, int T, int H, int KVH,
                           int hd) override {
+    MLKV_PROFILE("attention_backward");
     cuda::attention_backward(dq, dk, dv, dout, q, k, v, out, lse, Bn, T, H, KVH, hd, stream_);
   }
 
   // ---- loss, optimizer, reductions
   void cross_entropy(float* losses, void* logits, const int32_t* targets, int64_t N, int64_t V, float dloss,
                      bool compute_grad) override {
+    MLKV_PROFILE("cross_entropy");
     cuda::cross_entropy(losses, B(logits), targets, N, V, dloss, compute_grad, stream_);
   }
   void adamw_update(float* master, void* act_params, const float* grad, float* m, float* v, int64_t n,
                     const AdamwStep& s) override {
+    MLKV_PROFILE("adamw_update");
     cuda::adamw_update(master, act_params == master ? nullptr : B(act_params), grad, m, v, n, s, stream_);
   }
-  double sum_squares(const float* x, int64_t n) override { return reduce_sum(x, n, true, *scratch_, stream_); }
-  double sum(const float* x, int64_t n) override { return reduce_sum(x, n, false, *scratch_, stream_); }
+  double sum_squares(const float* x, int64_t n) override {
+    MLKV_PROFILE("sum_squares");
+    return reduce_sum(x, n, true, *scratch_, stream_);
+  }
+  double sum(const float* x, int64_t n) override {
+    MLKV_PROFILE("sum");
+    return reduce_sum(x, n, false, *scratch_, stream_);
+  }
 
  private:
   int device_;
@@ -233,6 +361,7 @@ class CudaBackend final : public Backend {
   size_t live_bytes_ = 0;
   std::unique_ptr<Scratch> scratch_;
   std::unique_ptr<Gemm> gemm_;
+  std::unique_ptr<OpProfiler> prof_;
 };
 
 }  // namespace

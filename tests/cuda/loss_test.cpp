@@ -32,7 +32,7 @@ TEST_F(Loss, CrossEntropyLossAndGradient) {
     // Each gradient row sums to zero (softmax minus one-hot).
     double rowsum = 0;
     for (int64_t j = 0; j < V; ++j) rowsum += G.grad[3 * V + j];
-    EXPECT_NEAR(rowsum, 0.0, 1e-3 * dloss);
+    EXPECT_NEAR(rowsum, 0.0, 5e-3 * dloss);  // the −dloss entry is itself rounded to bf16
 
     const Out F = run(*gpu, false);
     EXPECT_LT(rel_err(F.loss, C.loss), 1e-5);
