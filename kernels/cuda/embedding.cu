@@ -4,10 +4,12 @@
 // The backward must not use float atomics (DESIGN §3b), and the host may not bucket tokens each
 // step. So, on the device: a stable radix sort of (token, position) pairs (CUB) turns the batch
 // into a token → positions CSR: equal tokens become contiguous runs, positions ascending within a
-// run. One warp per run start then sums its run's dout rows in position order in fp32 and adds
-// the sum to the token's row: each dwte row is written by exactly one warp, in a fixed order, so
-// the result is bitwise reproducible. The sort touches only N keys (tens of thousands), far less
-// than the N·d gradient the reduction reads.
+// run. The sorted order is then cut into fixed chunks of kChunk entries, one warp each, which sum
+// their rows in order: a run wholly inside a chunk is added to its dwte row directly; a run that
+// crosses chunk boundaries leaves one fp32 partial per chunk, and the warp of the chunk where it
+// starts adds those partials in chunk order. Every dwte row is written by one warp with a fixed
+// summation order (bitwise reproducible), and no warp walks more than kChunk rows, so a frequent
+// token (a long run) costs no more latency than any other. The sort touches only N keys.
 #include <cub/device/device_radix_sort.cuh>
 
 #include "core/errors.h"
@@ -36,51 +38,96 @@ __global__ void iota(int32_t* p, int64_t n) {
     p[i] = static_cast<int32_t>(i);
 }
 
-// One warp per (sorted index, 256-column chunk); only warps at the start of a run of equal
-// tokens work. Rows are fetched 8 at a time (positions read by the lanes, then broadcast), so a
-// long run (a frequent token) keeps 8 independent loads in flight rather than one.
+constexpr int kChunk = 64;  // sorted entries per warp
+
+// Pass 1: warp w sums the rows of sorted entries [w·kChunk, (w+1)·kChunk) run by run, for its
+// 32·VEC columns (blockIdx.y). first[w] / last[w] receive the pieces of runs that cross into / out
+// of the chunk; runs inside the chunk go straight to dwte.
 template <int VEC>
-__global__ void embed_backward_runs(float* dwte, const bf16* dout, const int32_t* sorted_tok,
-                                    const int32_t* sorted_pos, int64_t N, int d) {
-  const int64_t i = (blockIdx.x * int64_t{blockDim.x} + threadIdx.x) >> 5;
+__global__ void embed_backward_chunks(float* dwte, float* first, float* last, const bf16* dout,
+                                      const int32_t* sorted_tok, const int32_t* sorted_pos, int64_t N, int d) {
+  const int64_t w = (blockIdx.x * int64_t{blockDim.x} + threadIdx.x) >> 5;
   const int lane = threadIdx.x & 31;
-  if (i >= N) return;
-  const int32_t tok = sorted_tok[i];
-  if (i > 0 && sorted_tok[i - 1] == tok) return;
+  const int64_t i0 = w * kChunk, i1 = min(N, i0 + kChunk);
+  if (i0 >= N) return;
   const int c = (blockIdx.y * 32 + lane) * VEC;
+  const bool col_ok = c < d;
   float acc[VEC] = {};
-  for (int64_t j0 = i;; j0 += 32) {
-    // Lane k looks at element j0 + k of the run; the run ends at the first lane that leaves it.
-    const bool in_run = j0 + lane < N && sorted_tok[j0 + lane] == tok;
-    const int32_t p = in_run ? sorted_pos[j0 + lane] : 0;
-    const unsigned mask = __ballot_sync(0xffffffffu, in_run);
-    const int count = mask == 0xffffffffu ? 32 : __ffs(~mask) - 1;
-    for (int t0 = 0; t0 < count; t0 += 8) {
+  int32_t cur = sorted_tok[i0];
+  int64_t start = i0;
+  auto emit = [&](int64_t end) {  // the piece [start, end) of token cur
+    const bool before = start == i0 && i0 > 0 && sorted_tok[i0 - 1] == cur;
+    const bool after = end == i1 && i1 < N && sorted_tok[i1] == cur;
+    float* dst = before ? first + w * d : after ? last + w * d : dwte + int64_t{cur} * d;
+    if (col_ok) {
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) dst[c + k] = (before || after) ? acc[k] : dst[c + k] + acc[k];
+    }
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) acc[k] = 0.0f;
+  };
+  for (int64_t j0 = i0; j0 < i1; j0 += 32) {
+    const int cnt = static_cast<int>(i1 - j0 < 32 ? i1 - j0 : 32);
+    const int32_t my_tok = lane < cnt ? sorted_tok[j0 + lane] : 0;
+    const int32_t my_pos = lane < cnt ? sorted_pos[j0 + lane] : 0;
+    for (int u0 = 0; u0 < cnt; u0 += 8) {
+      // Issue up to 8 row loads before using any: a run's rows are independent.
       float f[8][VEC];
 #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        const int pu = __shfl_sync(0xffffffffu, p, t0 + u);
-        if (t0 + u < count && c < d) {
+        const int pu = __shfl_sync(0xffffffffu, my_pos, (u0 + u) & 31);
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) f[u][k] = 0.0f;
+        if (u0 + u < cnt && col_ok) {
           const bf16* src = dout + int64_t{pu} * d + c;
           if constexpr (VEC == 8) load8(src, f[u]);
           else f[u][0] = __bfloat162float(*src);
-        } else {
-#pragma unroll
-          for (int k = 0; k < VEC; ++k) f[u][k] = 0.0f;
         }
       }
 #pragma unroll
-      for (int u = 0; u < 8; ++u)
+      for (int u = 0; u < 8; ++u) {
+        const int32_t tu = __shfl_sync(0xffffffffu, my_tok, (u0 + u) & 31);
+        if (u0 + u < cnt) {
+          if (tu != cur) {
+            emit(j0 + u0 + u);
+            cur = tu;
+            start = j0 + u0 + u;
+          }
 #pragma unroll
-        for (int k = 0; k < VEC; ++k) acc[k] += f[u][k];
+          for (int k = 0; k < VEC; ++k) acc[k] += f[u][k];
+        }
+      }
     }
-    if (count < 32) break;
   }
-  if (c < d) {
-    float* row = dwte + int64_t{tok} * d + c;
+  emit(i1);
+}
+
+// Pass 2: the warp of the chunk where a boundary-crossing run starts adds that run's partials,
+// chunk by chunk in order, into its dwte row.
+template <int VEC>
+__global__ void embed_backward_chains(float* dwte, const float* first, const float* last, const int32_t* sorted_tok,
+                                      int64_t N, int d) {
+  const int64_t w = (blockIdx.x * int64_t{blockDim.x} + threadIdx.x) >> 5;
+  const int lane = threadIdx.x & 31;
+  const int64_t i0 = w * kChunk, i1 = min(N, i0 + kChunk);
+  if (i0 >= N || i1 >= N) return;
+  const int32_t tok = sorted_tok[i1 - 1];
+  if (sorted_tok[i1] != tok) return;                    // the last run ends inside this chunk
+  if (i0 > 0 && sorted_tok[i0 - 1] == tok) return;      // it started in an earlier chunk
+  const int c = (blockIdx.y * 32 + lane) * VEC;
+  if (c >= d) return;
+  float acc[VEC];
 #pragma unroll
-    for (int k = 0; k < VEC; ++k) row[k] += acc[k];
+  for (int k = 0; k < VEC; ++k) acc[k] = last[w * d + c + k];
+  for (int64_t v = w + 1;; ++v) {
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) acc[k] += first[v * d + c + k];
+    const int64_t e = min(N, (v + 1) * kChunk);
+    if (e >= N || sorted_tok[e] != tok) break;
   }
+  float* row = dwte + int64_t{tok} * d + c;
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) row[k] += acc[k];
 }
 
 }  // namespace
@@ -106,23 +153,27 @@ void embedding_backward(float* dwte, const bf16* dout, const int32_t* tokens, in
                                                   static_cast<const int32_t*>(nullptr),
                                                   static_cast<int32_t*>(nullptr), n, 0, bits, s));
   const size_t ids = (sizeof(int32_t) * size_t(n) + 255) / 256 * 256;
-  char* base = static_cast<char*>(scratch.get(3 * ids + cub_bytes));
+  const int64_t chunks = ceil_div(N, kChunk);
+  const size_t parts = (sizeof(float) * size_t(chunks) * d + 255) / 256 * 256;
+  char* base = static_cast<char*>(scratch.get(3 * ids + 2 * parts + cub_bytes));
   auto* sorted_tok = reinterpret_cast<int32_t*>(base);
   auto* pos = reinterpret_cast<int32_t*>(base + ids);
   auto* sorted_pos = reinterpret_cast<int32_t*>(base + 2 * ids);
-  void* cub_tmp = base + 3 * ids;
+  auto* first = reinterpret_cast<float*>(base + 3 * ids);
+  auto* last = reinterpret_cast<float*>(base + 3 * ids + parts);
+  void* cub_tmp = base + 3 * ids + 2 * parts;
   iota<<<grid_for(N, 256), 256, 0, s>>>(pos, N);
   MLKV_LAUNCH_CHECK();
   MLKV_CUDA_CHECK(
       cub::DeviceRadixSort::SortPairs(cub_tmp, cub_bytes, tokens, sorted_tok, pos, sorted_pos, n, 0, bits, s));
-  const unsigned blocks = static_cast<unsigned>(ceil_div(N * 32, 256));
-  if (d % 8 == 0 && aligned16(dout)) {
-    const dim3 grid(blocks, static_cast<unsigned>(ceil_div(d, 32 * 8)));
-    embed_backward_runs<8><<<grid, 256, 0, s>>>(dwte, dout, sorted_tok, sorted_pos, N, d);
-  } else {
-    const dim3 grid(blocks, static_cast<unsigned>(ceil_div(d, 32)));
-    embed_backward_runs<1><<<grid, 256, 0, s>>>(dwte, dout, sorted_tok, sorted_pos, N, d);
-  }
+  const unsigned blocks = static_cast<unsigned>(ceil_div(chunks * 32, 256));
+  const bool vec = d % 8 == 0 && aligned16(dout);
+  const dim3 grid(blocks, static_cast<unsigned>(ceil_div(d, 32 * (vec ? 8 : 1))));
+  if (vec) embed_backward_chunks<8><<<grid, 256, 0, s>>>(dwte, first, last, dout, sorted_tok, sorted_pos, N, d);
+  else embed_backward_chunks<1><<<grid, 256, 0, s>>>(dwte, first, last, dout, sorted_tok, sorted_pos, N, d);
+  MLKV_LAUNCH_CHECK();
+  if (vec) embed_backward_chains<8><<<grid, 256, 0, s>>>(dwte, first, last, sorted_tok, N, d);
+  else embed_backward_chains<1><<<grid, 256, 0, s>>>(dwte, first, last, sorted_tok, N, d);
   MLKV_LAUNCH_CHECK();
 }
 

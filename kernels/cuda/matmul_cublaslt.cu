@@ -4,10 +4,18 @@
 //   backward weight:  dw[OC, IC] += dout^T · in                           (fp32 C = D, beta 1)
 // cuBLASLt is column-major: a row-major [R, C] buffer is the column-major C×R matrix, so each
 // row-major product is issued transposed (D^T = op(B)^T·op(A)^T), which needs no data movement.
-// Descriptors and the heuristic's algorithm are built once per shape and cached: a training step
-// repeats the same few dozen shapes, and the heuristic query costs more than a small GEMM.
+// Descriptors and the algorithm are chosen once per shape and cached: a training step repeats the
+// same few dozen shapes, and the heuristic query costs more than a small GEMM. The heuristic's
+// first choice is not always good (measured: the 32768×768→2304 QKV projection ran at 214 TFLOP/s
+// against 670 for its 3072-wide neighbour), so its top candidates are timed once on the real
+// operands and the fastest kept. MLKV_GEMM_AUTOTUNE=0 keeps the heuristic's first choice instead
+// (then the choice, and so the summation order, cannot vary between runs).
+#include <cstdlib>
+#include <cstring>
 #include <map>
 #include <tuple>
+
+#include <algorithm>
 
 #include "core/errors.h"
 #include "kernels/cuda/backend_ops.cuh"
@@ -17,6 +25,14 @@ namespace mlkv::cuda {
 namespace {
 
 constexpr size_t kWorkspaceBytes = size_t{32} << 20;
+constexpr int kCandidates = 8;
+// Largest output copied aside to time an accumulating (beta = 1) GEMM without disturbing it.
+constexpr size_t kMaxTuneScratch = size_t{512} << 20;
+
+bool autotune_enabled() {
+  const char* e = std::getenv("MLKV_GEMM_AUTOTUNE");
+  return !(e && std::strcmp(e, "0") == 0);
+}
 
 // Largest power of two ≤ 16 dividing the address: the heuristic must know what it may assume.
 int alignment_of(const void* p) {
@@ -65,7 +81,8 @@ struct Gemm::Impl {
     cublasLtDestroy(handle);
   }
 
-  const Plan& plan(const Key& key) {
+  // The plan for `key`; on first use the candidates are timed on these operands.
+  const Plan& plan(const Key& key, const void* A, const void* Bm, void* D, float beta, const void* bias) {
     auto it = plans.find(key);
     if (it != plans.end()) return it->second;
     Plan p;
@@ -77,6 +94,7 @@ struct Gemm::Impl {
       const cudaDataType_t bt = CUDA_R_16BF;
       MLKV_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
       MLKV_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof(bt)));
+      MLKV_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
     }
     // Stored (pre-op) shapes: A is m×k or k×m, B is k×n or n×k, D is m×n.
     const bool ta = key.ta == CUBLAS_OP_T, tb = key.tb == CUBLAS_OP_T;
@@ -93,10 +111,10 @@ struct Gemm::Impl {
     cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b, sizeof(al_b));
     cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_d, sizeof(al_d));
     cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_d, sizeof(al_d));
-    cublasLtMatmulHeuristicResult_t result{};
+    cublasLtMatmulHeuristicResult_t results[kCandidates] = {};
     int found = 0;
     const cublasStatus_t st =
-        cublasLtMatmulAlgoGetHeuristic(handle, p.op, p.a, p.b, p.d, p.d, pref, 1, &result, &found);
+        cublasLtMatmulAlgoGetHeuristic(handle, p.op, p.a, p.b, p.d, p.d, pref, kCandidates, results, &found);
     cublasLtMatmulPreferenceDestroy(pref);
     if (st != CUBLAS_STATUS_SUCCESS || found == 0) {
       cublasLtMatmulDescDestroy(p.op);
@@ -106,8 +124,51 @@ struct Gemm::Impl {
       throw Error("cuBLASLt: no algorithm for m=" + std::to_string(key.m) + " n=" + std::to_string(key.n) +
                   " k=" + std::to_string(key.k) + " (status " + std::to_string(static_cast<int>(st)) + ")");
     }
-    p.algo = result.algo;
+    p.algo = results[0].algo;
+    if (found > 1 && autotune_enabled()) p.algo = fastest(p, results, found, key, A, Bm, D, beta);
     return plans.emplace(key, p).first->second;
+  }
+
+  // Times each candidate (one warm-up, best of three) and returns the fastest. An accumulating
+  // GEMM writes into a scratch copy-target instead, so the caller's output is left untouched.
+  cublasLtMatmulAlgo_t fastest(const Plan& p, const cublasLtMatmulHeuristicResult_t* results, int found, const Key& key,
+                               const void* A, const void* Bm, void* D, float beta) {
+    void* target = D;
+    if (beta != 0.0f) {
+      const size_t bytes = size_t(key.m) * key.n * (key.dtype == CUDA_R_32F ? 4 : 2);
+      if (bytes > kMaxTuneScratch || cudaMallocAsync(&target, bytes, stream) != cudaSuccess) {
+        cudaGetLastError();
+        return results[0].algo;
+      }
+    }
+    cudaEvent_t t0, t1;
+    MLKV_CUDA_CHECK(cudaEventCreate(&t0));
+    MLKV_CUDA_CHECK(cudaEventCreate(&t1));
+    const float alpha = 1.0f;
+    int best = 0;
+    float best_ms = 1e30f;
+    for (int i = 0; i < found; ++i) {
+      auto launch = [&] {
+        return cublasLtMatmul(handle, p.op, &alpha, A, p.a, Bm, p.b, &beta, target, p.d, target, p.d,
+                              &results[i].algo, workspace, kWorkspaceBytes, stream);
+      };
+      if (launch() != CUBLAS_STATUS_SUCCESS) continue;
+      float ms_min = 1e30f;
+      for (int r = 0; r < 3; ++r) {
+        MLKV_CUDA_CHECK(cudaEventRecord(t0, stream));
+        launch();
+        MLKV_CUDA_CHECK(cudaEventRecord(t1, stream));
+        MLKV_CUDA_CHECK(cudaEventSynchronize(t1));
+        float ms = 0;
+        MLKV_CUDA_CHECK(cudaEventElapsedTime(&ms, t0, t1));
+        ms_min = std::min(ms_min, ms);
+      }
+      if (ms_min < best_ms) best_ms = ms_min, best = i;
+    }
+    cudaEventDestroy(t0);
+    cudaEventDestroy(t1);
+    if (target != D) MLKV_CUDA_CHECK(cudaFreeAsync(target, stream));
+    return results[best].algo;
   }
 
   // D = op(A)·op(B) (+ beta·D) (+ bias), D used as C too.
@@ -116,7 +177,7 @@ struct Gemm::Impl {
     if (m == 0 || n == 0) return;
     const Key key{ta,   tb,   m,    n, k, lda, ldb, ldd, dtype, bias != nullptr, alignment_of(A), alignment_of(Bm),
                   alignment_of(D)};
-    const Plan& p = plan(key);
+    const Plan& p = plan(key, A, Bm, D, beta, bias);
     if (bias)
       MLKV_CUBLAS_CHECK(
           cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));

@@ -5,8 +5,12 @@
 //   rope forward:   out[BH, T, hd] = rope(x);   rope backward: dx[BH, T, hd] (fp32) += rope⁻¹(dout fp32)
 // For the pair (x0, x1) = (x[i], x[i + rot/2]) at position t with angle a = t·base^(-2i/rot):
 //   forward  (x0·cos a − x1·sin a, x1·cos a + x0·sin a);  inverse (g0·cos a + g1·sin a, g1·cos a − g0·sin a).
-// Each thread moves VEC consecutive elements of one head row; a chunk in [0, rot/2) also carries
-// its partner chunk at +rot/2, a chunk in [rot/2, rot) is left to that partner, the rest is copied.
+// The split ops run one block per token row: its rot/2 angles are computed once into shared
+// memory (sincosf is the costly part; per element it made these copies 4x slower than memory),
+// and all index arithmetic stays 32-bit within the row. Each thread moves VEC consecutive
+// elements of one head; a chunk in [0, rot/2) also carries its partner chunk at +rot/2, a chunk in
+// [rot/2, rot) is left to that partner, the rest is copied.
+#include <algorithm>
 #include <string>
 
 #include "core/errors.h"
@@ -30,8 +34,16 @@ __device__ __forceinline__ void ld(const bf16* p, float (&f)[VEC]) {
 }
 template <int VEC>
 __device__ __forceinline__ void ld(const float* p, float (&f)[VEC]) {
+  if constexpr (VEC % 4 == 0) {
 #pragma unroll
-  for (int k = 0; k < VEC; ++k) f[k] = p[k];
+    for (int k = 0; k < VEC; k += 4) {
+      const float4 t = *reinterpret_cast<const float4*>(p + k);
+      f[k] = t.x, f[k + 1] = t.y, f[k + 2] = t.z, f[k + 3] = t.w;
+    }
+  } else {
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) f[k] = p[k];
+  }
 }
 template <int VEC>
 __device__ __forceinline__ void st(bf16* p, const float (&f)[VEC]) {
@@ -49,17 +61,19 @@ __device__ __forceinline__ void st(float* p, const float (&f)[VEC]) {
   for (int k = 0; k < VEC; ++k) p[k] = f[k];
 }
 
-// Rotates (lo, hi) in place: lo holds x[i0 .. i0+VEC), hi holds x[i0+half ..).
+// cos/sin of the angles t·inv_freq[i], i < rot/2, with inv_freq = 1/base^(2i/rot) computed in
+// fp32 as the reference and HF compute it (parity to the last bits).
+__device__ __forceinline__ void angle(int t, int i, int rot, float base, float& c, float& s) {
+  const float inv_freq = 1.0f / powf(base, static_cast<float>(2 * i) / static_cast<float>(rot));
+  sincosf(static_cast<float>(t) * inv_freq, &s, &c);
+}
+
+// Rotates (lo, hi) in place: lo holds x[i0 .. i0+VEC), hi holds x[i0+half ..); cs[i] = (cos, sin).
 template <int VEC>
-__device__ __forceinline__ void rotate(float (&lo)[VEC], float (&hi)[VEC], int t, int i0, int rot, float base,
-                                       bool inverse) {
+__device__ __forceinline__ void rotate(float (&lo)[VEC], float (&hi)[VEC], const float2* cs, int i0, bool inverse) {
 #pragma unroll
   for (int k = 0; k < VEC; ++k) {
-    // 1/base^(2i/rot) in fp32, as the reference and HF compute it: parity to the last bits.
-    const float inv_freq = 1.0f / powf(base, static_cast<float>(2 * (i0 + k)) / static_cast<float>(rot));
-    float s, c;
-    sincosf(static_cast<float>(t) * inv_freq, &s, &c);
-    if (inverse) s = -s;
+    const float c = cs[i0 + k].x, s = inverse ? -cs[i0 + k].y : cs[i0 + k].y;
     const float x0 = lo[k], x1 = hi[k];
     lo[k] = x0 * c - x1 * s;
     hi[k] = x1 * c + x0 * s;
@@ -68,15 +82,15 @@ __device__ __forceinline__ void rotate(float (&lo)[VEC], float (&hi)[VEC], int t
 
 // Moves one chunk of VEC elements at offset e of a head row: src → dst, rotating when `rotary`.
 template <int VEC, typename TS, typename TD>
-__device__ __forceinline__ void move_chunk(TD* dst, const TS* src, int e, int t, int rot, float base,
-                                           bool rotary, bool inverse) {
+__device__ __forceinline__ void move_chunk(TD* dst, const TS* src, int e, const float2* cs, int rot, bool rotary,
+                                           bool inverse) {
   const int half = rot / 2;
   if (rotary && e < rot) {
     if (e >= half) return;  // written by the partner chunk
     float lo[VEC], hi[VEC];
     ld<VEC>(src + e, lo);
     ld<VEC>(src + e + half, hi);
-    rotate<VEC>(lo, hi, t, e, rot, base, inverse);
+    rotate<VEC>(lo, hi, cs, e, inverse);
     st<VEC>(dst + e, lo);
     st<VEC>(dst + e + half, hi);
   } else {
@@ -86,46 +100,54 @@ __device__ __forceinline__ void move_chunk(TD* dst, const TS* src, int e, int t,
   }
 }
 
-// One thread per (row n = b·T + t, head slot j of the fused row, chunk).
+constexpr int kMaxHalf = 512;  // rot/2 ≤ hd/2; head dims up to 1024
+
+// Fills cs[i] = (cos, sin) of position t for i < rot/2 (block-wide, then a barrier).
+__device__ __forceinline__ void fill_angles(float2* cs, int t, int rot, float base) {
+  for (int i = threadIdx.x; i < rot / 2; i += blockDim.x) angle(t, i, rot, base, cs[i].x, cs[i].y);
+  __syncthreads();
+}
+
+// One block per row n = b·T + t; threads walk (head slot j, chunk) of the fused row.
 template <int VEC>
-__global__ void split_forward(bf16* q, bf16* k, bf16* v, const bf16* qkv, int B, int T, int H, int KVH, int hd,
-                              int rot, float base, bool rotate_k) {
+__global__ void split_forward(bf16* q, bf16* k, bf16* v, const bf16* qkv, int T, int H, int KVH, int hd, int rot,
+                              float base, bool rotate_k) {
+  __shared__ float2 cs[kMaxHalf];
+  const int64_t n = blockIdx.x;
+  const int b = static_cast<int>(n / T), t = static_cast<int>(n % T);
+  fill_angles(cs, t, rot, base);
   const int chunks = hd / VEC, slots = H + 2 * KVH;
-  const int64_t total = int64_t{B} * T * slots * chunks;
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total; i += int64_t{gridDim.x} * blockDim.x) {
-    const int e = static_cast<int>(i % chunks) * VEC;
-    const int j = static_cast<int>((i / chunks) % slots);
-    const int64_t n = i / (int64_t{chunks} * slots);
-    const int b = static_cast<int>(n / T), t = static_cast<int>(n % T);
-    const bf16* src = qkv + n * slots * hd + int64_t{j} * hd;
-    if (j < H) {
-      move_chunk<VEC>(q + ((int64_t{b} * H + j) * T + t) * hd, src, e, t, rot, base, true, false);
-    } else if (j < H + KVH) {
-      move_chunk<VEC>(k + ((int64_t{b} * KVH + (j - H)) * T + t) * hd, src, e, t, rot, base, rotate_k, false);
-    } else {
-      move_chunk<VEC>(v + ((int64_t{b} * KVH + (j - H - KVH)) * T + t) * hd, src, e, t, rot, base, false, false);
-    }
+  const bf16* row = qkv + n * slots * hd;
+  for (int idx = threadIdx.x; idx < slots * chunks; idx += blockDim.x) {
+    const int j = idx / chunks, e = (idx - j * chunks) * VEC;
+    const bf16* src = row + j * hd;
+    if (j < H)
+      move_chunk<VEC>(q + ((int64_t{b} * H + j) * T + t) * hd, src, e, cs, rot, true, false);
+    else if (j < H + KVH)
+      move_chunk<VEC>(k + ((int64_t{b} * KVH + (j - H)) * T + t) * hd, src, e, cs, rot, rotate_k, false);
+    else
+      move_chunk<VEC>(v + ((int64_t{b} * KVH + (j - H - KVH)) * T + t) * hd, src, e, cs, rot, false, false);
   }
 }
 
 template <int VEC>
-__global__ void split_backward(bf16* dqkv, const bf16* dq, const float* dk, const float* dv, int B, int T, int H,
-                               int KVH, int hd, int rot, float base, bool rotate_k) {
+__global__ void split_backward(bf16* dqkv, const bf16* dq, const float* dk, const float* dv, int T, int H, int KVH,
+                               int hd, int rot, float base, bool rotate_k) {
+  __shared__ float2 cs[kMaxHalf];
+  const int64_t n = blockIdx.x;
+  const int b = static_cast<int>(n / T), t = static_cast<int>(n % T);
+  fill_angles(cs, t, rot, base);
   const int chunks = hd / VEC, slots = H + 2 * KVH;
-  const int64_t total = int64_t{B} * T * slots * chunks;
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total; i += int64_t{gridDim.x} * blockDim.x) {
-    const int e = static_cast<int>(i % chunks) * VEC;
-    const int j = static_cast<int>((i / chunks) % slots);
-    const int64_t n = i / (int64_t{chunks} * slots);
-    const int b = static_cast<int>(n / T), t = static_cast<int>(n % T);
-    bf16* dst = dqkv + n * slots * hd + int64_t{j} * hd;
-    if (j < H) {
-      move_chunk<VEC>(dst, dq + ((int64_t{b} * H + j) * T + t) * hd, e, t, rot, base, true, true);
-    } else if (j < H + KVH) {
-      move_chunk<VEC>(dst, dk + ((int64_t{b} * KVH + (j - H)) * T + t) * hd, e, t, rot, base, rotate_k, true);
-    } else {
-      move_chunk<VEC>(dst, dv + ((int64_t{b} * KVH + (j - H - KVH)) * T + t) * hd, e, t, rot, base, false, true);
-    }
+  bf16* row = dqkv + n * slots * hd;
+  for (int idx = threadIdx.x; idx < slots * chunks; idx += blockDim.x) {
+    const int j = idx / chunks, e = (idx - j * chunks) * VEC;
+    bf16* dst = row + j * hd;
+    if (j < H)
+      move_chunk<VEC>(dst, dq + ((int64_t{b} * H + j) * T + t) * hd, e, cs, rot, true, true);
+    else if (j < H + KVH)
+      move_chunk<VEC>(dst, dk + ((int64_t{b} * KVH + (j - H)) * T + t) * hd, e, cs, rot, rotate_k, true);
+    else
+      move_chunk<VEC>(dst, dv + ((int64_t{b} * KVH + (j - H - KVH)) * T + t) * hd, e, cs, rot, false, true);
   }
 }
 
@@ -136,7 +158,26 @@ __global__ void rope_plain_forward(bf16* out, const bf16* x, int64_t BH, int T, 
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total; i += int64_t{gridDim.x} * blockDim.x) {
     const int e = static_cast<int>(i % chunks) * VEC;
     const int64_t row = i / chunks;
-    move_chunk<VEC>(out + row * hd, x + row * hd, e, static_cast<int>(row % T), rot, base, true, false);
+    const int t = static_cast<int>(row % T), half = rot / 2;
+    if (e < half) {  // this chunk rotates: its own angles (rare op: seed-paper compatibility only)
+      float lo[VEC], hi[VEC];
+      ld<VEC>(x + row * hd + e, lo);
+      ld<VEC>(x + row * hd + e + half, hi);
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) {
+        float c, s;
+        angle(t, e + k, rot, base, c, s);
+        const float x0 = lo[k], x1 = hi[k];
+        lo[k] = x0 * c - x1 * s;
+        hi[k] = x1 * c + x0 * s;
+      }
+      st<VEC>(out + row * hd + e, lo);
+      st<VEC>(out + row * hd + e + half, hi);
+    } else if (e >= rot) {
+      float f[VEC];
+      ld<VEC>(x + row * hd + e, f);
+      st<VEC>(out + row * hd + e, f);
+    }
   }
 }
 
@@ -150,10 +191,11 @@ __global__ void rope_plain_backward_acc(float* dx, const float* dout, int64_t BH
     const int64_t row = i / hd;
     if (e >= half && e < rot) continue;
     if (e < half) {
-      float lo[1] = {dout[row * hd + e]}, hi[1] = {dout[row * hd + e + half]};
-      rotate<1>(lo, hi, static_cast<int>(row % T), e, rot, base, true);
-      dx[row * hd + e] += lo[0];
-      dx[row * hd + e + half] += hi[0];
+      float c, s;
+      angle(static_cast<int>(row % T), e, rot, base, c, s);
+      const float g0 = dout[row * hd + e], g1 = dout[row * hd + e + half];
+      dx[row * hd + e] += g0 * c + g1 * s;
+      dx[row * hd + e + half] += g1 * c - g0 * s;
     } else {
       dx[row * hd + e] += dout[row * hd + e];
     }
@@ -168,7 +210,11 @@ int pick_vec(int hd, int rot, bool ptrs_aligned16) {
   return 1;
 }
 
+// Threads per row block: the row's chunks rounded up to whole warps, at most 256.
+int row_threads(int chunks) { return static_cast<int>(std::min<int64_t>(256, ceil_div(chunks, 32) * 32)); }
+
 void check_rot(int hd, int rot) {
+  if (rot / 2 > kMaxHalf) throw Error("rope: rotary dims " + std::to_string(rot) + " above the supported 1024");
   if (rot < 0 || rot > hd || rot % 2 != 0)
     throw Error("rope: rotary dims " + std::to_string(rot) + " must be even and <= head dim " + std::to_string(hd));
 }
@@ -181,10 +227,13 @@ void qkv_split_rope_forward(bf16* q, bf16* k, bf16* v, const bf16* qkv, int B, i
   const int64_t elems = int64_t{B} * T * (H + 2 * KVH) * hd;
   if (elems == 0) return;
   const bool al = aligned16(q) && aligned16(qkv) && (KVH == 0 || (aligned16(k) && aligned16(v)));
-  switch (pick_vec(hd, rot, al)) {
-    case 8: split_forward<8><<<grid_for(elems / 8, 256), 256, 0, s>>>(q, k, v, qkv, B, T, H, KVH, hd, rot, base, rotate_k); break;
-    case 2: split_forward<2><<<grid_for(elems / 2, 256), 256, 0, s>>>(q, k, v, qkv, B, T, H, KVH, hd, rot, base, rotate_k); break;
-    default: split_forward<1><<<grid_for(elems, 256), 256, 0, s>>>(q, k, v, qkv, B, T, H, KVH, hd, rot, base, rotate_k);
+  const int vec = pick_vec(hd, rot, al);
+  const unsigned rows = static_cast<unsigned>(int64_t{B} * T);
+  const int threads = row_threads((H + 2 * KVH) * hd / vec);
+  switch (vec) {
+    case 8: split_forward<8><<<rows, threads, 0, s>>>(q, k, v, qkv, T, H, KVH, hd, rot, base, rotate_k); break;
+    case 2: split_forward<2><<<rows, threads, 0, s>>>(q, k, v, qkv, T, H, KVH, hd, rot, base, rotate_k); break;
+    default: split_forward<1><<<rows, threads, 0, s>>>(q, k, v, qkv, T, H, KVH, hd, rot, base, rotate_k);
   }
   MLKV_LAUNCH_CHECK();
 }
@@ -194,11 +243,14 @@ void qkv_split_rope_backward(bf16* dqkv, const bf16* dq, const float* dk, const 
   check_rot(hd, rot);
   const int64_t elems = int64_t{B} * T * (H + 2 * KVH) * hd;
   if (elems == 0) return;
-  const bool al = aligned16(dqkv) && aligned16(dq);  // fp32 dk/dv are read element by element
-  switch (pick_vec(hd, rot, al)) {
-    case 8: split_backward<8><<<grid_for(elems / 8, 256), 256, 0, s>>>(dqkv, dq, dk, dv, B, T, H, KVH, hd, rot, base, rotate_k); break;
-    case 2: split_backward<2><<<grid_for(elems / 2, 256), 256, 0, s>>>(dqkv, dq, dk, dv, B, T, H, KVH, hd, rot, base, rotate_k); break;
-    default: split_backward<1><<<grid_for(elems, 256), 256, 0, s>>>(dqkv, dq, dk, dv, B, T, H, KVH, hd, rot, base, rotate_k);
+  const bool al = aligned16(dqkv) && aligned16(dq) && (KVH == 0 || (aligned16(dk) && aligned16(dv)));
+  const int vec = pick_vec(hd, rot, al);
+  const unsigned rows = static_cast<unsigned>(int64_t{B} * T);
+  const int threads = row_threads((H + 2 * KVH) * hd / vec);
+  switch (vec) {
+    case 8: split_backward<8><<<rows, threads, 0, s>>>(dqkv, dq, dk, dv, T, H, KVH, hd, rot, base, rotate_k); break;
+    case 2: split_backward<2><<<rows, threads, 0, s>>>(dqkv, dq, dk, dv, T, H, KVH, hd, rot, base, rotate_k); break;
+    default: split_backward<1><<<rows, threads, 0, s>>>(dqkv, dq, dk, dv, T, H, KVH, hd, rot, base, rotate_k);
   }
   MLKV_LAUNCH_CHECK();
 }
