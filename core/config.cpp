@@ -339,15 +339,16 @@ class Loader {
 };
 
 std::string read_file(const fs::path& file, const std::string& include_site) {
-  const std::string prefix = include_site.empty() ? file.string() : include_site + ": include";
+  // The top-level file names itself; an included one is named after the include that wants it.
+  const std::string prefix = include_site.empty() ? file.string() + ": cannot read config file"
+                                                  : include_site + ": include: cannot read '" + file.string() + "'";
   std::error_code ec;
   if (!fs::is_regular_file(file, ec))
-    throw ConfigError(prefix + ": cannot read config file '" + file.string() + "': " +
-                      (fs::exists(file, ec) ? "not a regular file" : "no such file"));
+    throw ConfigError(prefix + ": " + (fs::exists(file, ec) ? "not a regular file" : "no such file"));
   std::ifstream in(file, std::ios::binary);
   std::ostringstream ss;
   ss << in.rdbuf();
-  if (!in) throw ConfigError(prefix + ": cannot read config file '" + file.string() + "': " + std::strerror(errno));
+  if (!in) throw ConfigError(prefix + ": " + std::strerror(errno));
   return ss.str();
 }
 
@@ -530,7 +531,7 @@ void check_relations(const Config& c, const std::function<std::string(const std:
     try {
       KvPlan::from_owners(m.layers, c.kv.owners, kvh);
     } catch (const ConfigError& e) {
-      fail(at("kv.owners"), "kv.owners", std::string(e.what()) + " (model.layers = " + std::to_string(m.layers) + ")");
+      fail(at("kv.owners"), "kv.owners", e.what());
     }
   }
   if (c.train.seq_len > m.max_seq_len)

@@ -340,7 +340,7 @@ TEST(ConfigRoundTrip, ResolvedTomlReadsBackEqual) {
     if (!kFragments.count(f)) configs.push_back(load_shipped(f));
   configs.push_back(load_shipped("tiny/tiny_mlkv.toml",
                                  {"model.name=\"quote \\\" back\\\\slash tab\\t é\"", "kv.owners=[0, 1, 3]",
-                                  "optim.lr=0.1", "optim.eps=3e-300", "log.peak_flops=989e12", "train.seed=18446744",
+                                  "optim.lr=0.1", "optim.eps=3e-300", "optim.min_lr_ratio=0.123456789012345678", "log.peak_flops=989e12", "train.seed=18446744",
                                   "model.rotary_base=1e4", "kv.rope_shared_keys=false", "data.val_fraction=0.3"}));
   for (const Config& c : configs) {
     const std::string toml = mlkv::config_to_toml(c);
@@ -412,7 +412,10 @@ TEST(ConfigErrors, MatrixNamesFileLineAndKey) {
       {"odd rotary dims", "[model]\nlayers = 2\nd_model = 64\nheads = 1\nrotary_pct = 0.3\n[train]\nsteps = 1\n",
        5, "model.rotary_pct", "must be even"},
       {"seq_len beyond max", ok + "seq_len = 4096\n", 7, "train.seq_len", "exceeds model.max_seq_len"},
-      {"tp not dividing heads", ok + "[parallel]\ntp = 5\n", 8, "parallel.tp", "must divide model.heads"},
+      {"tp not dividing heads", ok + "[kv]\nkv_heads = 1\n[parallel]\ntp = 8\n", 10, "parallel.tp",
+       "must divide model.heads = 12"},
+      {"tp not dividing kv_heads", ok + "[kv]\nkv_heads = 6\n[parallel]\ntp = 4\n", 10, "parallel.tp",
+       "multiple of kv_heads = 6"},
       {"syntax error", ok + "seed = = 3\n", 7, "", "TOML syntax error"},
       {"duplicate key", ok + "steps = 11\n", 7, "", "TOML syntax error"},
       {"section as value", "model = 3\n" + ok.substr(ok.find("[train]")), 1, "model", "expected a table [model]"},
