@@ -38,7 +38,7 @@ std::string describe_config(const Config& c) {
   const double flops = s.flops_per_token(c.train.seq_len);
 
   std::ostringstream o;
-  o << "\n# ---- derived (not config keys) ----\n";
+  o << "# ---- derived (not config keys) ----\n";
   o << "# model:           " << (c.model.name.empty() ? "(unnamed)" : c.model.name) << ": " << s.layers
     << " layers, d_model " << s.d_model << ", " << s.heads << " heads of dim " << s.head_dim() << " (rotary on "
     << s.rot_dims() << "), ffn " << s.ffn << ", vocab " << s.vocab << "\n";
@@ -51,8 +51,10 @@ std::string describe_config(const Config& c) {
   o << "# parameters:      " << params << " (" << human(static_cast<double>(params)) << ")\n";
   o << "# flops/token:     " << static_cast<int64_t>(flops) << " (" << human(flops)
     << "; 6*N_matmul + 12*L*d*T at T = train.seq_len = " << c.train.seq_len << ")\n";
-  o << "# kv cache bf16:   " << cache << " bytes/token (MHA: " << mha_cache << ", "
-    << static_cast<double>(mha_cache) / static_cast<double>(cache) << "x smaller)\n";
+  o << "# kv cache bf16:   " << cache << " bytes/token";
+  if (cache != mha_cache)
+    o << " (MHA: " << mha_cache << ", " << static_cast<double>(mha_cache) / static_cast<double>(cache) << "x smaller)";
+  o << "\n";
   o << "# tokens/step:     " << int64_t{c.train.micro_batch} * c.train.grad_accum * c.train.seq_len
     << " per data-parallel rank (micro_batch x grad_accum x seq_len)\n";
   return o.str();
