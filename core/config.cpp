@@ -263,9 +263,10 @@ std::string node_type_name(const toml::node& n) {
   }
 }
 
+// "file:line:column" of a parsed node; `fallback` when TOML++ recorded no position (implicit tables).
 std::string where(const toml::source_region& r, const std::string& fallback) {
   if (r.begin.line == 0) return fallback;
-  const std::string file = r.path ? *r.path : fallback;
+  const std::string file = r.path ? *r.path : "<config>";  // every parse here names its source
   return file + ":" + std::to_string(r.begin.line) + ":" + std::to_string(r.begin.column);
 }
 
