@@ -1,9 +1,12 @@
 // Model forward/backward orchestration (see model.h for the shape of the computation).
 #include "core/model.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/errors.h"
+#include "parallel/communicator.h"
+#include "parallel/tp_ops.h"
 
 namespace mlkv {
 
@@ -40,17 +43,28 @@ float* Model::alloc_f32(int64_t elems) {
   return static_cast<float*>(allocations_.back());
 }
 
-Model::Model(const ModelSpec& spec, Backend& backend, int B, int T, Recompute recompute)
-    : spec_(spec), layout_(spec), be_(backend), B_(B), T_(T), recompute_(recompute) {
-  spec_.validate("model");
+static const ModelSpec& validated(const ModelSpec& s) {
+  s.validate("model");
+  return s;
+}
+
+Model::Model(const ModelSpec& spec, Backend& backend, int B, int T, Recompute recompute, const ModelParallel& par)
+    : spec_(validated(spec)), par_(par), layout_(spec_, par.tp, par.tp_rank), be_(backend), B_(B), T_(T),
+      recompute_(recompute) {
   if (T > spec_.max_seq_len)
     throw ConfigError("train.seq_len = " + std::to_string(T) + " exceeds model.max_seq_len = " +
                       std::to_string(spec_.max_seq_len));
-  const int64_t N = int64_t{B} * T, d = spec_.d_model, hd = spec_.head_dim(), H = spec_.heads,
-                KVH = spec_.kv.kv_heads, L = spec_.layers, P = layout_.total();
-  master_ = static_cast<float*>(be_.alloc(P * sizeof(float)));
-  grads_ = static_cast<float*>(be_.alloc(P * sizeof(float)));
-  params_ = be_.act_bytes() == 4 ? static_cast<void*>(master_) : be_.alloc(P * be_.act_bytes());
+  if (par_.tp > 1 && (!par_.tp_comm || par_.tp_comm->size() != par_.tp))
+    throw Error("model: tensor parallelism over " + std::to_string(par_.tp) + " ranks needs their communicator");
+  // Under tensor parallelism every size below is this rank's share (ParamLayout's local sizes).
+  const int64_t N = int64_t{B} * T, d = spec_.d_model, hd = spec_.head_dim(), H = layout_.local_heads(),
+                KVH = layout_.local_kv_heads(), L = spec_.layers, P = layout_.total(), F = layout_.local_ffn();
+  const int64_t m = std::max<int64_t>(1, par_.buffer_multiple);
+  buffer_elems_ = (P + m - 1) / m * m;
+  const bool fp32 = be_.act_bytes() == 4;  // then the master is the compute copy
+  master_ = static_cast<float*>(be_.alloc(buffer_elems_ * sizeof(float)));
+  grads_ = static_cast<float*>(be_.alloc(buffer_elems_ * sizeof(float)));
+  params_ = fp32 ? static_cast<void*>(master_) : be_.alloc(buffer_elems_ * be_.act_bytes());
   tokens_ = static_cast<int32_t*>(be_.alloc(N * sizeof(int32_t)));
   targets_ = static_cast<int32_t*>(be_.alloc(N * sizeof(int32_t)));
   activation_bytes_ = 0;
@@ -76,31 +90,37 @@ Model::Model(const ModelSpec& spec, Backend& backend, int B, int T, Recompute re
     if (!spec_.kv.rope_shared_keys) a->k_rot = alloc_act(B * KVH * T * hd);
     a->attn = alloc_act(N * H * hd);
     a->lse = alloc_f32(int64_t{B} * H * T);
-    a->h = alloc_act(N * spec_.ffn);
-    a->gelu = alloc_act(N * spec_.ffn);
+    a->h = alloc_act(N * F);
+    a->gelu = alloc_act(N * F);
     layer_acts_.push_back(std::move(a));
   }
   lnf_out_ = alloc_act(N * d);
   lnf_mean_ = alloc_f32(N);
   lnf_rstd_ = alloc_f32(N);
-  logits_ = alloc_act(N * spec_.vocab);
+  logits_ = alloc_act(N * layout_.local_vocab());
   losses_ = alloc_f32(N);
   dresid_ = alloc_act(N * d);
-  dln1_ = alloc_act(N * d);
-  dln2_ = alloc_act(N * d);
+  // dln1 and dln2 adjacent: under tensor parallelism one all-reduce covers both.
+  dln1_ = alloc_act(2 * N * d);
+  dln2_ = static_cast<char*>(dln1_) + N * d * be_.act_bytes();
   dqkv_ = alloc_act(N * (H + 2 * KVH) * hd);
   dq_ = alloc_act(N * H * hd);
   dattn_ = alloc_act(N * H * hd);
-  dh_ = alloc_act(N * spec_.ffn);
+  dh_ = alloc_act(N * F);
   dk_acc_ = alloc_f32(B * KVH * T * hd);
   dv_acc_ = alloc_f32(B * KVH * T * hd);
   if (!spec_.kv.rope_shared_keys) dk_own_ = alloc_f32(B * KVH * T * hd);
+  if (par_.tp > 1) {
+    ce_max_ = alloc_f32(N);
+    ce_sums_ = alloc_f32(2 * N);
+    local_tokens_.resize(N);
+  }
 }
 
 Model::~Model() {
   for (void* a : allocations_) be_.release(a);
   if (params_ != master_) be_.release(params_);
-  be_.release(master_);
+  if (master_) be_.release(master_);
   be_.release(grads_);
   be_.release(tokens_);
   be_.release(targets_);
@@ -115,11 +135,31 @@ void Model::set_master(const std::vector<float>& host) {
   if (static_cast<int64_t>(host.size()) != layout_.total())
     throw CheckpointError("parameter vector has " + std::to_string(host.size()) + " elements, model needs " +
                           std::to_string(layout_.total()));
-  be_.upload(master_, host.data(), host.size() * sizeof(float));
-  refresh_compute_params();
+  const float* src = host.data();
+  std::vector<float> cleaned;
+  if (layout_.embed_scratch_offset() >= 0) {  // the vocab-parallel embedding's zero row must be zero
+    cleaned = host;
+    std::fill_n(cleaned.begin() + layout_.embed_scratch_offset(), spec_.d_model, 0.0f);
+    src = cleaned.data();
+  }
+  const size_t bytes = host.size() * sizeof(float);
+  if (master_) {
+    be_.upload(master_, src, bytes);
+    refresh_compute_params();
+    if (master_listener_) master_listener_(master_);
+    return;
+  }
+  float* tmp = static_cast<float*>(be_.alloc(bytes));
+  be_.upload(tmp, src, bytes);
+  be_.cast_f32_to_act(params_, tmp, layout_.total());
+  if (master_listener_) master_listener_(tmp);
+  be_.release(tmp);
 }
 
 std::vector<float> Model::get_master() const {
+  if (!master_)
+    throw Error("the fp32 master weights are sharded across data-parallel ranks (ZeRO-1): gather them with "
+                "parallel::Context::gather_tensor");
   std::vector<float> host(layout_.total());
   be_.download(host.data(), master_, host.size() * sizeof(float));
   return host;
@@ -132,18 +172,29 @@ std::vector<float> Model::get_grads() const {
 }
 
 void Model::refresh_compute_params() {
-  if (params_ != master_) be_.cast_f32_to_act(params_, master_, layout_.total());
+  if (master_ && params_ != master_) be_.cast_f32_to_act(params_, master_, layout_.total());
 }
 
-void Model::zero_grads() { be_.zero(grads_, layout_.total() * sizeof(float)); }
+void Model::drop_master() {
+  if (!master_ || params_ == master_) return;
+  be_.release(master_);
+  master_ = nullptr;
+}
+
+void Model::zero_grads() { be_.zero(grads_, buffer_elems_ * sizeof(float)); }
+
+void Model::tp_all_reduce(void* buf, int64_t elems) {
+  par_.tp_comm->all_reduce(buf, elems, parallel::act_dtype(be_.act_bytes()), parallel::ReduceOp::sum);
+}
 
 void Model::layer_forward(int l, LayerActs& a) {
   const ModelSpec& s = spec_;
   const LayerParams& lp = layout_.layer(l);
   const int64_t N = int64_t{B_} * T_;
-  const int d = s.d_model, hd = s.head_dim(), H = s.heads, o = s.kv.owner[l];
+  const int d = s.d_model, hd = s.head_dim(), H = layout_.local_heads(), o = s.kv.owner[l];
+  const int KVH = layout_.local_kv_heads(), F = layout_.local_ffn();
   const bool owner = o == l, shared_rot = s.kv.rope_shared_keys;
-  const int KVH_l = owner ? s.kv.kv_heads : 0;
+  const int KVH_l = owner ? KVH : 0;
   void* x = resid_[l];
   void* y = resid_[l + 1];
   const float eps = static_cast<float>(s.ln_eps), base = static_cast<float>(s.rotary_base);
@@ -151,20 +202,30 @@ void Model::layer_forward(int l, LayerActs& a) {
   be_.layernorm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, x, p(lp.ln1_w), p(lp.ln1_b), N, d, eps);
   be_.layernorm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, x, p(lp.ln2_w), p(lp.ln2_b), N, d, eps);
   // attention branch: only owners project K/V; everyone reads the owner's buffers
-  be_.matmul_forward(a.qkv, a.ln1, p(lp.qkv_w), p(lp.qkv_b), N, d, s.qkv_rows(l), false);
+  be_.matmul_forward(a.qkv, a.ln1, p(lp.qkv_w), p(lp.qkv_b), N, d, layout_.qkv_rows(l), false);
   be_.qkv_split_rope_forward(a.q, k_[l], v_[l], a.qkv, B_, T_, H, KVH_l, hd, s.rot_dims(), base, shared_rot);
   const void* k_use = k_[o];
   if (owner && !shared_rot) {  // seed-paper compatibility: the owner alone attends to rotated K
-    be_.rope_forward(a.k_rot, k_[o], int64_t{B_} * s.kv.kv_heads, T_, hd, s.rot_dims(), base);
+    be_.rope_forward(a.k_rot, k_[o], int64_t{B_} * KVH, T_, hd, s.rot_dims(), base);
     k_use = a.k_rot;
   }
-  be_.attention_forward(a.attn, a.lse, a.q, k_use, v_[o], B_, T_, H, s.kv.kv_heads, hd);
-  be_.matmul_forward(y, a.attn, p(lp.dense_w), p(lp.dense_b), N, H * hd, d, false);
-  // MLP branch, added onto the same output, then the residual
-  be_.matmul_forward(a.h, a.ln2, p(lp.up_w), p(lp.up_b), N, d, s.ffn, false);
-  be_.gelu_forward(a.gelu, a.h, N * s.ffn);
-  be_.matmul_forward(y, a.gelu, p(lp.down_w), p(lp.down_b), N, s.ffn, d, true);
-  be_.add_inplace(y, x, N * d);
+  be_.attention_forward(a.attn, a.lse, a.q, k_use, v_[o], B_, T_, H, KVH, hd);
+  if (par_.tp == 1) {
+    be_.matmul_forward(y, a.attn, p(lp.dense_w), p(lp.dense_b), N, H * hd, d, false);
+    // MLP branch, added onto the same output, then the residual
+    be_.matmul_forward(a.h, a.ln2, p(lp.up_w), p(lp.up_b), N, d, F, false);
+    be_.gelu_forward(a.gelu, a.h, N * F);
+    be_.matmul_forward(y, a.gelu, p(lp.down_w), p(lp.down_b), N, F, d, true);
+    be_.add_inplace(y, x, N * d);
+    return;
+  }
+  // RowParallelLinear ×2: both partial sums land in y, one all-reduce, then biases + residual.
+  be_.matmul_forward(y, a.attn, p(lp.dense_w), nullptr, N, H * hd, d, false);
+  be_.matmul_forward(a.h, a.ln2, p(lp.up_w), p(lp.up_b), N, d, F, false);  // ColumnParallelLinear
+  be_.gelu_forward(a.gelu, a.h, N * F);
+  be_.matmul_forward(y, a.gelu, p(lp.down_w), nullptr, N, F, d, true);
+  tp_all_reduce(y, N * d);
+  parallel::add_residual_biases(be_, y, x, p(lp.dense_b), p(lp.down_b), N, d);
 }
 
 // On entry dresid_ holds ∂loss/∂x_{l+1}; on exit ∂loss/∂x_l (the identity path keeps it, the
@@ -173,7 +234,8 @@ void Model::layer_backward(int l, LayerActs& a) {
   const ModelSpec& s = spec_;
   const LayerParams& lp = layout_.layer(l);
   const int64_t N = int64_t{B_} * T_;
-  const int d = s.d_model, hd = s.head_dim(), H = s.heads, o = s.kv.owner[l], KVH = s.kv.kv_heads;
+  const int d = s.d_model, hd = s.head_dim(), H = layout_.local_heads(), o = s.kv.owner[l];
+  const int KVH = layout_.local_kv_heads(), F = layout_.local_ffn();
   const bool owner = o == l, shared_rot = s.kv.rope_shared_keys;
   const float base = static_cast<float>(s.rotary_base);
   const int64_t kv_elems = int64_t{B_} * KVH * T_ * hd;
@@ -184,9 +246,9 @@ void Model::layer_backward(int l, LayerActs& a) {
     be_.zero(dv_acc_, kv_elems * sizeof(float));
   }
   // MLP branch
-  be_.matmul_backward(dh_, g(lp.down_w), g(lp.down_b), dresid_, a.gelu, p(lp.down_w), N, s.ffn, d, false);
-  be_.gelu_backward(dh_, a.h, dh_, N * s.ffn);
-  be_.matmul_backward(dln2_, g(lp.up_w), g(lp.up_b), dh_, a.ln2, p(lp.up_w), N, d, s.ffn, false);
+  be_.matmul_backward(dh_, g(lp.down_w), g(lp.down_b), dresid_, a.gelu, p(lp.down_w), N, F, d, false);
+  be_.gelu_backward(dh_, a.h, dh_, N * F);
+  be_.matmul_backward(dln2_, g(lp.up_w), g(lp.up_b), dh_, a.ln2, p(lp.up_w), N, d, F, false);
   // attention branch
   be_.matmul_backward(dattn_, g(lp.dense_w), g(lp.dense_b), dresid_, a.attn, p(lp.dense_w), N, H * hd, d, false);
   const bool own_rot = owner && !shared_rot;
@@ -197,7 +259,10 @@ void Model::layer_backward(int l, LayerActs& a) {
   // Owners hand the group's summed dK/dV to their projection; readers pass only dQ.
   be_.qkv_split_rope_backward(dqkv_, dq_, dk_acc_, dv_acc_, B_, T_, H, owner ? KVH : 0, hd, s.rot_dims(), base,
                               shared_rot);
-  be_.matmul_backward(dln1_, g(lp.qkv_w), g(lp.qkv_b), dqkv_, a.ln1, p(lp.qkv_w), N, d, s.qkv_rows(l), false);
+  be_.matmul_backward(dln1_, g(lp.qkv_w), g(lp.qkv_b), dqkv_, a.ln1, p(lp.qkv_w), N, d, layout_.qkv_rows(l), false);
+  // Column-parallel inputs: each rank holds a partial dln1 (its heads; a replicated K/V head's
+  // partial dK·Wk sums to the full one here) and dln2; one all-reduce for both.
+  if (par_.tp > 1) tp_all_reduce(dln1_, 2 * N * d);
   be_.layernorm_backward(dresid_, g(lp.ln1_w), g(lp.ln1_b), dln1_, x, p(lp.ln1_w), a.ln1_mean, a.ln1_rstd, N, d);
   be_.layernorm_backward(dresid_, g(lp.ln2_w), g(lp.ln2_b), dln2_, x, p(lp.ln2_w), a.ln2_mean, a.ln2_rstd, N, d);
 }
@@ -208,13 +273,27 @@ void Model::forward(const int32_t* tokens) {
     if (tokens[i] < 0 || tokens[i] >= spec_.vocab)
       throw DataError("token id " + std::to_string(tokens[i]) + " at batch position " + std::to_string(i) +
                       " is outside the vocabulary [0, " + std::to_string(spec_.vocab) + ")");
-  be_.upload(tokens_, tokens, N * sizeof(int32_t));
+  upload_tokens(tokens);
   be_.embedding_forward(resid_[0], tokens_, p(layout_.embed_in()), N, spec_.d_model);
+  if (par_.tp > 1) tp_all_reduce(resid_[0], N * spec_.d_model);  // vocab-parallel: one rank had each row
   for (int l = 0; l < spec_.layers; ++l) layer_forward(l, *layer_acts_[recompute_ == Recompute::block ? 0 : l]);
   be_.layernorm_forward(lnf_out_, lnf_mean_, lnf_rstd_, resid_[spec_.layers], p(layout_.final_ln_w()),
                         p(layout_.final_ln_b()), N, spec_.d_model, static_cast<float>(spec_.ln_eps));
   be_.matmul_forward(logits_, lnf_out_, p(layout_.embed_out()), nullptr, N, spec_.d_model,
-                     static_cast<int>(spec_.vocab), false);
+                     static_cast<int>(layout_.local_vocab()), false);
+}
+
+// tp > 1: ids of other ranks' vocabulary rows point at the zero scratch row after embed_in.
+void Model::upload_tokens(const int32_t* tokens) {
+  const int64_t N = int64_t{B_} * T_;
+  if (par_.tp == 1) {
+    be_.upload(tokens_, tokens, N * sizeof(int32_t));
+    return;
+  }
+  const int64_t v0 = layout_.vocab_begin(), Vl = layout_.local_vocab();
+  for (int64_t i = 0; i < N; ++i)
+    local_tokens_[i] = static_cast<int32_t>(tokens[i] >= v0 && tokens[i] < v0 + Vl ? tokens[i] - v0 : Vl);
+  be_.upload(tokens_, local_tokens_.data(), N * sizeof(int32_t));
 }
 
 LossSum Model::loss(const int32_t* targets, float dloss, bool compute_grad) {
@@ -227,7 +306,16 @@ LossSum Model::loss(const int32_t* targets, float dloss, bool compute_grad) {
     ls.count += targets[i] >= 0;
   }
   be_.upload(targets_, targets, N * sizeof(int32_t));
-  be_.cross_entropy(losses_, logits_, targets_, N, spec_.vocab, dloss, compute_grad);
+  if (par_.tp == 1) {
+    be_.cross_entropy(losses_, logits_, targets_, N, spec_.vocab, dloss, compute_grad);
+  } else {  // vocab-parallel: agree on each row's max, then on its Σexp and target logit
+    const int64_t Vl = layout_.local_vocab(), v0 = layout_.vocab_begin();
+    parallel::ce_local_max(be_, ce_max_, logits_, N, Vl);
+    par_.tp_comm->all_reduce(ce_max_, N, parallel::DType::f32, parallel::ReduceOp::max);
+    parallel::ce_local_sums(be_, ce_sums_, logits_, ce_max_, targets_, N, Vl, v0);
+    par_.tp_comm->all_reduce(ce_sums_, 2 * N, parallel::DType::f32, parallel::ReduceOp::sum);
+    parallel::ce_finish(be_, losses_, logits_, ce_max_, ce_sums_, targets_, N, Vl, v0, dloss, compute_grad);
+  }
   ls.sum = be_.sum(losses_, N);
   return ls;
 }
@@ -239,15 +327,24 @@ LossSum Model::forward_backward(const int32_t* tokens, const int32_t* targets, f
   const LossSum ls = loss(targets, dloss, true);  // logits_ now holds ∂loss/∂logits
   be_.zero(dresid_, N * d * be_.act_bytes());
   be_.matmul_backward(dln1_, g(layout_.embed_out()), nullptr, logits_, lnf_out_, p(layout_.embed_out()), N, d,
-                      static_cast<int>(spec_.vocab), false);
+                      static_cast<int>(layout_.local_vocab()), false);
+  if (par_.tp > 1) tp_all_reduce(dln1_, N * d);
   be_.layernorm_backward(dresid_, g(layout_.final_ln_w()), g(layout_.final_ln_b()), dln1_, resid_[spec_.layers],
                          p(layout_.final_ln_w()), lnf_mean_, lnf_rstd_, N, d);
+  grads_ready(layout_.views()[layout_.final_ln_w()].offset);
   for (int l = spec_.layers - 1; l >= 0; --l) {
     LayerActs& a = *layer_acts_[recompute_ == Recompute::block ? 0 : l];
     if (recompute_ == Recompute::block) layer_forward(l, a);
     layer_backward(l, a);
+    grads_ready(layout_.views()[layout_.layer(l).ln1_w].offset);
   }
-  be_.embedding_backward(g(layout_.embed_in()), dresid_, tokens_, N, d, spec_.vocab);
+  if (par_.tp == 1) {
+    be_.embedding_backward(g(layout_.embed_in()), dresid_, tokens_, N, d, spec_.vocab);
+  } else {  // other ranks' tokens land in the scratch row, which is then cleared
+    be_.embedding_backward(g(layout_.embed_in()), dresid_, tokens_, N, d, layout_.local_vocab() + 1);
+    be_.zero(grads_ + layout_.embed_scratch_offset(), d * sizeof(float));
+  }
+  grads_ready(0);
   return ls;
 }
 
@@ -258,13 +355,24 @@ LossSum Model::forward_loss(const int32_t* tokens, const int32_t* targets) {
 
 std::vector<float> Model::forward_logits(const int32_t* tokens) {
   forward(tokens);
-  const int64_t n = int64_t{B_} * T_ * spec_.vocab;
+  const int64_t N = int64_t{B_} * T_, Vl = layout_.local_vocab(), tp = par_.tp, n = N * Vl * tp;
+  void* all = logits_;
+  if (tp > 1) {  // [tp, N, Vl] from every rank's vocabulary rows
+    all = be_.alloc(n * be_.act_bytes());
+    par_.tp_comm->all_gather(all, logits_, N * Vl, parallel::act_dtype(be_.act_bytes()));
+  }
   float* tmp = static_cast<float*>(be_.alloc(n * sizeof(float)));
-  be_.cast_act_to_f32(tmp, logits_, n);
+  be_.cast_act_to_f32(tmp, all, n);
   std::vector<float> host(n);
   be_.download(host.data(), tmp, n * sizeof(float));
   be_.release(tmp);
-  return host;
+  if (tp == 1) return host;
+  be_.release(all);
+  std::vector<float> out(n);
+  for (int64_t r = 0; r < tp; ++r)
+    for (int64_t i = 0; i < N; ++i)
+      std::copy_n(host.data() + (r * N + i) * Vl, Vl, out.data() + i * tp * Vl + r * Vl);
+  return out;
 }
 
 }  // namespace mlkv

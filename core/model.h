@@ -8,8 +8,15 @@
 // The backward runs from the top, so every reader of a group finishes before its owner; the
 // group's dK/dV accumulate in one fp32 buffer that the owner then sends through its rotary and
 // projection backward exactly once (DESIGN §3b).
+//
+// Tensor parallelism (ModelParallel::tp > 1, layout from ParamLayout(spec, tp, rank)): each rank
+// runs its H/tp query heads (and their KV heads) and ffn/tp MLP columns. The parallel residual
+// lets the attention dense and MLP down partial sums share ONE all-reduce per layer in the
+// forward; the backward all-reduces the two LayerNorm input gradients together, once per layer.
+// Embeddings and the cross-entropy are vocab-parallel. tp = 1 runs exactly the code it always did.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -18,6 +25,9 @@
 #include "core/param_layout.h"
 
 namespace mlkv {
+namespace parallel {
+class Communicator;
+}
 
 enum class Recompute { none, block };
 Recompute parse_recompute(const std::string& s);  // "none" | "block" (ConfigError otherwise)
@@ -27,10 +37,18 @@ struct LossSum {
   int64_t count = 0;  // number of non-ignored targets
 };
 
+// How this rank's model is cut; parallel::Context::model_parallel() fills it in.
+struct ModelParallel {
+  int tp = 1, tp_rank = 0;
+  parallel::Communicator* tp_comm = nullptr;  // the tensor-parallel group (required when tp > 1)
+  int64_t buffer_multiple = 64;  // grads/params buffers are padded to a multiple (ZeRO-1 buckets)
+};
+
 class Model {
  public:
   // Allocates parameters, gradients and activations for micro-batches of B sequences of T tokens.
-  Model(const ModelSpec& spec, Backend& backend, int B, int T, Recompute recompute = Recompute::none);
+  Model(const ModelSpec& spec, Backend& backend, int B, int T, Recompute recompute = Recompute::none,
+        const ModelParallel& par = {});
   ~Model();
   Model(const Model&) = delete;
   Model& operator=(const Model&) = delete;
@@ -41,15 +59,32 @@ class Model {
   int batch() const { return B_; }
   int seq_len() const { return T_; }
 
-  // fp32 master weights and gradients, device memory, ParamLayout order; length layout().total().
+  const ModelParallel& parallel() const { return par_; }
+
+  // fp32 master weights and gradients, device memory, ParamLayout order; length layout().total()
+  // (buffers are buffer_elems() long: zero padding past total()). master() is null when the
+  // master has been dropped (ZeRO-1 on a bf16 backend keeps it sharded in parallel::Context).
   float* master() { return master_; }
   float* grads() { return grads_; }
   void* compute_params() { return params_; }  // compute-dtype copy (the master itself on the CPU)
-  void set_master(const std::vector<float>& host);  // uploads and refreshes the compute copy
-  std::vector<float> get_master() const;
+  int64_t buffer_elems() const { return buffer_elems_; }
+  // Uploads (this rank's local layout) and refreshes the compute copy; then tells the listener.
+  void set_master(const std::vector<float>& host);
+  std::vector<float> get_master() const;  // throws when the master is sharded (use the Context)
   std::vector<float> get_grads() const;
   void refresh_compute_params();  // after the master changed on the device
   void zero_grads();
+  // Frees the full fp32 master when it is not the compute copy (bf16 backends); later
+  // set_master calls still refresh the compute copy and the listener.
+  void drop_master();
+
+  // Called by set_master with the new fp32 master (device memory, valid during the call), so a
+  // sharded optimizer state can take its slice.
+  void set_master_listener(std::function<void(const float* master_dev)> f) { master_listener_ = std::move(f); }
+  // While set, called during forward_backward whenever the gradients at buffer offsets
+  // >= ready_from have received this micro-batch's last contribution (top of the model first;
+  // 0 at the end): data parallelism starts reducing those buckets while the backward goes on.
+  void set_grad_ready_hook(std::function<void(int64_t ready_from)> f) { grad_ready_ = std::move(f); }
 
   // One micro-batch: tokens[B, T] inputs, targets[B, T] (negative = ignored), host memory.
   // forward_backward adds dloss·∂(Σ losses)/∂θ into grads() and returns the loss sum.
@@ -70,12 +105,23 @@ class Model {
   LossSum loss(const int32_t* targets, float dloss, bool compute_grad);
   void* alloc_act(int64_t elems);
   float* alloc_f32(int64_t elems);
+  void upload_tokens(const int32_t* tokens);
+  void tp_all_reduce(void* buf, int64_t elems);
+  void grads_ready(int64_t from) {
+    if (grad_ready_) grad_ready_(from);
+  }
 
   ModelSpec spec_;
+  ModelParallel par_;
   ParamLayout layout_;
   Backend& be_;
   int B_, T_;
   Recompute recompute_;
+  int64_t buffer_elems_ = 0;
+  std::function<void(const float*)> master_listener_;
+  std::function<void(int64_t)> grad_ready_;
+  std::vector<int32_t> local_tokens_;  // tp > 1: token ids relative to this rank's vocab rows
+  float *ce_max_ = nullptr, *ce_sums_ = nullptr;  // tp > 1: vocab-parallel cross-entropy stats
   std::vector<void*> allocations_;
   size_t activation_bytes_ = 0;
 
