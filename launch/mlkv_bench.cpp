@@ -1,6 +1,8 @@
 // mlkv-bench: training throughput of one process on one device (issue 6, DESIGN §4).
 //
 //   mlkv-bench train CONFIG [--set section.key=value ...] [--steps N] [--warmup N]
+//   mlkv-bench ops   CONFIG [--set ...]   every backend op at the config's shapes, alone: median
+//                                          µs and TFLOP/s (matmuls) or GB/s (minimal bytes moved)
 //
 // Builds the config's model (its KV plan, micro_batch, grad_accum, seq_len, recompute) on the
 // config's backend with Pythia's initialisation, then times full optimizer steps — grad_accum
@@ -29,17 +31,20 @@ namespace mlkv {
 namespace {
 
 constexpr const char* kUsage =
-    "usage: mlkv-bench train CONFIG [--set section.key=value ...] [--steps N] [--warmup N]\n";
+    "usage: mlkv-bench train CONFIG [--set section.key=value ...] [--steps N] [--warmup N]\n"
+    "       mlkv-bench ops CONFIG [--set section.key=value ...]\n";
 
 struct Args {
+  std::string command;
   std::string config;
   std::vector<std::string> sets;
   int steps = 5, warmup = 2;
 };
 
 Args parse_args(int argc, char** argv) {
-  if (argc < 3 || std::strcmp(argv[1], "train") != 0) throw ConfigError(kUsage);
+  if (argc < 3 || (std::strcmp(argv[1], "train") != 0 && std::strcmp(argv[1], "ops") != 0)) throw ConfigError(kUsage);
   Args a;
+  a.command = argv[1];
   a.config = argv[2];
   for (int i = 3; i < argc; ++i) {
     const std::string s = argv[i];
@@ -162,12 +167,182 @@ int bench_train(const Args& a) {
   return kExitOk;
 }
 
+// ---- ops: each backend op at the model's shapes, timed alone (median of 10 after 3 warm-ups).
+class OpBench {
+ public:
+  explicit OpBench(Backend& be) : be_(be) {}
+  ~OpBench() {
+    for (void* p : bufs_) be_.release(p);
+  }
+  // An activation buffer of n random values (never zeros: they time faster than data).
+  void* act(int64_t n, float scale = 1.0f) {
+    float* tmp = f32(n, scale);
+    void* p = be_.alloc(n * be_.act_bytes());
+    bufs_.push_back(p);
+    be_.cast_f32_to_act(p, tmp, n);
+    return p;
+  }
+  float* f32(int64_t n, float scale = 1.0f) {
+    std::vector<float> h(n);
+    std::normal_distribution<float> d(0.0f, scale);
+    for (auto& x : h) x = d(rng_);
+    auto* p = static_cast<float*>(be_.alloc(n * sizeof(float)));
+    bufs_.push_back(p);
+    be_.upload(p, h.data(), n * sizeof(float));
+    return p;
+  }
+  int32_t* ids(int64_t n, int64_t vocab) {
+    std::vector<int32_t> h(n);
+    ZipfTokens z(vocab, 7);
+    z.fill(h);
+    auto* p = static_cast<int32_t*>(be_.alloc(n * sizeof(int32_t)));
+    bufs_.push_back(p);
+    be_.upload(p, h.data(), n * sizeof(int32_t));
+    return p;
+  }
+  template <typename F>
+  void time(const std::string& name, double flops, double bytes, F&& f) {
+    for (int i = 0; i < 3; ++i) f();
+    be_.synchronize();
+    std::vector<double> us;
+    for (int i = 0; i < 10; ++i) {
+      const double t0 = now_s();
+      f();
+      be_.synchronize();
+      us.push_back(1e6 * (now_s() - t0));
+    }
+    std::sort(us.begin(), us.end());
+    const double med = us[us.size() / 2];
+    std::printf("  %-44s %10.1f us", name.c_str(), med);
+    if (flops > 0) std::printf("  %7.1f TFLOP/s", flops / med / 1e6);
+    if (bytes > 0) std::printf("  %7.0f GB/s", bytes / med / 1e3);
+    std::printf("\n");
+    std::fflush(stdout);
+  }
+
+ private:
+  Backend& be_;
+  std::vector<void*> bufs_;
+  std::mt19937 rng_{1234};
+};
+
+int bench_ops(const Args& a) {
+  const Config cfg = load_config(a.config, a.sets);
+  const ModelSpec s = cfg.spec();
+  auto be = make_backend(cfg.train.backend, cfg.train.threads);
+  const int B = cfg.train.micro_batch, T = cfg.train.seq_len;
+  const int64_t N = int64_t{B} * T, V = s.vocab;
+  const int d = s.d_model, H = s.heads, KVH = s.kv.kv_heads, hd = s.head_dim(), F = s.ffn, R = (H + 2 * KVH) * hd;
+  const double ab = be->act_bytes();
+  std::printf("mlkv-bench ops %s: N = %d x %d tokens, d %d, heads %d, kv_heads %d, hd %d, ffn %d, vocab %lld\n  %s\n",
+              a.config.c_str(), B, T, d, H, KVH, hd, F, static_cast<long long>(V), be->name().c_str());
+  OpBench ob(*be);
+  auto mm = [&](const char* what, int IC, int OC, bool bias, bool accumulate) {
+    void* in = ob.act(N * IC);
+    void* w = ob.act(int64_t{OC} * IC, 0.02f);
+    void* b = bias ? ob.act(OC) : nullptr;
+    void* out = ob.act(N * OC);
+    void* dout = ob.act(N * OC);
+    void* din = ob.act(N * IC);
+    float* dw = ob.f32(int64_t{OC} * IC);
+    float* db = ob.f32(OC);
+    const double fl = 2.0 * N * IC * OC;
+    const std::string shape = " " + std::to_string(N) + "x" + std::to_string(IC) + "->" + std::to_string(OC);
+    ob.time(std::string("matmul_forward ") + what + shape, fl, 0,
+            [&] { be->matmul_forward(out, in, w, b, N, IC, OC, accumulate); });
+    ob.time(std::string("matmul_backward ") + what + shape, 2 * fl, 0,
+            [&] { be->matmul_backward(din, dw, bias ? db : nullptr, dout, in, w, N, IC, OC, false); });
+  };
+  mm("qkv (owner)", d, R, true, false);
+  mm("q (non-owner)", d, H * hd, true, false);
+  mm("dense", H * hd, d, true, false);
+  mm("mlp up", d, F, true, false);
+  mm("mlp down (+=)", F, d, true, true);
+  mm("lm head", d, static_cast<int>(V), false, false);
+  {
+    void* x = ob.act(N * d);
+    void* w = ob.act(d);
+    void* b = ob.act(d);
+    void* out = ob.act(N * d);
+    float* mean = ob.f32(N);
+    float* rstd = ob.f32(N);
+    float* dw = ob.f32(d);
+    float* db = ob.f32(d);
+    be->layernorm_forward(out, mean, rstd, x, w, b, N, d, 1e-5f);
+    ob.time("layernorm_forward", 0, 2 * N * d * ab, [&] { be->layernorm_forward(out, mean, rstd, x, w, b, N, d, 1e-5f); });
+    ob.time("layernorm_backward", 0, 4 * N * d * ab,
+            [&] { be->layernorm_backward(out, dw, db, x, x, w, mean, rstd, N, d); });
+    ob.time("add_inplace", 0, 3 * N * d * ab, [&] { be->add_inplace(out, x, N * d); });
+  }
+  {
+    void* h = ob.act(N * F);
+    void* g = ob.act(N * F);
+    ob.time("gelu_forward", 0, 2 * N * F * ab, [&] { be->gelu_forward(g, h, N * F); });
+    ob.time("gelu_backward", 0, 3 * N * F * ab, [&] { be->gelu_backward(g, h, g, N * F); });
+  }
+  {
+    void* qkv = ob.act(N * R);
+    void* q = ob.act(N * H * hd);
+    void* k = ob.act(N * KVH * hd);
+    void* v = ob.act(N * KVH * hd);
+    float* dk = ob.f32(N * KVH * hd);
+    float* dv = ob.f32(N * KVH * hd);
+    const float base = static_cast<float>(s.rotary_base);
+    ob.time("qkv_split_rope_forward", 0, 2 * N * R * ab,
+            [&] { be->qkv_split_rope_forward(q, k, v, qkv, B, T, H, KVH, hd, s.rot_dims(), base, true); });
+    ob.time("qkv_split_rope_backward", 0, N * (H * hd * ab + 2 * KVH * hd * 4 + R * ab),
+            [&] { be->qkv_split_rope_backward(qkv, q, dk, dv, B, T, H, KVH, hd, s.rot_dims(), base, true); });
+    void* out = ob.act(N * H * hd);
+    float* lse = ob.f32(int64_t{B} * H * T);
+    const double att = 4.0 * B * H * double(T) * T * hd / 2;  // causal, FlashAttention convention
+    ob.time("attention_forward", att, 0, [&] { be->attention_forward(out, lse, q, k, v, B, T, H, KVH, hd); });
+    ob.time("attention_backward", 2.5 * att, 0,
+            [&] { be->attention_backward(q, dk, dv, out, q, k, v, out, lse, B, T, H, KVH, hd); });
+  }
+  {
+    void* logits = ob.act(N * V, 2.0f);
+    int32_t* targets = ob.ids(N, V);
+    float* losses = ob.f32(N);
+    void* fresh = ob.act(N * V, 2.0f);
+    // compute_grad overwrites the logits: restore them each time, and time the copy alone too.
+    ob.time("copy logits (for reference)", 0, 2 * N * V * ab, [&] { be->copy(logits, fresh, N * V * ab); });
+    ob.time("cross_entropy (with grad) + copy", 0, 4 * N * V * ab, [&] {
+      be->copy(logits, fresh, N * V * ab);
+      be->cross_entropy(losses, logits, targets, N, V, 1.0f / N, true);
+    });
+  }
+  {
+    int32_t* tok = ob.ids(N, V);
+    void* wte = ob.act(V * d);
+    void* out = ob.act(N * d);
+    float* dwte = ob.f32(V * d);
+    ob.time("embedding_forward", 0, 2 * N * d * ab, [&] { be->embedding_forward(out, tok, wte, N, d); });
+    ob.time("embedding_backward (Zipf tokens)", 0, N * d * (ab + 8),
+            [&] { be->embedding_backward(dwte, out, tok, N, d, V); });
+  }
+  {
+    const int64_t n = ParamLayout(s).total();
+    float* master = ob.f32(n);
+    float* grad = ob.f32(n, 1e-3f);
+    float* m = ob.f32(n, 1e-3f);
+    float* v = ob.f32(n, 1e-3f);
+    void* act = ob.act(n);
+    be->zero(v, n * sizeof(float));
+    AdamwStep st;
+    st.lr = 1e-4f;
+    ob.time("adamw_update (all params)", 0, n * (4.0 * 4 + 3 * 4 + ab), [&] { be->adamw_update(master, act, grad, m, v, n, st); });
+    ob.time("sum_squares (all params)", 0, n * 4.0, [&] { be->sum_squares(grad, n); });
+  }
+  return kExitOk;
+}
+
 }  // namespace
 }  // namespace mlkv
 
 int main(int argc, char** argv) {
   try {
-    return mlkv::bench_train(mlkv::parse_args(argc, argv));
+    const mlkv::Args a = mlkv::parse_args(argc, argv);
+    return a.command == "ops" ? mlkv::bench_ops(a) : mlkv::bench_train(a);
   } catch (const mlkv::Error& e) {
     std::fprintf(stderr, "mlkv-bench: %s\n", e.what());
     return e.exit_code();

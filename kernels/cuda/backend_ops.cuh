@@ -110,6 +110,9 @@ class Gemm {
 // ---- column sums (colsum.cu): deterministic two-pass reductions over the N rows of [N, C].
 // dbias[C] += Σ_n dout[n, :]
 void bias_grad(float* dbias, const bf16* dout, int64_t N, int C, Scratch& scratch, cudaStream_t s);
+// out0[c] += Σ_r part0[r, c] (and out1 from part1 when out1 is given), rows r in order.
+void add_partial_rows(float* out0, float* out1, const float* part0, const float* part1, int rows, int C,
+                      cudaStream_t s);
 // dw[C] += Σ_n dout·(in − mean[n])·rstd[n],  db[C] += Σ_n dout
 void layernorm_param_grads(float* dw, float* db, const bf16* dout, const bf16* in, const float* mean,
                            const float* rstd, int64_t N, int C, Scratch& scratch, cudaStream_t s);

@@ -83,13 +83,14 @@ TEST_P(ModelStep, OneStepLossAndGradientsMatchCpu) {
   }
 }
 
-// 200 steps on a repeating stream of `period` random ids: learnable, so the loss falls far, and
-// the two curves must stay together all the way down.
+// 200 steps on a repeating stream of `period` random ids: learnable, but longer than what one step
+// sees (B·T = 256 tokens), so the loss falls gradually over the run and the two curves must stay
+// together all the way down.
 TEST_P(ModelStep, TwoHundredStepsTrackCpuLossCurve) {
   const StepCase& c = GetParam();
   const int64_t V = 512;
   const ModelSpec spec = spec_of(c, V);
-  const int B = 4, T = 64, steps = 200, period = 97;
+  const int B = 4, T = 64, steps = 200, period = 1031;
   Model mc(spec, *cpu, B, T), mg(spec, *gpu, B, T);
   const auto params = bf16_params(mc.layout(), spec, rng);
   mc.set_master(params);
@@ -123,7 +124,7 @@ TEST_P(ModelStep, TwoHundredStepsTrackCpuLossCurve) {
     last_g = lg;
     if (s % 25 == 0 || s == steps - 1) std::printf("  step %3d  cpu %.4f  cuda %.4f\n", s, lc, lg);
   }
-  EXPECT_LT(last_c, 0.25 * first) << "the stream is learnable: the CPU loss should fall far";
+  EXPECT_LT(last_c, 0.5 * first) << "the stream is learnable: the CPU loss should fall far";
   EXPECT_LT(max_gap, 0.05) << "largest gap between the curves (relative, loss floor 1)";
   EXPECT_NEAR(last_g, last_c, 0.05 + 0.1 * last_c);
 }
