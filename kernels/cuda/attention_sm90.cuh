@@ -55,56 +55,24 @@ __device__ __forceinline__ void fence_regs(float (&d)[N]) {
 #pragma unroll
   for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
 }
-// A fragments that an in-flight wgmma reads from registers: ptxas treats them as read when the
-// wgmma issues, but the tensor cores read them later, so ptxas may hand the registers to other
-// values (the next P, an address) too early (seen on the H100: wrong outputs). An empty asm is
-// no use at the SASS level. This is a real use that ptxas cannot hoist above the wait: the XOR
-// chain starts from `acc`, an accumulator register of that same wgmma, readable only after the
-// wait; its result goes behind a branch that is never taken (T > 0).
-template <int N>
-__device__ __forceinline__ void keep_frags(const uint32_t (&a)[N][4], float acc, int T, float* sink) {
-  uint32_t x = __float_as_uint(acc);
-#pragma unroll
-  for (int i = 0; i < N; ++i)
-#pragma unroll
-    for (int j = 0; j < 4; ++j) x ^= a[i][j];
-  if (T < 0) *sink = __uint_as_float(x);
-}
 // Ordinary (generic-proxy) writes to shared memory, cp.async included, must be fenced before
 // wgmma (async proxy) reads them; each writing thread fences, then the block synchronises.
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
 // Copies rows [row0, row0+ROWS) × HD (row stride `stride` elements) into a core-matrix tile with
-// cp.async. Chunk c (16 bytes) of the tile sits at element 8·c: consecutive threads write
-// consecutive 16-byte pieces of one core matrix, 8 rows × 1 chunk, so a warp's shared-memory
-// writes are contiguous and its global reads are 8 rows × 64 contiguous bytes. Each thread's
-// (row, chunk) pairs are the same for every tile, so they are computed once. Rows ≥ T read row
-// T-1 instead of zeros: whatever lands there is finite and every use of those rows is masked
-// (P = 0 for keys ≥ T; rows of queries ≥ T are never stored).
+// cp.async; rows ≥ T are zero-filled. Consecutive threads take consecutive rows of one core
+// matrix, so each warp's shared-memory writes are contiguous 128-byte runs.
 template <int ROWS, int HD, int NT>
-struct TileLoader {
-  static constexpr int kChunks = ROWS * HD / 8;
-  static constexpr int kPerThread = (kChunks + NT - 1) / NT;
-  int row[kPerThread];
-  int col[kPerThread];  // element offset of the chunk within its row
-  __device__ __forceinline__ explicit TileLoader(int tid) {
-#pragma unroll
-    for (int i = 0; i < kPerThread; ++i) {
-      const int c = tid + i * NT;
-      const int rest = c >> 3;
-      row[i] = (rest / (HD / 8)) * 8 + (c & 7);
-      col[i] = (rest % (HD / 8)) * 8;
-    }
+__device__ __forceinline__ void load_tile_cm_async(bf16* tile, const bf16* src, int64_t stride, int row0, int T,
+                                                   int tid) {
+  constexpr int kChunks = HD / 8;
+  for (int c = tid; c < ROWS * kChunks; c += NT) {
+    const int r8 = c & 7, rest = c >> 3;
+    const int ch = rest % kChunks, rg = rest / kChunks;
+    const int r = rg * 8 + r8, t = row0 + r;
+    const bool valid = t < T;
+    cp_async16(tile + (rg * kChunks + ch) * 64 + r8 * 8, src + (valid ? t : 0) * stride + ch * 8, valid);
   }
-  __device__ __forceinline__ void load(bf16* tile, const bf16* src, int64_t stride, int row0, int T, int tid) const {
-#pragma unroll
-    for (int i = 0; i < kPerThread; ++i) {
-      const int c = tid + i * NT;
-      if (kChunks % NT != 0 && c >= kChunks) break;
-      const int t = min(row0 + row[i], T - 1);
-      cp_async16(tile + c * 8, src + t * stride + col[i]);
-    }
-  }
-};
+}
 
 }  // namespace mlkv::cuda::attn
