@@ -50,7 +50,8 @@ struct LoaderOptions {
   std::string val_path;       // alternatively held-out shards (then "val" reads only these)
   int64_t stride = 0;         // 0: derive (see above)
   int64_t vocab_limit = 0;    // ids must be < this (the model's vocab); 0: shards' vocab_size
-  int max_open_shards = 64;   // open-file cache of the reader thread
+  int max_open_shards = 16;   // open-file cache of the reader thread (each compressed shard
+                              // also keeps an 8 MiB chunk cache)
 };
 
 class Loader {
