@@ -4,9 +4,11 @@
 
 #include <numeric>
 #include <random>
+#include <sstream>
 
 #include "tests/data/data_test_util.h"
 #include "data/dataset.h"
+#include "data/inspect.h"
 #include "data/shard_reader.h"
 #include "data/shard_writer.h"
 
@@ -180,6 +182,30 @@ TEST(ShardReader, MissingTokensOrHeader) {
   write_raw_shard(dir / "novocab.h5", {1, 2}, H5T_STD_U16LE, std::nullopt);
   expect_data_error([&] { ShardReader reader(dir / "novocab.h5"); },
                     {"novocab.h5", "vocab_size"});
+}
+
+TEST(ShardReader, CorruptCompressedChunkIsADataError) {
+  ScratchDir dir;
+  ShardWriterOptions options;
+  options.out_dir = dir.str();
+  options.vocab_size = 50000;
+  options.compress_level = 1;
+  ShardWriter writer(options);
+  auto tokens = random_tokens(100000, 50000, 5);
+  writer.append(std::span<const uint32_t>(tokens));
+  auto shards = writer.finish();
+  auto bytes = test::read_bytes(shards[0]);
+  std::fill(bytes.begin() + long(bytes.size() / 2), bytes.begin() + long(bytes.size() / 2) + 2000, 0);
+  test::write_bytes(shards[0], bytes);
+  std::ostringstream report;
+  VerifyResult result = verify_dataset(dir.str(), 0, report);
+  EXPECT_GE(result.errors, 1);
+  EXPECT_NE(report.str().find("shard-00000.h5: cannot read /tokens at token offset"),
+            std::string::npos) << report.str();
+  ShardReader reader(shards[0]);
+  std::vector<int32_t> all(100000);
+  expect_data_error([&] { reader.read(0, 100000, all.data()); },
+                    {"shard-00000.h5", "token offset 0", "corrupt chunk"});
 }
 
 TEST(ShardReader, ReadOutsideRangeNamesOffset) {
