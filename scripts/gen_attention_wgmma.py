@@ -2,8 +2,9 @@
 """Writes kernels/cuda/attention_wgmma.cuh: inline-PTX wrappers for the Hopper warpgroup MMA
 (wgmma.mma_async m64nNk16, fp32 += bf16·bf16) that the sm_90a attention kernels use.
 
-  WgmmaRS<N, TRANS_B>::run(d, a, desc_b, scale_d)  A from registers (mma.m16n8k16 A layout per warp)
-  WgmmaSS<N>::run(d, desc_a, desc_b, scale_d)      A and B K-major from shared memory
+  WgmmaSS<N, TRANS_B>::run(d, desc_a, desc_b, scale_d)  A (K-major) and B from shared memory;
+                                                        TRANS_B = 1 reads B MN-major
+(The A-from-registers form is not used: see store_acc_cm in kernels/cuda/attention_sm90.cuh.)
 
 d holds the 64×N fp32 accumulator, N/2 registers per thread (per warp the mma.m16n8k16 C
 layout, n8 tile i in d[4i..4i+3]). scale_d = 0 overwrites d, 1 accumulates. The operand lists are
@@ -11,8 +12,7 @@ long (up to 128 registers), hence the generator. Run: python3 scripts/gen_attent
 """
 import pathlib
 
-RS = [(64, 1), (80, 1), (128, 1), (256, 1)]
-SS = [64, 128]
+SS = [(32, 0), (64, 0), (128, 0), (64, 1), (80, 1), (128, 1), (256, 1)]  # (N, trans-b)
 
 
 def regs(n):
@@ -23,29 +23,14 @@ def outs(n):
     return ", ".join(f'"+f"(d[{i}])' for i in range(n))
 
 
-def rs(N, tb):
+def ss(N, tb):
     r = N // 2
     return f"""template <>
-struct WgmmaRS<{N}, {tb}> {{
-  __device__ __forceinline__ static void run(float (&d)[{r}], const uint32_t (&a)[4], uint64_t desc_b, int scale_d) {{
-    asm volatile(
-        "{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{r + 5}, 0;\\n"
-        "wgmma.mma_async.sync.aligned.m64n{N}k16.f32.bf16.bf16 {{{regs(r)}}}, {{%{r},%{r + 1},%{r + 2},%{r + 3}}}, %{r + 4}, p, 1, 1, {tb};\\n}}\\n"
-        : {outs(r)}
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d));
-  }}
-}};
-"""
-
-
-def ss(N):
-    r = N // 2
-    return f"""template <>
-struct WgmmaSS<{N}> {{
+struct WgmmaSS<{N}, {tb}> {{
   __device__ __forceinline__ static void run(float (&d)[{r}], uint64_t desc_a, uint64_t desc_b, int scale_d) {{
     asm volatile(
         "{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{r + 2}, 0;\\n"
-        "wgmma.mma_async.sync.aligned.m64n{N}k16.f32.bf16.bf16 {{{regs(r)}}}, %{r}, %{r + 1}, p, 1, 1, 0, 0;\\n}}\\n"
+        "wgmma.mma_async.sync.aligned.m64n{N}k16.f32.bf16.bf16 {{{regs(r)}}}, %{r}, %{r + 1}, p, 1, 1, 0, {tb};\\n}}\\n"
         : {outs(r)}
         : "l"(desc_a), "l"(desc_b), "r"(scale_d));
   }}
@@ -62,14 +47,11 @@ def main():
         "",
         "namespace mlkv::cuda::attn {",
         "",
-        "template <int N, int TRANS_B>",
-        "struct WgmmaRS;",
-        "template <int N>",
+        "template <int N, int TRANS_B = 0>",
         "struct WgmmaSS;",
         "",
     ]
-    parts += [rs(n, t) for n, t in RS]
-    parts += [ss(n) for n in SS]
+    parts += [ss(n, t) for n, t in SS]
     parts.append("}  // namespace mlkv::cuda::attn")
     path = pathlib.Path(__file__).resolve().parent.parent / "kernels/cuda/attention_wgmma.cuh"
     path.write_text("\n".join(parts) + "\n")

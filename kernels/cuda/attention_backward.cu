@@ -151,7 +151,7 @@ __global__ void __launch_bounds__(NW * 32)
       for (int e = 0; e < 4; ++e) {
         const int col = c0 + nt * 8 + (lane & 3) * 2 + (e & 1);
         const int row = r0 + (e >> 1) * 8;
-        float p = exp2f(fmaf(s[nt][e], scale_log2, -lrow[e >> 1]));
+        float p = fast_exp2(fmaf(s[nt][e], scale_log2, -lrow[e >> 1]));
         if (need_mask && (col > row || col >= T)) p = 0.f;
         s[nt][e] = p * (dp[nt][e] - drow[e >> 1]);
       }
@@ -304,7 +304,7 @@ __global__ void __launch_bounds__(256)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int qc = ql + (e & 1), qg = qr0 + qc, key = key_r + (e >> 1) * 8;
-        float pe = exp2f(fmaf(s[nt][e], scale_log2, -cL[qc] * kLog2e));
+        float pe = fast_exp2(fmaf(s[nt][e], scale_log2, -cL[qc] * kLog2e));
         if (qg < key || qg >= T) pe = 0.f;
         p[e] = pe;
         ds[e] = pe * (dp[nt][e] - cD[qc]);

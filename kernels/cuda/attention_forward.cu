@@ -116,13 +116,13 @@ __global__ void __launch_bounds__(NW * 32) attention_fwd_kernel(bf16* __restrict
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
       const float m_new = fmaxf(m[r], mx * scale_log2);
       const float m_use = m_new == -INFINITY ? 0.f : m_new;  // a row with nothing visible yet
-      const float alpha = exp2f(m[r] - m_use);
+      const float alpha = fast_exp2(m[r] - m_use);
       m[r] = m_new;
       float sum = 0.f;
 #pragma unroll
       for (int nt = 0; nt < BC / 8; ++nt) {
-        s[nt][2 * r] = exp2f(fmaf(s[nt][2 * r], scale_log2, -m_use));
-        s[nt][2 * r + 1] = exp2f(fmaf(s[nt][2 * r + 1], scale_log2, -m_use));
+        s[nt][2 * r] = fast_exp2(fmaf(s[nt][2 * r], scale_log2, -m_use));
+        s[nt][2 * r + 1] = fast_exp2(fmaf(s[nt][2 * r + 1], scale_log2, -m_use));
         sum += s[nt][2 * r] + s[nt][2 * r + 1];
       }
       l[r] = l[r] * alpha + sum;

@@ -55,24 +55,61 @@ __device__ __forceinline__ void fence_regs(float (&d)[N]) {
 #pragma unroll
   for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
 }
+// Stores an accumulator tile (this warp's 16 rows from row0, N columns, the mma C layout) as bf16
+// into a core-matrix tile with N columns, where wgmma reads it as a K-major A operand. Each
+// n8 column block of the warp is one 128-byte core matrix per 8 rows: conflict-free 4-byte stores.
+//
+// Why P and dS go through shared memory rather than straight from registers (wgmma's A-from-
+// registers form): the tensor cores read register operands after the wgmma instruction has
+// issued, but ptxas reuses those registers for other values right after the issue (seen in the
+// SASS, and as wrong results on the H100), so an A-from-registers product cannot run while the
+// warps compute the next P. From shared memory it can.
+template <int N>
+__device__ __forceinline__ void store_acc_cm(bf16* tile, int row0, const float (&c)[N / 2], int lane) {
+  const int r = row0 + (lane >> 2);
+#pragma unroll
+  for (int nt = 0; nt < N / 8; ++nt) {
+    const int col = nt * 8 + (lane & 3) * 2;
+    *reinterpret_cast<uint32_t*>(tile + cm_offset<N>(r, col)) = pack_bf16(c[4 * nt], c[4 * nt + 1]);
+    *reinterpret_cast<uint32_t*>(tile + cm_offset<N>(r + 8, col)) = pack_bf16(c[4 * nt + 2], c[4 * nt + 3]);
+  }
+}
+
 // Ordinary (generic-proxy) writes to shared memory, cp.async included, must be fenced before
 // wgmma (async proxy) reads them; each writing thread fences, then the block synchronises.
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
 // Copies rows [row0, row0+ROWS) × HD (row stride `stride` elements) into a core-matrix tile with
-// cp.async; rows ≥ T are zero-filled. Consecutive threads take consecutive rows of one core
-// matrix, so each warp's shared-memory writes are contiguous 128-byte runs.
+// cp.async. Chunk c (16 bytes) of the tile sits at element 8·c: consecutive threads write
+// consecutive 16-byte pieces of one core matrix, 8 rows × 1 chunk, so a warp's shared-memory
+// writes are contiguous and its global reads are 8 rows × 64 contiguous bytes. Each thread's
+// (row, chunk) pairs are the same for every tile, so they are computed once. Rows ≥ T read row
+// T-1 instead of zeros: whatever lands there is finite and every use of those rows is masked
+// (P = 0 for keys ≥ T; rows of queries ≥ T are never stored).
 template <int ROWS, int HD, int NT>
-__device__ __forceinline__ void load_tile_cm_async(bf16* tile, const bf16* src, int64_t stride, int row0, int T,
-                                                   int tid) {
-  constexpr int kChunks = HD / 8;
-  for (int c = tid; c < ROWS * kChunks; c += NT) {
-    const int r8 = c & 7, rest = c >> 3;
-    const int ch = rest % kChunks, rg = rest / kChunks;
-    const int r = rg * 8 + r8, t = row0 + r;
-    const bool valid = t < T;
-    cp_async16(tile + (rg * kChunks + ch) * 64 + r8 * 8, src + (valid ? t : 0) * stride + ch * 8, valid);
+struct TileLoader {
+  static constexpr int kChunks = ROWS * HD / 8;
+  static constexpr int kPerThread = (kChunks + NT - 1) / NT;
+  int row[kPerThread];
+  int col[kPerThread];  // element offset of the chunk within its row
+  __device__ __forceinline__ explicit TileLoader(int tid) {
+#pragma unroll
+    for (int i = 0; i < kPerThread; ++i) {
+      const int c = tid + i * NT;
+      const int rest = c >> 3;
+      row[i] = (rest / (HD / 8)) * 8 + (c & 7);
+      col[i] = (rest % (HD / 8)) * 8;
+    }
   }
-}
+  __device__ __forceinline__ void load(bf16* tile, const bf16* src, int64_t stride, int row0, int T, int tid) const {
+#pragma unroll
+    for (int i = 0; i < kPerThread; ++i) {
+      const int c = tid + i * NT;
+      if (kChunks % NT != 0 && c >= kChunks) break;
+      const int t = min(row0 + row[i], T - 1);
+      cp_async16(tile + c * 8, src + t * stride + col[i]);
+    }
+  }
+};
 
 }  // namespace mlkv::cuda::attn

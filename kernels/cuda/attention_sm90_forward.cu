@@ -3,11 +3,12 @@
 // same contract as attention_fwd_kernel (attention_forward.cu), which remains the fallback.
 //
 // One block = NWG warpgroups, each owning 64 query rows of one (b, h). Per K/V tile of BC keys:
-//   S (64 × BC)  = Q · Kᵀ   wgmma, A = Q and B = K both from shared memory (K-major)
-//   online softmax on S in registers (the per-warp layout is mma.m16n8k16's, as in the fallback)
-//   O (64 × hd) += P · V    wgmma, A = P from registers, B = V from shared memory (MN-major)
-// K/V tiles stream through two cp.async stages. The block's warpgroups share each tile, and
-// while one is in its softmax the other's wgmma keeps the tensor cores busy.
+//   S (64 × BC)  = Q · Kᵀ   wgmma, Q and K from shared memory (K-major)
+//   online softmax on S in registers (the per-warp layout is mma.m16n8k16's, as in the fallback),
+//   P stored to shared memory as bf16
+//   O (64 × hd) += P · V    wgmma, P (K-major) and V (MN-major) from shared memory
+// K/V tiles stream through NS cp.async stages shared by the block's warpgroups. Within a
+// warpgroup the softmax of tile j overlaps the P·V product of tile j-1 (see the loop).
 //
 // Also holds sm90_enabled(): the once-per-device check that the sm_90a code is present.
 #include <cmath>
@@ -27,25 +28,29 @@ namespace {
 #define MLKV_SM90A 1
 #endif
 
-template <int HD, int NWG, int BC>
+template <int HD, int NWG, int BC, int NS>
 struct Sm90FwdTile {
   static constexpr int kBr = 64 * NWG;
   static constexpr int kThreads = 128 * NWG;
-  static constexpr size_t kSmem = size_t(kBr + 4 * BC) * HD * sizeof(bf16);  // Q, 2 stages of K and V
+  static constexpr size_t kSmem =  // Q, NS stages of K and V, 2 buffers of P
+      (size_t(kBr + 2 * NS * BC) * HD + size_t(2) * kBr * BC) * sizeof(bf16);
+  static_assert(NS >= 4, "tile j-3's stage is the one refilled in iteration j");
+  static_assert(kSmem <= 227 * 1024, "shared memory per block");
 };
 
-template <int HD, int NWG, int BC>
+template <int HD, int NWG, int BC, int NS>
 __global__ void __launch_bounds__(NWG * 128, 1)
     attention_fwd_sm90_kernel(bf16* __restrict__ out, float* __restrict__ lse, const bf16* __restrict__ q,
                               const bf16* __restrict__ k, const bf16* __restrict__ v, int T, int H, int group,
                               float scale_log2) {
 #ifdef MLKV_SM90A
-  using Tile = Sm90FwdTile<HD, NWG, BC>;
+  using Tile = Sm90FwdTile<HD, NWG, BC, NS>;
   constexpr int kBr = Tile::kBr, kNT = Tile::kThreads;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   bf16* sQ = reinterpret_cast<bf16*>(smem_raw);  // [kBr × HD] core-matrix layout
-  bf16* sK = sQ + kBr * HD;                      // [2][BC × HD]
-  bf16* sV = sK + 2 * BC * HD;                   // [2][BC × HD]
+  bf16* sK = sQ + kBr * HD;                      // [NS][BC × HD]
+  bf16* sV = sK + NS * BC * HD;                  // [NS][BC × HD]
+  bf16* sP = sV + NS * BC * HD;                  // [2][kBr × BC]: P of tiles j (even/odd)
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int wg = warp >> 2, wq = warp & 3;  // warpgroup, warp within it
@@ -59,14 +64,36 @@ __global__ void __launch_bounds__(NWG * 128, 1)
   const int kv_end = min(q0 + kBr, T);
   const int n_tiles = (kv_end + BC - 1) / BC;
 
-  load_tile_cm_async<kBr, HD, kNT>(sQ, qp, HD, q0, T, tid);
-  load_tile_cm_async<BC, HD, kNT>(sK, kp, HD, 0, T, tid);
-  load_tile_cm_async<BC, HD, kNT>(sV, vp, HD, 0, T, tid);
+  // Pipeline, per warpgroup, iteration j:
+  //   wait for P_{j-2}·V_{j-2};  O *= alpha_{j-1};  issue S_j = Q·K_jᵀ, then O += P_{j-1}·V_{j-1};
+  //   wait for S_j only;  softmax of S_j → P_j (into P buffer j % 2), alpha_j
+  // so the softmax runs while the tensor cores do P_{j-1}·V_{j-1}, and no wait follows it in
+  // the iteration (ptxas moves waits up past independent arithmetic, which would undo that).
+  // Tile t (K and V) lives in stage t % NS. At the top of iteration j every warpgroup is past
+  // the wait for P_{j-3}·V_{j-3} (made in iteration j-1), so after the barrier tile j-3's stage
+  // takes tile j+NS-3. The same barrier (after each thread's proxy fence) publishes P_{j-1} to
+  // the tensor cores. No wgmma sits under a branch (ptxas would serialise them), so warpgroups
+  // whose rows all lie above a tile still run it, fully masked.
+  const TileLoader<BC, HD, kNT> kv_loader(tid);
+  auto load_kv = [&](int t) {
+    kv_loader.load(sK + (t % NS) * BC * HD, kp, HD, t * BC, T, tid);
+    kv_loader.load(sV + (t % NS) * BC * HD, vp, HD, t * BC, T, tid);
+  };
+  {
+    const TileLoader<kBr, HD, kNT> q_loader(tid);
+    q_loader.load(sQ, qp, HD, q0, T, tid);
+  }
+  load_kv(0);
   cp_async_commit();
+#pragma unroll
+  for (int t = 1; t <= NS - 4; ++t) {  // one group per tile, empty past the end
+    if (t < n_tiles) load_kv(t);
+    cp_async_commit();
+  }
 
-  const int wg_row0 = q0 + wg * 64;           // first query row of this warpgroup
-  const int wrow0 = wg_row0 + wq * 16;        // ... of this warp
-  const int r0 = wrow0 + (lane >> 2);         // this thread's rows r0, r0 + 8
+  const int wg_row0 = q0 + wg * 64;     // first query row of this warpgroup
+  const int wrow0 = wg_row0 + wq * 16;  // ... of this warp
+  const int r0 = wrow0 + (lane >> 2);   // this thread's rows r0, r0 + 8
   float o[HD / 2];
 #pragma unroll
   for (int i = 0; i < HD / 2; ++i) o[i] = 0.f;
@@ -74,34 +101,51 @@ __global__ void __launch_bounds__(NWG * 128, 1)
 #pragma unroll
   for (int i = 0; i < BC / 2; ++i) s[i] = 0.f;
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+  float alpha[2] = {0.f, 0.f};  // rescale factor that goes with the newest P
 
-  for (int j = 0; j < n_tiles; ++j) {
-    const int st = j & 1;
-    if (j + 1 < n_tiles) {
-      load_tile_cm_async<BC, HD, kNT>(sK + (st ^ 1) * BC * HD, kp, HD, (j + 1) * BC, T, tid);
-      load_tile_cm_async<BC, HD, kNT>(sV + (st ^ 1) * BC * HD, vp, HD, (j + 1) * BC, T, tid);
-    }
-    cp_async_commit();
-    cp_async_wait<1>();
+  auto top = [&](int j) {  // tile j resident, P_{j-1} published; refill tile j-3's stage
+    cp_async_wait<NS - 4>();
     fence_proxy_async();
     __syncthreads();
-    const bf16* cK = sK + st * BC * HD;
-    const bf16* cV = sV + st * BC * HD;
-    const int c0 = j * BC;
-    if (c0 > wg_row0 + 63) {  // tile entirely above this warpgroup's rows (uniform per warpgroup)
-      __syncthreads();
-      continue;
-    }
-
-    // S = Q · Kᵀ
-    wgmma_fence();
+    if (j + NS - 3 < n_tiles) load_kv(j + NS - 3);
+    cp_async_commit();
+  };
+  // O *= alpha; then S_j = Q·K_jᵀ and O += P_{j-1}·V_{j-1}, as two commit groups.
+  auto rescale_issue = [&](int j, bool with_s, bool with_pv) {
+    if (with_pv) {
 #pragma unroll
-    for (int ks = 0; ks < HD / 16; ++ks)
-      WgmmaSS<BC>::run(s, desc_kmajor<HD>(sQ, wg * 64, ks), desc_kmajor<HD>(cK, 0, ks), ks > 0);
-    wgmma_commit();
-    wgmma_wait<0>();
+      for (int dt = 0; dt < HD / 8; ++dt) {
+        o[4 * dt] *= alpha[0];
+        o[4 * dt + 1] *= alpha[0];
+        o[4 * dt + 2] *= alpha[1];
+        o[4 * dt + 3] *= alpha[1];
+      }
+    }
     fence_regs(s);
-
+    fence_regs(o);
+    wgmma_fence();
+    if (with_s) {
+      const bf16* cK = sK + (j % NS) * BC * HD;
+#pragma unroll
+      for (int ks = 0; ks < HD / 16; ++ks)
+        WgmmaSS<BC>::run(s, desc_kmajor<HD>(sQ, wg * 64, ks), desc_kmajor<HD>(cK, 0, ks), ks > 0);
+      wgmma_commit();
+    }
+    if (with_pv) {
+      const bf16* cP = sP + ((j - 1) & 1) * kBr * BC;
+      const bf16* cV = sV + ((j - 1) % NS) * BC * HD;
+#pragma unroll
+      for (int kk = 0; kk < BC / 16; ++kk)
+        WgmmaSS<HD, 1>::run(o, desc_kmajor<BC>(cP, wg * 64, kk), desc_mnmajor<HD>(cV, kk), 1);
+      wgmma_commit();
+    }
+    fence_regs(s);
+    fence_regs(o);
+  };
+  // Online softmax of S_j: P_j to its shared-memory buffer, running max and sums updated,
+  // alpha = exp2(m_old − m_new).
+  auto softmax = [&](int j) {
+    const int c0 = j * BC;
     if (c0 + BC - 1 > wrow0 || c0 + BC > T) {
 #pragma unroll
       for (int nt = 0; nt < BC / 8; ++nt)
@@ -120,43 +164,44 @@ __global__ void __launch_bounds__(NWG * 128, 1)
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
       const float m_new = fmaxf(m[r], mx * scale_log2);
-      const float m_use = m_new == -INFINITY ? 0.f : m_new;
-      const float alpha = exp2f(m[r] - m_use);
+      const float m_use = m_new == -INFINITY ? 0.f : m_new;  // a row with nothing visible yet
+      alpha[r] = fast_exp2(m[r] - m_use);
       m[r] = m_new;
       float sum = 0.f;
 #pragma unroll
       for (int nt = 0; nt < BC / 8; ++nt) {
         float& x0 = s[4 * nt + 2 * r];
         float& x1 = s[4 * nt + 2 * r + 1];
-        x0 = exp2f(fmaf(x0, scale_log2, -m_use));
-        x1 = exp2f(fmaf(x1, scale_log2, -m_use));
+        x0 = fast_exp2(fmaf(x0, scale_log2, -m_use));
+        x1 = fast_exp2(fmaf(x1, scale_log2, -m_use));
         sum += x0 + x1;
       }
-      l[r] = l[r] * alpha + sum;
-#pragma unroll
-      for (int dt = 0; dt < HD / 8; ++dt) {
-        o[4 * dt + 2 * r] *= alpha;
-        o[4 * dt + 2 * r + 1] *= alpha;
-      }
+      l[r] = l[r] * alpha[r] + sum;
     }
+    store_acc_cm<BC>(sP + (j & 1) * kBr * BC, wg * 64 + wq * 16, s, lane);
+  };
 
-    // O += P · V
-    uint32_t pa[BC / 16][4];
-#pragma unroll
-    for (int kk = 0; kk < BC / 16; ++kk) {
-      pa[kk][0] = pack_bf16(s[8 * kk + 0], s[8 * kk + 1]);
-      pa[kk][1] = pack_bf16(s[8 * kk + 2], s[8 * kk + 3]);
-      pa[kk][2] = pack_bf16(s[8 * kk + 4], s[8 * kk + 5]);
-      pa[kk][3] = pack_bf16(s[8 * kk + 6], s[8 * kk + 7]);
-    }
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < BC / 16; ++kk) WgmmaRS<HD, 1>::run(o, pa[kk], desc_mnmajor<HD>(cV, kk), 1);
-    wgmma_commit();
-    wgmma_wait<0>();
+  top(0);
+  rescale_issue(0, true, false);
+  wgmma_wait<0>();
+  fence_regs(s);
+  softmax(0);
+  for (int j = 1; j < n_tiles; ++j) {
+    top(j);
+    wgmma_wait<0>();  // P_{j-2}·V_{j-2} done: O and P buffer j % 2 are free
     fence_regs(o);
-    __syncthreads();  // the next iteration refills this stage
+    rescale_issue(j, true, true);
+    wgmma_wait<1>();  // S_j done; P_{j-1}·V_{j-1} may still run
+    fence_regs(s);
+    softmax(j);
   }
+  wgmma_wait<0>();
+  fence_regs(o);
+  fence_proxy_async();  // publish the last P
+  __syncthreads();
+  rescale_issue(n_tiles, false, true);
+  wgmma_wait<0>();
+  fence_regs(o);
 
   // Epilogue: normalise, stage this warp's rows in its own part of sQ (core-matrix layout), then
   // write 16-byte chunks to out[b, t, h·hd + d].
@@ -193,11 +238,11 @@ __global__ void __launch_bounds__(NWG * 128, 1)
 #endif
 }
 
-template <int HD, int NWG, int BC>
+template <int HD, int NWG, int BC, int NS>
 void launch_fwd_sm90(void* out, float* lse, const void* q, const void* k, const void* v, int B, int T, int H,
                      int KVH, cudaStream_t stream) {
-  using Tile = Sm90FwdTile<HD, NWG, BC>;
-  auto kernel = attention_fwd_sm90_kernel<HD, NWG, BC>;
+  using Tile = Sm90FwdTile<HD, NWG, BC, NS>;
+  auto kernel = attention_fwd_sm90_kernel<HD, NWG, BC, NS>;
   allow_smem(kernel, Tile::kSmem);
   const dim3 grid((T + Tile::kBr - 1) / Tile::kBr, H, B);
   kernel<<<grid, Tile::kThreads, Tile::kSmem, stream>>>(
@@ -249,10 +294,11 @@ bool sm90_enabled() {
 void forward_sm90(void* out, float* lse, const void* q, const void* k, const void* v, int B, int T, int H, int KVH,
                   int hd, cudaStream_t stream) {
   switch (hd) {
-    case 64: launch_fwd_sm90<64, 2, 128>(out, lse, q, k, v, B, T, H, KVH, stream); break;
-    case 80: launch_fwd_sm90<80, 2, 128>(out, lse, q, k, v, B, T, H, KVH, stream); break;
-    case 128: launch_fwd_sm90<128, 2, 128>(out, lse, q, k, v, B, T, H, KVH, stream); break;
-    case 256: launch_fwd_sm90<256, 2, 64>(out, lse, q, k, v, B, T, H, KVH, stream); break;
+    // Shared memory: Q + NS stages of K, V + 2 P buffers = 208, 152, 224, 208 KB.
+    case 64: launch_fwd_sm90<64, 2, 128, 4>(out, lse, q, k, v, B, T, H, KVH, stream); break;
+    case 80: launch_fwd_sm90<80, 2, 64, 5>(out, lse, q, k, v, B, T, H, KVH, stream); break;
+    case 128: launch_fwd_sm90<128, 2, 64, 5>(out, lse, q, k, v, B, T, H, KVH, stream); break;
+    case 256: launch_fwd_sm90<256, 2, 32, 4>(out, lse, q, k, v, B, T, H, KVH, stream); break;
   }
 }
 
