@@ -82,7 +82,8 @@ Loader::Loader(const LoaderOptions& options) : options_(options), order_(1, 0, f
 Loader::~Loader() { stop_worker(); }
 
 uint64_t Loader::sample_at(uint64_t epoch, uint64_t position) const {
-  return order_.sample(epoch, position);
+  // A private SampleOrder: order_ caches per epoch and belongs to the reader thread.
+  return SampleOrder(split_size_, options_.seed, options_.shuffle).sample(epoch, position);
 }
 
 std::pair<std::string, int64_t> Loader::locate(uint64_t index) const {
