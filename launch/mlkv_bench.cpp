@@ -176,19 +176,22 @@ class OpBench {
   }
   // An activation buffer of n random values (never zeros: they time faster than data).
   void* act(int64_t n, float scale = 1.0f) {
-    float* tmp = f32(n, scale);
-    void* p = be_.alloc(n * be_.act_bytes());
+    const int64_t block = std::min<int64_t>(n, int64_t{1} << 22);
+    float* tmp = f32(block, scale);
+    char* p = static_cast<char*>(be_.alloc(n * be_.act_bytes()));
     bufs_.push_back(p);
-    be_.cast_f32_to_act(p, tmp, n);
+    for (int64_t o = 0; o < n; o += block) be_.cast_f32_to_act(p + o * be_.act_bytes(), tmp, std::min(block, n - o));
     return p;
   }
+  // Large buffers repeat one random block of 2^22 values: drawing billions on the host is slow.
   float* f32(int64_t n, float scale = 1.0f) {
-    std::vector<float> h(n);
+    const int64_t block = std::min<int64_t>(n, int64_t{1} << 22);
+    std::vector<float> h(block);
     std::normal_distribution<float> d(0.0f, scale);
     for (auto& x : h) x = d(rng_);
     auto* p = static_cast<float*>(be_.alloc(n * sizeof(float)));
     bufs_.push_back(p);
-    be_.upload(p, h.data(), n * sizeof(float));
+    for (int64_t o = 0; o < n; o += block) be_.upload(p + o, h.data(), std::min(block, n - o) * sizeof(float));
     return p;
   }
   int32_t* ids(int64_t n, int64_t vocab) {
