@@ -33,16 +33,19 @@ def _apply_rotary(x, cos, sin, rot):
 
 
 class MlkvRotary(nn.Module):
+    # No buffer on purpose: transformers 5 builds models on the meta device and never fills
+    # non-persistent buffers, so inv_freq is recomputed (rot/2 numbers) on every call.
     def __init__(self, config):
         super().__init__()
         hd = config.hidden_size // config.num_attention_heads
         self.rot = int(hd * config.rotary_pct)
-        inv_freq = 1.0 / (config.rotary_emb_base ** (torch.arange(0, self.rot, 2, dtype=torch.float64) / self.rot))
-        self.register_buffer("inv_freq", inv_freq.float(), persistent=False)
+        self.base = float(config.rotary_emb_base)
 
     def forward(self, position_ids, dtype):
-        # position_ids [B, T] → cos, sin [B, 1, T, rot], computed in fp32.
-        freqs = position_ids[..., None].float() * self.inv_freq.float()
+        # position_ids [B, T] → cos, sin [B, 1, T, rot], computed in fp32 like GPT-NeoX.
+        exponent = torch.arange(0, self.rot, 2, dtype=torch.float64, device=position_ids.device) / self.rot
+        inv_freq = (1.0 / self.base**exponent).float()
+        freqs = position_ids[..., None].float() * inv_freq
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos()[:, None].to(dtype), emb.sin()[:, None].to(dtype)
 

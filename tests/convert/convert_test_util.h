@@ -68,6 +68,15 @@ inline std::string scratch_dir(const std::string& name) {
   return p.string();
 }
 
+// A target TOML for an HF model: `model` holds the [model] keys; `extra` is appended verbatim.
+inline std::string write_target_toml(const std::string& dir, const std::string& model, const std::string& extra = "") {
+  const std::string path = dir + "/target.toml";
+  write_text(path, "[model]\n" + model + "\n" + extra + "\n[train]\nsteps = 1\nseq_len = 8\n");
+  return path;
+}
+// The hf_mha fixture's model section.
+inline const char* kHfMhaModel = "layers = 2\nd_model = 32\nheads = 2\nvocab_size = 96\nmax_seq_len = 64";
+
 // max|ours − ref| / max|ref| (NaN stays NaN).
 inline double max_rel_error(const float* ours, const float* ref, size_t n) {
   double ref_max = 0, diff_max = 0;

@@ -275,12 +275,8 @@ TEST(HfSource, MissingTensorWrongShapeAndMismatchedConfig) {
   EXPECT_TRUE(test::throws_with<CheckpointError>([&] { convert::HfSource s("/nonexistent/dir"); }, {"/nonexistent/dir", "config.json"}));
 }
 
-// A target config for the hf_mha model, with `extra` TOML appended.
 std::string target_toml(const std::string& dir, const std::string& extra) {
-  const std::string path = dir + "/target.toml";
-  test::write_text(path, "[model]\nlayers = 2\nd_model = 32\nheads = 2\nvocab_size = 96\nmax_seq_len = 64\n" + extra +
-                             "\n[train]\nsteps = 1\nseq_len = 16\n");
-  return path;
+  return test::write_target_toml(dir, test::kHfMhaModel, extra);
 }
 
 TEST(Reconcile, TargetMustDescribeTheHfModel) {

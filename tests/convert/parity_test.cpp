@@ -83,6 +83,15 @@ TEST(Parity, HfMhaThroughTheHfImporter) {
   expect_parity(src, dir, c);
 }
 
+// The seed paper's checkpoint layout (tests/convert/fixtures/paper_mlkv, made from mlkv_compat by
+// make_fixtures.py) through the importer: the same logits and gradients as the compat reference.
+TEST(Parity, SeedPaperLayoutThroughTheImporter) {
+  const std::string dir = test::fixture("mlkv_compat");
+  const convert::HfSource src(test::conv_fixture("paper_mlkv"));
+  ASSERT_EQ(src.config().format, hf::Format::paper);
+  expect_parity(src, dir, test::read_json(dir + "/case.json"));
+}
+
 class OursParity : public ::testing::TestWithParam<const char*> {};
 
 TEST_P(OursParity, LogitsLossAndEveryGradient) {
