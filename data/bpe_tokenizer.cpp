@@ -321,7 +321,7 @@ void BpeTokenizer::encode_word(std::string_view word, std::vector<int32_t>& ids)
   std::vector<int32_t> out;
   for (int i = 0; i >= 0 && i < n; i = symbols[size_t(i)].next) out.push_back(symbols[size_t(i)].id);
   ids.insert(ids.end(), out.begin(), out.end());
-  if (word_cache_.size() > (1u << 20)) word_cache_.clear();  // bounded memory
+  if (word_cache_.size() > (1u << 18)) word_cache_.clear();  // bounded memory
   word_cache_.emplace(std::move(key), std::move(out));
 }
 
