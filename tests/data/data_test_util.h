@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <hdf5.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <filesystem>
@@ -22,9 +23,10 @@ class ScratchDir {
   ScratchDir() {
     static std::atomic<int> counter{0};
     const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    path_ = std::filesystem::path(MLKV_BINARY_DIR) / "test_data_scratch" /
-            (std::string(info->test_suite_name()) + "." + info->name() + "." +
-             std::to_string(counter++));
+    std::string name = std::string(info->test_suite_name()) + "." + info->name() + "." +
+                       std::to_string(counter++);
+    std::replace(name.begin(), name.end(), '/', '_');  // parameterized names hold slashes
+    path_ = std::filesystem::path(MLKV_BINARY_DIR) / "test_data_scratch" / name;
     std::filesystem::remove_all(path_);
     std::filesystem::create_directories(path_);
   }
