@@ -1,0 +1,575 @@
+// Checkpoint writing, finding, verifying and loading (layout and guarantees: checkpoint.h).
+//
+// Crash safety rests on three facts: every file is fsync'd inside a temporary directory, the
+// directory is renamed into place in one step (and its parent fsync'd), and `latest` is replaced
+// by a rename too. A SIGKILL therefore leaves either the old state or the new one, plus at most a
+// ".step-*.tmp-<pid>" directory that the next save removes. A step directory that was damaged
+// afterwards (truncated, edited) fails the size/CRC check of its manifest and is never taken.
+#include "core/checkpoint.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <thread>
+
+#include "core/errors.h"
+#include "core/logging.h"
+#include "core/param_layout.h"
+#include "core/safetensors.h"
+
+namespace mlkv {
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::ordered_json;
+
+constexpr const char* kModelFile = "model.safetensors";
+constexpr const char* kOptimFile = "optim.safetensors";
+constexpr const char* kConfigFile = "config.toml";
+constexpr const char* kStateFile = "state.json";
+constexpr const char* kLatestFile = "latest";
+
+std::string errno_text() { return std::strerror(errno); }
+
+// ---- CRC-32, slice-by-8: about 8x the byte-at-a-time speed, which matters for the multi-GB
+// files of real models (every load re-reads them to verify).
+struct Crc32Tables {
+  uint32_t t[8][256];
+  Crc32Tables() {
+    for (uint32_t i = 0; i < 256; ++i) {
+      uint32_t c = i;
+      for (int k = 0; k < 8; ++k) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+      t[0][i] = c;
+    }
+    for (uint32_t i = 0; i < 256; ++i)
+      for (int s = 1; s < 8; ++s) t[s][i] = (t[s - 1][i] >> 8) ^ t[0][t[s - 1][i] & 0xFF];
+  }
+};
+const Crc32Tables& crc_tables() {
+  static const Crc32Tables tables;
+  return tables;
+}
+
+// ---- small POSIX helpers that report the path and the OS reason
+
+void fsync_path(const std::string& path, bool directory) {
+  const int fd = ::open(path.c_str(), (directory ? O_RDONLY | O_DIRECTORY : O_RDONLY) | O_CLOEXEC);
+  if (fd < 0) throw IoError(path + ": cannot open to fsync: " + errno_text());
+  const int rc = ::fsync(fd);
+  const int saved = errno;
+  ::close(fd);
+  errno = saved;
+  if (rc != 0) throw IoError(path + ": fsync failed: " + errno_text());
+}
+
+void write_file_durable(const std::string& path, const std::string& text) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) throw IoError(path + ": cannot create: " + errno_text());
+  const char* p = text.data();
+  size_t left = text.size();
+  while (left > 0) {
+    const ssize_t n = ::write(fd, p, left);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      const std::string why = errno_text();
+      ::close(fd);
+      throw IoError(path + ": write failed: " + why);
+    }
+    p += n;
+    left -= static_cast<size_t>(n);
+  }
+  if (::fsync(fd) != 0 || ::close(fd) != 0) throw IoError(path + ": fsync/close failed: " + errno_text());
+}
+
+void rename_or_throw(const std::string& from, const std::string& to) {
+  if (::rename(from.c_str(), to.c_str()) != 0) throw IoError("cannot rename " + from + " to " + to + ": " + errno_text());
+}
+
+std::string read_small_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw CheckpointError(path + ": cannot read: " + errno_text());
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+// Test hook (checkpoint.h): a pause between files so a SIGKILL can land inside a write.
+void test_pause() {
+  static const long ms = [] {
+    const char* s = std::getenv("MLKV_TEST_SLOW_CHECKPOINT_MS");
+    return s ? std::strtol(s, nullptr, 10) : 0L;
+  }();
+  if (ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+}
+
+std::string hex32(uint32_t x) {
+  char buf[9];
+  std::snprintf(buf, sizeof buf, "%08x", x);
+  return buf;
+}
+
+// Step of a directory name "step-00000100", or -1.
+int64_t step_of_name(const std::string& name) {
+  if (name.size() <= 5 || name.rfind("step-", 0) != 0) return -1;
+  int64_t v = 0;
+  for (size_t i = 5; i < name.size(); ++i) {
+    if (name[i] < '0' || name[i] > '9' || v > (INT64_MAX - 9) / 10) return -1;
+    v = v * 10 + (name[i] - '0');
+  }
+  return v;
+}
+
+// Step directories of DIR, newest first.
+std::vector<std::pair<int64_t, std::string>> step_dirs(const std::string& dir) {
+  std::vector<std::pair<int64_t, std::string>> out;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    const int64_t s = step_of_name(e.path().filename().string());
+    if (s >= 0 && e.is_directory(ec)) out.emplace_back(s, e.path().string());
+  }
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+  return out;
+}
+
+std::optional<std::string> read_latest_name(const std::string& dir) {
+  std::ifstream in(dir + "/" + kLatestFile);
+  std::string name;
+  if (!in || !std::getline(in, name) || step_of_name(name) < 0) return std::nullopt;
+  return name;
+}
+
+// Removes a directory by first renaming it out of the "step-*" namespace, so a kill during the
+// (non-atomic) recursive delete never leaves a half-deleted directory that looks like a checkpoint.
+void remove_dir_safely(const fs::path& path) {
+  std::string doomed_name = ".";
+  doomed_name += path.filename().string();
+  doomed_name += ".del-";
+  doomed_name += std::to_string(::getpid());
+  const fs::path doomed = path.parent_path() / doomed_name;
+  std::error_code ec;
+  fs::rename(path, doomed, ec);
+  fs::remove_all(ec ? path : doomed, ec);
+  if (ec) log::warn("could not remove old checkpoint " + path.string() + ": " + ec.message());
+}
+
+// Leftovers of writers that were killed: ".step-*.tmp-<pid>" and ".step-*.del-<pid>" whose process
+// is gone. A live pid is left alone (another writer on this host may be mid-write).
+void remove_stale_temporaries(const std::string& dir) {
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    const std::string name = e.path().filename().string();
+    if (name.rfind(".step-", 0) != 0 && name.rfind(".latest.tmp-", 0) != 0) continue;
+    const size_t dash = name.rfind('-');
+    const long pid = std::strtol(name.c_str() + dash + 1, nullptr, 10);
+    if (pid <= 0 || pid == ::getpid()) continue;
+    if (::kill(static_cast<pid_t>(pid), 0) == 0 || errno == EPERM) continue;
+    std::error_code rm;
+    fs::remove_all(e.path(), rm);
+  }
+}
+
+// ---- state.json
+
+json kv_plan_json(const KvPlan& plan, int heads) {
+  return {{"name", plan.name(heads)},
+          {"owners", plan.owners()},
+          {"owner", plan.owner},
+          {"kv_heads", plan.kv_heads},
+          {"rope_shared_keys", plan.rope_shared_keys}};
+}
+
+json file_entry(const std::string& path) {
+  std::error_code ec;
+  const auto bytes = fs::file_size(path, ec);
+  if (ec) throw IoError(path + ": cannot stat: " + ec.message());
+  return {{"bytes", bytes}, {"crc32", hex32(crc32_file(path))}};
+}
+
+struct Manifest {
+  json state;
+  std::vector<std::pair<std::string, uint64_t>> files;  // name, bytes
+  std::map<std::string, std::string> crcs;
+};
+
+// Parses DIR/state.json; throws CheckpointError saying what is wrong.
+Manifest read_manifest(const std::string& dir) {
+  const std::string path = dir + "/" + kStateFile;
+  if (!fs::exists(path)) throw CheckpointError(dir + ": not a checkpoint (no " + kStateFile + ")");
+  Manifest m;
+  try {
+    m.state = json::parse(read_small_file(path));
+    if (m.state.value("format", "") != "mlkv-checkpoint")
+      throw CheckpointError(path + ": not an mlkv checkpoint manifest (format is not \"mlkv-checkpoint\")");
+    const int version = m.state.at("format_version").get<int>();
+    if (version != kCheckpointFormatVersion)
+      throw CheckpointError(path + ": format_version " + std::to_string(version) + ", this build reads " +
+                            std::to_string(kCheckpointFormatVersion));
+    for (const auto& [name, entry] : m.state.at("files").items()) {
+      if (name.find('/') != std::string::npos || name.empty() || name[0] == '.')
+        throw CheckpointError(path + ": bad file name \"" + name + "\" in the manifest");
+      m.files.emplace_back(name, entry.at("bytes").get<uint64_t>());
+      m.crcs[name] = entry.at("crc32").get<std::string>();
+    }
+  } catch (const json::exception& e) {
+    throw CheckpointError(path + ": corrupt manifest: " + e.what());
+  }
+  for (const char* needed : {kModelFile, kConfigFile})
+    if (!m.crcs.count(needed)) throw CheckpointError(path + ": the manifest lists no " + needed);
+  return m;
+}
+
+// Empty when every file of the manifest exists with its recorded size; otherwise the reason.
+std::string size_problem(const std::string& dir, const Manifest& m) {
+  for (const auto& [name, bytes] : m.files) {
+    std::error_code ec;
+    const auto actual = fs::file_size(dir + "/" + name, ec);
+    if (ec) return dir + "/" + name + ": missing (" + ec.message() + ")";
+    if (actual != bytes)
+      return dir + "/" + name + ": " + std::to_string(actual) + " bytes, the manifest records " + std::to_string(bytes) +
+             (actual < bytes ? " (truncated)" : "");
+  }
+  return "";
+}
+
+void verify_files(const std::string& dir, const Manifest& m) {
+  if (const std::string p = size_problem(dir, m); !p.empty()) throw CheckpointError(p);
+  for (const auto& [name, bytes] : m.files) {
+    const std::string crc = hex32(crc32_file(dir + "/" + name));
+    if (crc != m.crcs.at(name))
+      throw CheckpointError(dir + "/" + name + ": CRC-32 " + crc + ", the manifest records " + m.crcs.at(name) +
+                            " (the file is corrupt)");
+  }
+}
+
+template <typename Int>
+std::string join_ints(const std::vector<Int>& v) {
+  std::string s;
+  for (Int x : v) {
+    if (!s.empty()) s += ',';
+    s += std::to_string(x);
+  }
+  return s;
+}
+
+// Reads the tensors `prefix + view.name` of a safetensors file into a flat ParamLayout buffer,
+// checking that names and shapes match exactly and that nothing else is in the file.
+std::vector<float> read_flat(const std::string& path, const ParamLayout& layout, const std::string& prefix,
+                             const safetensors::Reader& r) {
+  std::vector<float> flat(static_cast<size_t>(layout.total()), 0.0f);
+  size_t expected = 0;
+  for (const ParamView& v : layout.views()) {
+    const std::string name = prefix + v.name;
+    const safetensors::TensorInfo* t = r.find(name);
+    if (!t) throw CheckpointError(path + ": no tensor \"" + name + "\" (the checkpoint is of another model)");
+    if (t->shape != v.shape) {
+      throw CheckpointError(path + ": tensor \"" + name + "\" has shape [" + join_ints(t->shape) + "], the model needs [" +
+                            join_ints(v.shape) + "]");
+    }
+    r.read_f32(name, flat.data() + v.offset, v.numel);
+    ++expected;
+  }
+  size_t with_prefix = 0;
+  for (const auto& t : r.tensors()) with_prefix += t.name.rfind(prefix, 0) == 0;
+  if (with_prefix != expected)
+    throw CheckpointError(path + ": holds " + std::to_string(with_prefix) + " tensors \"" + prefix + "*\", the model has " +
+                          std::to_string(expected));
+  return flat;
+}
+
+std::string resolve_step_dir(const std::string& path) {
+  if (fs::exists(fs::path(path) / kStateFile)) return path;
+  if (!fs::is_directory(path)) throw CheckpointError(path + ": no such checkpoint directory");
+  if (auto latest = find_latest(path)) return *latest;
+  throw CheckpointError(path + ": holds no complete checkpoint (no step-*/ directory with a valid " +
+                        std::string(kStateFile) + ")");
+}
+
+CheckpointData load(const std::string& path, bool with_optimizer) {
+  const std::string dir = resolve_step_dir(path);
+  const Manifest m = read_manifest(dir);
+  Manifest to_verify = m;
+  if (!with_optimizer) {
+    std::erase_if(to_verify.files, [](const auto& f) { return f.first == kOptimFile; });
+  }
+  verify_files(dir, to_verify);
+
+  CheckpointData data;
+  data.config = config_from_toml_string(read_small_file(dir + "/" + kConfigFile), dir + "/" + kConfigFile);
+  const ModelSpec spec = data.config.spec();
+  const ParamLayout layout(spec);
+  const json& s = m.state;
+  try {
+    // The manifest's plan and the config's must agree: a mismatch means an edited checkpoint.
+    if (s.at("kv_plan").at("owner").get<std::vector<int>>() != spec.kv.owner ||
+        s.at("kv_plan").at("kv_heads").get<int>() != spec.kv.kv_heads)
+      throw CheckpointError(dir + ": the KV plan in " + kStateFile + " differs from the one of " + kConfigFile);
+    TrainState& st = data.state;
+    st.step = s.at("step").get<int64_t>();
+    st.adam_t = s.at("adam_t").get<int64_t>();
+    st.rng_state = std::stoull(s.at("rng_state").get<std::string>(), nullptr, 16);
+    st.sampler.epoch = s.at("sampler").at("epoch").get<uint64_t>();
+    st.sampler.next_sample = s.at("sampler").at("next_sample").get<uint64_t>();
+    st.tokens_seen = s.at("tokens_seen").get<int64_t>();
+    st.last_val_loss = s.at("last_val_loss").is_null() ? NAN : s.at("last_val_loss").get<double>();
+    st.consecutive_bad = s.at("consecutive_bad").get<int64_t>();
+    st.dp = s.value("dp", 1);
+    st.tp = s.value("tp", 1);
+  } catch (const json::exception& e) {
+    throw CheckpointError(dir + "/" + kStateFile + ": corrupt manifest: " + e.what());
+  } catch (const std::logic_error& e) {  // stoull
+    throw CheckpointError(dir + "/" + kStateFile + ": corrupt rng_state: " + e.what());
+  }
+
+  const std::string model_path = dir + "/" + kModelFile;
+  data.master = read_flat(model_path, layout, "", safetensors::Reader(model_path));
+  if (with_optimizer && m.crcs.count(kOptimFile)) {
+    const std::string optim_path = dir + "/" + kOptimFile;
+    const safetensors::Reader r(optim_path);
+    data.m = read_flat(optim_path, layout, "m.", r);
+    data.v = read_flat(optim_path, layout, "v.", r);
+  }
+  return data;
+}
+
+}  // namespace
+
+// ---- public API
+
+uint32_t crc32_update(uint32_t crc, const void* data, size_t bytes) {
+  const auto& T = crc_tables().t;
+  const auto* p = static_cast<const uint8_t*>(data);
+  crc = ~crc;
+  while (bytes >= 8) {
+    const uint32_t lo = crc ^ (uint32_t{p[0]} | uint32_t{p[1]} << 8 | uint32_t{p[2]} << 16 | uint32_t{p[3]} << 24);
+    crc = T[7][lo & 0xFF] ^ T[6][(lo >> 8) & 0xFF] ^ T[5][(lo >> 16) & 0xFF] ^ T[4][lo >> 24] ^ T[3][p[4]] ^
+          T[2][p[5]] ^ T[1][p[6]] ^ T[0][p[7]];
+    p += 8;
+    bytes -= 8;
+  }
+  while (bytes--) crc = T[0][(crc ^ *p++) & 0xFF] ^ (crc >> 8);
+  return ~crc;
+}
+
+uint32_t crc32_file(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw IoError(path + ": cannot open: " + errno_text());
+  std::vector<uint8_t> buf(1 << 20);
+  uint32_t crc = 0;
+  for (;;) {
+    const ssize_t n = ::read(fd, buf.data(), buf.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      const std::string why = errno_text();
+      ::close(fd);
+      throw IoError(path + ": read failed: " + why);
+    }
+    if (n == 0) break;
+    crc = crc32_update(crc, buf.data(), static_cast<size_t>(n));
+  }
+  ::close(fd);
+  return crc;
+}
+
+std::string checkpoint_dir_name(int64_t step) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "step-%08lld", static_cast<long long>(step));
+  return buf;
+}
+
+void probe_writable_dir(const std::string& dir, const std::string& key) {
+  const std::string where = key + " = \"" + dir + "\"";
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) throw ConfigError(where + ": cannot create the directory: " + ec.message());
+  const std::string probe = dir + "/.probe-" + std::to_string(::getpid());
+  const int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) throw ConfigError(where + ": not writable: " + errno_text());
+  const bool wrote = ::write(fd, "ok", 2) == 2 && ::fsync(fd) == 0;
+  const std::string why = errno_text();
+  ::close(fd);
+  const bool renamed = wrote && ::rename(probe.c_str(), (probe + ".renamed").c_str()) == 0;
+  ::unlink(probe.c_str());
+  ::unlink((probe + ".renamed").c_str());
+  if (!wrote) throw ConfigError(where + ": cannot write a file there: " + why);
+  if (!renamed) throw ConfigError(where + ": cannot rename a file there: " + errno_text());
+}
+
+std::string save_checkpoint(const std::string& dir, const CheckpointData& data, int keep_last) {
+  const ModelSpec spec = data.config.spec();
+  const ParamLayout layout(spec);
+  const size_t total = static_cast<size_t>(layout.total());
+  if (data.master.size() != total)
+    throw Error("save_checkpoint: master has " + std::to_string(data.master.size()) + " floats, the layout " +
+                std::to_string(total));
+  const bool with_optim = !data.m.empty();
+  if (with_optim && (data.m.size() != total || data.v.size() != total))
+    throw Error("save_checkpoint: optimizer moments do not match the layout");
+
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) throw IoError(dir + ": cannot create the checkpoint directory: " + ec.message());
+  remove_stale_temporaries(dir);
+
+  const std::string name = checkpoint_dir_name(data.state.step);
+  const std::string final_dir = dir + "/" + name;
+  const std::string tmp = dir + "/." + name + ".tmp-" + std::to_string(::getpid());
+  fs::remove_all(tmp, ec);
+  if (!fs::create_directory(tmp, ec) || ec) throw IoError(tmp + ": cannot create: " + ec.message());
+
+  json files = json::object();
+  {
+    safetensors::Writer w;
+    for (const ParamView& v : layout.views()) w.add_f32(v.name, data.master.data() + v.offset, v.shape);
+    w.set_metadata("format", "mlkv-checkpoint-model");
+    w.set_metadata("step", std::to_string(data.state.step));
+    w.write(tmp + "/" + kModelFile);
+    files[kModelFile] = file_entry(tmp + "/" + kModelFile);
+  }
+  test_pause();
+  if (with_optim) {
+    safetensors::Writer w;
+    for (const ParamView& v : layout.views()) w.add_f32("m." + v.name, data.m.data() + v.offset, v.shape);
+    for (const ParamView& v : layout.views()) w.add_f32("v." + v.name, data.v.data() + v.offset, v.shape);
+    w.set_metadata("format", "mlkv-checkpoint-optim");
+    w.write(tmp + "/" + kOptimFile);
+    files[kOptimFile] = file_entry(tmp + "/" + kOptimFile);
+    test_pause();
+  }
+  write_file_durable(tmp + "/" + kConfigFile, config_to_toml(data.config));
+  files[kConfigFile] = file_entry(tmp + "/" + kConfigFile);
+  test_pause();
+
+  const TrainState& st = data.state;
+  char rng_hex[17];
+  std::snprintf(rng_hex, sizeof rng_hex, "%016llx", static_cast<unsigned long long>(st.rng_state));
+  json state = {
+      {"format", "mlkv-checkpoint"},
+      {"format_version", kCheckpointFormatVersion},
+      {"step", st.step},
+      {"adam_t", st.adam_t},
+      {"rng_state", rng_hex},
+      {"sampler", {{"epoch", st.sampler.epoch}, {"next_sample", st.sampler.next_sample}}},
+      {"tokens_seen", st.tokens_seen},
+      {"last_val_loss", std::isfinite(st.last_val_loss) ? json(st.last_val_loss) : json(nullptr)},
+      {"consecutive_bad", st.consecutive_bad},
+      {"dp", st.dp},
+      {"tp", st.tp},
+      {"model",
+       {{"layers", spec.layers}, {"d_model", spec.d_model}, {"heads", spec.heads}, {"vocab", spec.vocab},
+        {"ffn", spec.ffn}, {"params", layout.total_params()}}},
+      {"kv_plan", kv_plan_json(spec.kv, spec.heads)},
+      {"files", files},
+  };
+  write_file_durable(tmp + "/" + kStateFile, state.dump(2) + "\n");
+  fsync_path(tmp, true);
+  test_pause();
+
+  // Into place. A directory of the same step (a re-run after a resume from an older checkpoint)
+  // is moved aside first: rename(2) does not replace a non-empty directory.
+  std::string replaced;
+  if (fs::exists(final_dir)) {
+    replaced = dir + "/." + name + ".del-" + std::to_string(::getpid());
+    fs::remove_all(replaced, ec);
+    rename_or_throw(final_dir, replaced);
+  }
+  rename_or_throw(tmp, final_dir);
+  fsync_path(dir, true);
+  if (!replaced.empty()) fs::remove_all(replaced, ec);
+  test_pause();
+
+  const std::string latest_tmp = dir + "/.latest.tmp-" + std::to_string(::getpid());
+  write_file_durable(latest_tmp, name + "\n");
+  rename_or_throw(latest_tmp, dir + "/" + kLatestFile);
+  fsync_path(dir, true);
+
+  if (keep_last > 0) {
+    const auto latest = read_latest_name(dir);
+    int kept = 0;
+    for (const auto& [step, path] : step_dirs(dir)) {
+      const std::string base = fs::path(path).filename().string();
+      if (base == name || (latest && base == *latest)) continue;  // always kept, not counted twice
+      if (++kept < keep_last) continue;  // the one just written is one of the keep_last
+      remove_dir_safely(path);
+    }
+  }
+  return final_dir;
+}
+
+CheckpointData load_checkpoint(const std::string& path) { return load(path, true); }
+CheckpointData load_checkpoint_weights(const std::string& path) { return load(path, false); }
+
+std::optional<std::string> find_latest(const std::string& dir) {
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return std::nullopt;
+  auto complete = [](const std::string& step_dir) -> std::string {
+    try {
+      return size_problem(step_dir, read_manifest(step_dir));
+    } catch (const Error& e) {
+      return e.what();
+    }
+  };
+  // `latest` first: after a resume from an older checkpoint it names the live timeline, which a
+  // newer-numbered leftover of the abandoned one must not override.
+  if (const auto name = read_latest_name(dir)) {
+    const std::string p = dir + "/" + *name;
+    const std::string problem = complete(p);
+    if (problem.empty()) return p;
+    log::warn("`latest` in " + dir + " names " + *name + ", which is not usable: " + problem);
+  }
+  for (const auto& [step, path] : step_dirs(dir)) {
+    const std::string problem = complete(path);
+    if (problem.empty()) return path;
+    log::warn("skipping incomplete checkpoint " + path + ": " + problem);
+  }
+  return std::nullopt;
+}
+
+void check_compatible(const Config& checkpoint, const Config& run, const std::string& where) {
+  const ModelSpec a = checkpoint.spec(), b = run.spec();
+  std::vector<std::string> diffs;
+  auto cmp = [&](const char* what, auto x, auto y) {
+    if (x != y) {
+      std::ostringstream o;
+      o << what << " " << x << " in the checkpoint, " << y << " in this run";
+      diffs.push_back(o.str());
+    }
+  };
+  cmp("model.layers", a.layers, b.layers);
+  cmp("model.d_model", a.d_model, b.d_model);
+  cmp("model.heads", a.heads, b.heads);
+  cmp("model.vocab_size", a.vocab, b.vocab);
+  cmp("MLP width (model.ffn)", a.ffn, b.ffn);
+  cmp("rotary dims (model.rotary_pct)", a.rot_dims(), b.rot_dims());
+  if (a.layers == b.layers && (a.kv.owner != b.kv.owner || a.kv.kv_heads != b.kv.kv_heads)) {
+    diffs.push_back("KV plan " + a.kv.name(a.heads) + " (owners " + join_ints(a.kv.owners()) + ", " +
+                    std::to_string(a.kv.kv_heads) + " KV heads) in the checkpoint, " + b.kv.name(b.heads) +
+                    " (owners " + join_ints(b.kv.owners()) + ", " + std::to_string(b.kv.kv_heads) +
+                    " KV heads) in this run");
+  }
+  if (a.kv.rope_shared_keys != b.kv.rope_shared_keys)
+    diffs.push_back(std::string("kv.rope_shared_keys ") + (a.kv.rope_shared_keys ? "true" : "false") +
+                    " in the checkpoint, " + (b.kv.rope_shared_keys ? "true" : "false") + " in this run");
+  if (!diffs.empty()) {
+    std::string msg = where + " is a checkpoint of another model, refusing it:";
+    for (const auto& d : diffs) msg += "\n  - " + d;
+    msg += "\n  (use the config it was written with, or convert it with mlkv-convert)";
+    throw CheckpointError(msg);
+  }
+  if (a.rotary_base != b.rotary_base || a.ln_eps != b.ln_eps)
+    log::warn(where + ": rotary_base/ln_eps differ from this run's; continuing with this run's values");
+}
+
+}  // namespace mlkv
