@@ -1,0 +1,97 @@
+// Exported models in real transformers (skipped cleanly where torch + transformers are missing):
+// convert, export, load with trust_remote_code, and compare logits with our CPU forward; check the
+// KV cache with prefix/step decoding and generate with and without it (tests/convert/check_hf_export.py).
+// The interpreter is $MLKV_PYTHON, else /root/fxvenv/bin/python3 when present, else python3.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+
+#include "../core/test_util.h"
+#include "convert_test_util.h"
+#include "core/config.h"
+#include "core/convert.h"
+#include "core/model.h"
+
+namespace mlkv {
+namespace {
+
+std::string python() {
+  if (const char* p = std::getenv("MLKV_PYTHON"); p && *p) return p;
+  if (std::filesystem::exists("/root/fxvenv/bin/python3")) return "/root/fxvenv/bin/python3";
+  return "python3";
+}
+
+bool have_transformers() {
+  static const bool ok = std::system((python() + " -c 'import torch, transformers, safetensors' >/dev/null 2>&1").c_str()) == 0;
+  return ok;
+}
+
+// Our logits for `tokens` [B, T], written for the Python side.
+void write_ours(const std::string& path, const ModelSpec& spec, const std::vector<float>& master, int B, int T,
+                const std::vector<int32_t>& tokens) {
+  auto be = make_backend("cpu", 2);
+  Model m(spec, *be, B, T);
+  m.set_master(master);
+  const std::vector<float> logits = m.forward_logits(tokens.data());
+  safetensors::Writer w;
+  w.add_i32("tokens", tokens.data(), {B, T});
+  w.add_f32("logits", logits.data(), {B, T, spec.vocab});
+  w.write(path);
+}
+
+void check_in_transformers(const convert::TensorSource& src, const std::string& dir, const std::string& expect_class) {
+  const ParamLayout layout(src.spec());
+  std::vector<float> master(layout.total(), 0.0f);
+  for (const ParamView& v : layout.views()) src.read(v.name, master.data() + v.offset);
+  const int B = 2, T = 12;
+  const auto tokens = test::random_tokens(B * T, src.spec().vocab, 17);
+  write_ours(dir + "/ours.safetensors", src.spec(), master, B, T, tokens);
+  convert::export_hf(src, dir + "/hf", {});
+  const std::string log = dir + "/check.log";
+  const std::string cmd = python() + " " + MLKV_SOURCE_DIR + "/tests/convert/check_hf_export.py --dir " + dir +
+                          "/hf --ours " + dir + "/ours.safetensors --expect-class " + expect_class + " > " + log + " 2>&1";
+  const int rc = std::system(cmd.c_str());
+  const std::string out = test::read_text(log);
+  EXPECT_EQ(rc, 0) << cmd << "\n" << out;
+  std::cout << out.substr(out.find("ok:") == std::string::npos ? 0 : out.find("ok:"));
+}
+
+class Transformers : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!have_transformers()) GTEST_SKIP() << python() << " cannot import torch + transformers (set MLKV_PYTHON)";
+  }
+};
+
+TEST_F(Transformers, ConvertedMlkvModelLoadsWithTrustRemoteCode) {
+  const std::string dir = test::scratch_dir("mlkv");
+  Config target = load_config(test::write_target_toml(dir, test::kHfMhaModel, "[kv]\nkv_layers = 1\nkv_heads = 1\nwiden_mlp = true\nmerge = \"paper\"\n"));
+  const convert::HfSource src(test::fixture("hf_mha/hf"));
+  convert::reconcile_target(src.config(), target, {});
+  const convert::Converter conv(src, target.spec(), convert::Merge::paper);
+  const std::vector<float> converted = conv.materialize();
+  const convert::BufferSource out(target.spec(), converted.data());
+  check_in_transformers(out, dir, "MlkvNeoXForCausalLM");
+}
+
+TEST_F(Transformers, UnevenGroupsGqaHeads) {
+  const std::string dir = test::scratch_dir("uneven");
+  const nlohmann::json c = test::read_json(test::fixture("mlkv_uneven/case.json"));
+  const convert::OursFileSource src(test::spec_from_case(c), test::fixture("mlkv_uneven/weights.safetensors"));
+  check_in_transformers(src, dir, "MlkvNeoXForCausalLM");
+}
+
+TEST_F(Transformers, SeedPaperCompatExport) {
+  const std::string dir = test::scratch_dir("paper");
+  const convert::HfSource src(test::conv_fixture("paper_mlkv"));
+  check_in_transformers(src, dir, "MlkvNeoXForCausalLM");
+}
+
+TEST_F(Transformers, MhaExportsAsPlainGptNeoX) {
+  const std::string dir = test::scratch_dir("mha");
+  const convert::HfSource src(test::fixture("hf_mha/hf"));
+  check_in_transformers(src, dir, "GPTNeoXForCausalLM");
+}
+
+}  // namespace
+}  // namespace mlkv
