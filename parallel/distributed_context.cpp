@@ -72,10 +72,32 @@ ModelParallel DistributedContext::model_parallel() const {
 }
 
 std::unique_ptr<AdamW> DistributedContext::make_optimizer(Model& model, const OptimSection& opt) {
-  const ModelParallel& mp = model.parallel();
-  if (mp.tp != topo_.tp || mp.tp_rank != topo_.tp_rank || mp.buffer_multiple % DpPlan::buffer_multiple(topo_.dp))
-    throw Error("the model was not built for this rank's layout: pass ctx->model_parallel() to its constructor");
   if (model_) throw Error("make_optimizer: this context already serves a model");
+  bind(model, zero1_);
+  auto o = sharded() ? std::make_unique<AdamW>(be_, *shard_layout_, opt) : std::make_unique<AdamW>(be_, model.layout(), opt);
+  opt_ = o.get();
+  return o;
+}
+
+// A trainer that built its own AdamW (full moments) and never called make_optimizer still gets
+// correct data parallelism: gradients all-reduced, every rank updating the whole model.
+void DistributedContext::adopt(Model& model, AdamW* opt) {
+  if (!model_) {
+    std::fprintf(stderr, "%sparallel: optimizer not made by Context::make_optimizer: ZeRO-1 is off (replicated "
+                 "optimizer state, all-reduced gradients)\n", log_prefix().c_str());
+    bind(model, false);
+  }
+  if (&model != model_) throw Error("parallel::Context serves one model; this is another");
+  if (opt && !opt_) opt_ = opt;
+}
+
+void DistributedContext::bind(Model& model, bool zero1) {
+  zero1_ = zero1;
+  const ModelParallel& mp = model.parallel();
+  if (mp.tp != topo_.tp || mp.tp_rank != topo_.tp_rank ||
+      (sharded() && mp.buffer_multiple % DpPlan::buffer_multiple(topo_.dp)))
+    throw Error("the model was not built for this rank's layout (tp " + std::to_string(topo_.tp) +
+                "): pass ctx->model_parallel() to its constructor");
   model_ = &model;
   const ParamLayout& layout = model.layout();
 
@@ -94,8 +116,7 @@ std::unique_ptr<AdamW> DistributedContext::make_optimizer(Model& model, const Op
   }
   std::reverse(kv_segments_.begin(), kv_segments_.end());  // the backward reaches the top first
 
-  std::unique_ptr<AdamW> o;
-  if (topo_.dp > 1) plan_ = DpPlan(model.buffer_elems(), topo_.dp, bucket_mb_);
+  if (topo_.dp > 1) plan_ = DpPlan(model.buffer_elems(), topo_.dp, bucket_mb_, sharded());
   if (sharded()) {
     const int64_t S = plan_.shard_elems();
     shard_layout_ = std::make_unique<ParamLayout>(ParamLayout::restricted(layout, plan_.shard_ranges(topo_.dp_rank)));
@@ -112,13 +133,9 @@ std::unique_ptr<AdamW> DistributedContext::make_optimizer(Model& model, const Op
     for (const Segment& s : replicated)
       for (const auto& sp : plan_.spans(topo_.dp_rank, s.begin, s.begin + s.count))
         norm_segments_.push_back({sp.local, sp.end - sp.begin, s.copies});
-    o = std::make_unique<AdamW>(be_, *shard_layout_, opt);
   } else {
     norm_segments_ = replicated;
-    o = std::make_unique<AdamW>(be_, layout, opt);
   }
-  opt_ = o.get();
-  return o;
 }
 
 int64_t DistributedContext::optimizer_state_bytes() const {
@@ -161,7 +178,7 @@ void DistributedContext::on_grads_ready(int64_t from) {
 }
 
 void DistributedContext::reduce_gradients(Model& model) {
-  if (&model != model_) throw Error("reduce_gradients: call make_optimizer(model) first");
+  adopt(model, nullptr);
   if (!reduces()) return;
   if (!hooked_) next_kv_ = next_bucket_ = 0;
   on_grads_ready(0);  // whatever the backward did not launch (everything, without the hook)
@@ -172,7 +189,8 @@ void DistributedContext::reduce_gradients(Model& model) {
 }
 
 UpdateStats DistributedContext::optimizer_step(AdamW& opt, Model& model, double lr) {
-  if (&opt != opt_ || &model != model_)
+  adopt(model, &opt);
+  if (&opt != opt_)
     throw Error("optimizer_step: use the optimizer ctx->make_optimizer(model, ...) returned");
   const bool sh = sharded();
   float* grads = sh ? grad_shard_ : model.grads();
@@ -205,7 +223,8 @@ const ParamLayout& DistributedContext::tp_layout(int t) {
 
 std::vector<float> DistributedContext::gather_tensor(Model& model, AdamW& opt, const std::string& name,
                                                      StateKind kind) {
-  if (&model != model_ || &opt != opt_) throw Error("gather_tensor: not this context's model and optimizer");
+  adopt(model, &opt);
+  if (&opt != opt_) throw Error("gather_tensor: not this context's optimizer");
   const ParamView& v = model.layout().at(name);
   const bool sh = sharded();
   // This rank's contribution: its shard's pieces of the view (ZeRO-1), or the whole local view
@@ -258,7 +277,8 @@ std::vector<float> DistributedContext::gather_tensor(Model& model, AdamW& opt, c
 
 void DistributedContext::scatter_tensor(Model& model, AdamW& opt, const std::string& name, StateKind kind,
                                         const std::vector<float>& full) {
-  if (&model != model_ || &opt != opt_) throw Error("scatter_tensor: not this context's model and optimizer");
+  adopt(model, &opt);
+  if (&opt != opt_) throw Error("scatter_tensor: not this context's optimizer");
   const ParamView& v = model.layout().at(name);
   if (static_cast<int64_t>(full.size()) != full_numel(v))
     throw CheckpointError("tensor '" + name + "' has " + std::to_string(full.size()) + " elements, the model needs " +

@@ -50,6 +50,8 @@ class DistributedContext final : public Context {
     int64_t begin, count;
     int copies;
   };
+  void bind(Model& model, bool zero1);
+  void adopt(Model& model, AdamW* opt);
   void on_grads_ready(int64_t from);
   bool reduces() const { return topo_.dp > 1 || kv_copies_ > 1; }
   const ParamLayout& tp_layout(int tp_rank);

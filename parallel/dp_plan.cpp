@@ -7,8 +7,8 @@
 
 namespace mlkv::parallel {
 
-DpPlan::DpPlan(int64_t P, int dp, double bucket_mb) : dp_(dp) {
-  const int64_t unit = buffer_multiple(dp);
+DpPlan::DpPlan(int64_t P, int dp, double bucket_mb, bool sharded) : dp_(dp) {
+  const int64_t unit = sharded ? buffer_multiple(dp) : 64;
   if (dp < 1 || P % unit != 0)
     throw Error("data-parallel plan: buffer of " + std::to_string(P) + " elements is not a multiple of " +
                 std::to_string(unit) + " (build the Model with Context::model_parallel())");
@@ -16,7 +16,7 @@ DpPlan::DpPlan(int64_t P, int dp, double bucket_mb) : dp_(dp) {
   const int64_t B = std::max(unit, want / unit * unit);
   for (int64_t hi = P; hi > 0;) {
     const int64_t lo = std::max<int64_t>(0, hi - B);
-    buckets_.push_back({lo, hi, (hi - lo) / dp, 0});
+    buckets_.push_back({lo, hi, sharded ? (hi - lo) / dp : 0, 0});
     hi = lo;
   }
   // Packed shard order is increasing address: the last bucket (lowest) comes first.

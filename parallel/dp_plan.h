@@ -23,7 +23,8 @@ struct Bucket {
 class DpPlan {
  public:
   DpPlan() = default;
-  DpPlan(int64_t buffer_elems, int dp, double bucket_mb);
+  // sharded = false (plain all-reduce): buckets need only 64-element alignment, no pieces.
+  DpPlan(int64_t buffer_elems, int dp, double bucket_mb, bool sharded = true);
 
   int dp() const { return dp_; }
   const std::vector<Bucket>& buckets() const { return buckets_; }  // top of the buffer first

@@ -112,11 +112,15 @@ Trace reference(const Config& cfg, int steps) {
 
 // Steps [first, first + steps) at cfg's layout, starting from `from` (full state) or from the
 // initial weights.
-Trace distributed(const Config& cfg, int first, int steps, const Trace* from) {
+// own_optimizer: the model and AdamW built as a trainer unaware of the context would (no
+// model_parallel(), no make_optimizer): the context must fall back to all-reduce, unsharded.
+Trace distributed(const Config& cfg, int first, int steps, const Trace* from, bool own_optimizer = false) {
   auto ctx = parallel::make_context(cfg, *g_backend);
   const test::LoopConfig lc = loop_config();
-  Model model(cfg.spec(), *g_backend, lc.micro_batch, lc.seq_len, Recompute::none, ctx->model_parallel());
-  auto opt = ctx->make_optimizer(model, cfg.optim);
+  Model model(cfg.spec(), *g_backend, lc.micro_batch, lc.seq_len, Recompute::none,
+              own_optimizer ? ModelParallel{} : ctx->model_parallel());
+  auto opt = own_optimizer ? std::make_unique<AdamW>(*g_backend, model.layout(), cfg.optim)
+                           : ctx->make_optimizer(model, cfg.optim);
   if (from) {
     // A checkpoint's content: every rank reads the same full tensors (here: root's, broadcast).
     Trace full = *from;
@@ -181,6 +185,11 @@ TEST(DataParallel, Zero1WithBucketsEqualsOneProcess) {
 TEST(DataParallel, AllReduceWithoutZeroEqualsOneProcess) {
   const Config cfg = make_config(kGqa, 1, false, 25.0);
   expect_equal(distributed(cfg, 0, 3, nullptr), reference(cfg, 3), kDpTol, "dp" + std::to_string(g_world) + " allreduce");
+}
+
+TEST(DataParallel, TrainerBuiltOptimizerStillReducesCorrectly) {
+  const Config cfg = make_config(kMha, 1, true, 0.004);
+  expect_equal(distributed(cfg, 0, 3, nullptr, true), reference(cfg, 3), kDpTol, "dp" + std::to_string(g_world) + " own optimizer");
 }
 
 TEST(DataParallel, OptimizerStateIsSharded) {

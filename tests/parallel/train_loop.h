@@ -21,6 +21,7 @@ struct LoopConfig {
   int seq_len = 8;
   uint64_t data_seed = 5;
   int64_t total_steps = 100;  // for the learning-rate schedule
+  bool pattern = false;       // learnable rows (arithmetic progressions) instead of uniform noise
 };
 
 struct StepLog {
@@ -32,7 +33,12 @@ struct StepLog {
 inline void make_row(const LoopConfig& lc, int64_t step, int row, int64_t vocab, int32_t* tokens, int32_t* targets) {
   Rng rng(lc.data_seed * 1000003ull + static_cast<uint64_t>(step) * 7919ull + static_cast<uint64_t>(row));
   std::vector<int32_t> seq(lc.seq_len + 1);
-  for (auto& t : seq) t = static_cast<int32_t>(rng.next_u64() % static_cast<uint64_t>(vocab));
+  if (lc.pattern) {  // x, x+k, x+2k, … mod 997: predictable from two tokens, so the loss falls fast
+    const uint64_t x = rng.next_u64() % 997, k = 1 + rng.next_u64() % 7;
+    for (size_t i = 0; i < seq.size(); ++i) seq[i] = static_cast<int32_t>((x + k * i) % 997 % vocab);
+  } else {
+    for (auto& t : seq) t = static_cast<int32_t>(rng.next_u64() % static_cast<uint64_t>(vocab));
+  }
   for (int i = 0; i < lc.seq_len; ++i) {
     tokens[i] = seq[i];
     targets[i] = seq[i + 1];
