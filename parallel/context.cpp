@@ -34,6 +34,15 @@ std::vector<float> read_view(Model& model, AdamW& opt, const ParamView& v, State
   return h;
 }
 
+std::vector<float> local_slice(const ParamView& v, const std::vector<float>& full) {
+  if (static_cast<int64_t>(full.size()) != full_numel(v))
+    throw CheckpointError("tensor '" + v.name + "' has " + std::to_string(full.size()) +
+                          " elements, the model needs " + std::to_string(full_numel(v)));
+  std::vector<float> local(v.numel);
+  slice_from_full(local.data(), full.data(), v);
+  return local;
+}
+
 void write_view(Model& model, AdamW& opt, const ParamView& v, StateKind kind, const float* local) {
   Backend& be = model.backend();
   const size_t bytes = v.numel * sizeof(float);
@@ -74,11 +83,7 @@ std::vector<float> Context::gather_tensor(Model& model, AdamW& opt, const std::s
 void Context::scatter_tensor(Model& model, AdamW& opt, const std::string& name, StateKind kind,
                              const std::vector<float>& full) {
   const ParamView& v = model.layout().at(name);
-  if (static_cast<int64_t>(full.size()) != full_numel(v))
-    throw CheckpointError("tensor '" + name + "' has " + std::to_string(full.size()) + " elements, the model needs " +
-                          std::to_string(full_numel(v)));
-  std::vector<float> local(v.numel);
-  slice_from_full(local.data(), full.data(), v);
+  const std::vector<float> local = local_slice(v, full);
   write_view(model, opt, v, kind, local.data());
 }
 

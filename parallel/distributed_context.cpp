@@ -280,11 +280,7 @@ void DistributedContext::scatter_tensor(Model& model, AdamW& opt, const std::str
   adopt(model, &opt);
   if (&opt != opt_) throw Error("scatter_tensor: not this context's optimizer");
   const ParamView& v = model.layout().at(name);
-  if (static_cast<int64_t>(full.size()) != full_numel(v))
-    throw CheckpointError("tensor '" + name + "' has " + std::to_string(full.size()) + " elements, the model needs " +
-                          std::to_string(full_numel(v)));
-  std::vector<float> local(v.numel);
-  slice_from_full(local.data(), full.data(), v);
+  const std::vector<float> local = local_slice(v, full);
   if (!sharded()) return write_view(model, opt, v, kind, local.data());
   if (kind == StateKind::master) write_view(model, opt, v, kind, local.data());  // the compute copy
   float* base = kind == StateKind::master ? master_shard_ : kind == StateKind::adam_m ? opt.m() : opt.v();

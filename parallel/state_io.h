@@ -14,6 +14,8 @@ namespace mlkv::parallel {
 std::vector<float> read_view(Model& model, AdamW& opt, const ParamView& v, StateKind kind);
 // Writes view v from host `local` (v.numel values); master writes refresh the compute copy.
 void write_view(Model& model, AdamW& opt, const ParamView& v, StateKind kind, const float* local);
+// This rank's slice of full tensor `full` (checked against v's full shape).
+std::vector<float> local_slice(const ParamView& v, const std::vector<float>& full);
 // Product of the full (tp = 1) shape.
 int64_t full_numel(const ParamView& v);
 

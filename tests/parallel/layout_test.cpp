@@ -11,21 +11,13 @@
 #include "core/param_layout.h"
 #include "parallel/dp_plan.h"
 #include "parallel/topology.h"
+#include "tests/core/test_util.h"
 
 namespace mlkv {
 namespace {
 
 ModelSpec spec_of(int layers, int d, int heads, int kv_heads, std::vector<int> owners, int64_t vocab = 64) {
-  ModelSpec s;
-  s.layers = layers;
-  s.d_model = d;
-  s.heads = heads;
-  s.vocab = vocab;
-  s.max_seq_len = 32;
-  s.ffn = 4 * d;
-  s.kv = KvPlan::from_owners(layers, owners, kv_heads);
-  s.validate("test");
-  return s;
+  return test::tiny_spec(layers, d, heads, kv_heads, std::move(owners), vocab);
 }
 
 struct Plan {
