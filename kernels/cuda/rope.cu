@@ -12,6 +12,7 @@
 // [rot/2, rot) is left to that partner, the rest is copied.
 #include <algorithm>
 #include <string>
+#include <type_traits>
 
 #include "core/errors.h"
 #include "kernels/cuda/backend_ops.cuh"
@@ -213,6 +214,15 @@ int pick_vec(int hd, int rot, bool ptrs_aligned16) {
 // Threads per row block: the row's chunks rounded up to whole warps, at most 256.
 int row_threads(int chunks) { return static_cast<int>(std::min<int64_t>(256, ceil_div(chunks, 32) * 32)); }
 
+// Calls f(std::integral_constant<int, VEC>{}) for the chunk width vec ∈ {8, 2, 1}: the kernels
+// are templates on it, the launchers pick it at run time.
+template <typename F>
+void with_vec(int vec, F&& f) {
+  if (vec == 8) f(std::integral_constant<int, 8>{});
+  else if (vec == 2) f(std::integral_constant<int, 2>{});
+  else f(std::integral_constant<int, 1>{});
+}
+
 void check_rot(int hd, int rot) {
   if (rot / 2 > kMaxHalf) throw Error("rope: rotary dims " + std::to_string(rot) + " above the supported 1024");
   if (rot < 0 || rot > hd || rot % 2 != 0)
@@ -230,11 +240,9 @@ void qkv_split_rope_forward(bf16* q, bf16* k, bf16* v, const bf16* qkv, int B, i
   const int vec = pick_vec(hd, rot, al);
   const unsigned rows = static_cast<unsigned>(int64_t{B} * T);
   const int threads = row_threads((H + 2 * KVH) * hd / vec);
-  switch (vec) {
-    case 8: split_forward<8><<<rows, threads, 0, s>>>(q, k, v, qkv, T, H, KVH, hd, rot, base, rotate_k); break;
-    case 2: split_forward<2><<<rows, threads, 0, s>>>(q, k, v, qkv, T, H, KVH, hd, rot, base, rotate_k); break;
-    default: split_forward<1><<<rows, threads, 0, s>>>(q, k, v, qkv, T, H, KVH, hd, rot, base, rotate_k);
-  }
+  with_vec(vec, [&](auto V) {
+    split_forward<V()><<<rows, threads, 0, s>>>(q, k, v, qkv, T, H, KVH, hd, rot, base, rotate_k);
+  });
   MLKV_LAUNCH_CHECK();
 }
 
@@ -247,11 +255,9 @@ void qkv_split_rope_backward(bf16* dqkv, const bf16* dq, const float* dk, const 
   const int vec = pick_vec(hd, rot, al);
   const unsigned rows = static_cast<unsigned>(int64_t{B} * T);
   const int threads = row_threads((H + 2 * KVH) * hd / vec);
-  switch (vec) {
-    case 8: split_backward<8><<<rows, threads, 0, s>>>(dqkv, dq, dk, dv, T, H, KVH, hd, rot, base, rotate_k); break;
-    case 2: split_backward<2><<<rows, threads, 0, s>>>(dqkv, dq, dk, dv, T, H, KVH, hd, rot, base, rotate_k); break;
-    default: split_backward<1><<<rows, threads, 0, s>>>(dqkv, dq, dk, dv, T, H, KVH, hd, rot, base, rotate_k);
-  }
+  with_vec(vec, [&](auto V) {
+    split_backward<V()><<<rows, threads, 0, s>>>(dqkv, dq, dk, dv, T, H, KVH, hd, rot, base, rotate_k);
+  });
   MLKV_LAUNCH_CHECK();
 }
 
@@ -259,11 +265,9 @@ void rope_forward(bf16* out, const bf16* x, int64_t BH, int T, int hd, int rot, 
   check_rot(hd, rot);
   const int64_t elems = BH * T * hd;
   if (elems == 0) return;
-  switch (pick_vec(hd, rot, aligned16(out) && aligned16(x))) {
-    case 8: rope_plain_forward<8><<<grid_for(elems / 8, 256), 256, 0, s>>>(out, x, BH, T, hd, rot, base); break;
-    case 2: rope_plain_forward<2><<<grid_for(elems / 2, 256), 256, 0, s>>>(out, x, BH, T, hd, rot, base); break;
-    default: rope_plain_forward<1><<<grid_for(elems, 256), 256, 0, s>>>(out, x, BH, T, hd, rot, base);
-  }
+  with_vec(pick_vec(hd, rot, aligned16(out) && aligned16(x)), [&](auto V) {
+    rope_plain_forward<V()><<<grid_for(elems / V(), 256), 256, 0, s>>>(out, x, BH, T, hd, rot, base);
+  });
   MLKV_LAUNCH_CHECK();
 }
 
