@@ -26,6 +26,9 @@ void attention_forward(void* out, float* lse, const void* q, const void* k, cons
 // fp32 [B, H, T]); attention_backward_workspace_bytes says how much. The workspace is reused by
 // every call, so calls on different streams of the same device must not overlap in time (the
 // trainer runs attention on one stream). attention_release_workspace frees it (tests, shutdown).
+// CUDA graphs: growing the workspace (cudaMalloc) and the first call on a device (a probe kernel
+// plus a synchronous copy, see attention_use_sm90) cannot be captured; make one eager forward and
+// backward call at the largest shape before capturing.
 size_t attention_backward_workspace_bytes(int B, int T, int H, int KVH, int hd);
 void attention_backward(void* dq, float* dk, float* dv, const void* dout, const void* q, const void* k,
                         const void* v, const void* out, const float* lse, int B, int T, int H, int KVH, int hd,

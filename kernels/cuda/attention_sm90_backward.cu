@@ -38,7 +38,7 @@ struct Sm90DqTile {
 };
 
 template <int HD, int NWG, int BC, int NS>
-__global__ void __launch_bounds__(NWG * 128, 1)
+__global__ void __launch_bounds__(NWG * 128, NWG == 1 ? 2 : 1)
     attention_bwd_dq_sm90_kernel(bf16* __restrict__ dq, float* __restrict__ dvec, const bf16* __restrict__ dout,
                                  const bf16* __restrict__ q, const bf16* __restrict__ k,
                                  const bf16* __restrict__ v, const bf16* __restrict__ out,

@@ -39,7 +39,7 @@ struct Sm90FwdTile {
 };
 
 template <int HD, int NWG, int BC, int NS>
-__global__ void __launch_bounds__(NWG * 128, 1)
+__global__ void __launch_bounds__(NWG * 128, NWG == 1 ? 2 : 1)
     attention_fwd_sm90_kernel(bf16* __restrict__ out, float* __restrict__ lse, const bf16* __restrict__ q,
                               const bf16* __restrict__ k, const bf16* __restrict__ v, int T, int H, int group,
                               float scale_log2) {
@@ -158,25 +158,29 @@ __global__ void __launch_bounds__(NWG * 128, 1)
     }
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      float mx = -INFINITY;
+      // Four independent max and sum chains: with two warps per scheduler, a single chain of
+      // dependent adds would leave the warp waiting on latency.
+      float mp[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
 #pragma unroll
-      for (int nt = 0; nt < BC / 8; ++nt) mx = fmaxf(mx, fmaxf(s[4 * nt + 2 * r], s[4 * nt + 2 * r + 1]));
+      for (int nt = 0; nt < BC / 8; ++nt)
+        mp[nt & 3] = fmaxf(mp[nt & 3], fmaxf(s[4 * nt + 2 * r], s[4 * nt + 2 * r + 1]));
+      float mx = fmaxf(fmaxf(mp[0], mp[1]), fmaxf(mp[2], mp[3]));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
       const float m_new = fmaxf(m[r], mx * scale_log2);
       const float m_use = m_new == -INFINITY ? 0.f : m_new;  // a row with nothing visible yet
       alpha[r] = fast_exp2(m[r] - m_use);
       m[r] = m_new;
-      float sum = 0.f;
+      float sp[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
       for (int nt = 0; nt < BC / 8; ++nt) {
         float& x0 = s[4 * nt + 2 * r];
         float& x1 = s[4 * nt + 2 * r + 1];
         x0 = fast_exp2(fmaf(x0, scale_log2, -m_use));
         x1 = fast_exp2(fmaf(x1, scale_log2, -m_use));
-        sum += x0 + x1;
+        sp[nt & 3] += x0 + x1;
       }
-      l[r] = l[r] * alpha[r] + sum;
+      l[r] = l[r] * alpha[r] + ((sp[0] + sp[1]) + (sp[2] + sp[3]));
     }
     store_acc_cm<BC>(sP + (j & 1) * kBr * BC, wg * 64 + wq * 16, s, lane);
   };
