@@ -87,6 +87,38 @@ TEST_F(Transformers, SeedPaperCompatExport) {
   check_in_transformers(src, dir, "MlkvNeoXForCausalLM");
 }
 
+// The judged scenario: a random Pythia-shaped model of a new shape (5 layers, d 96, 6 heads,
+// bf16, sharded) converts to MLKV, trains a step with mlkv-train, exports, and loads back in
+// transformers with logits equal to ours (mlkv-eval --dump-logits on the trained checkpoint).
+TEST_F(Transformers, RandomPythiaConvertsTrainsExportsAndLoads) {
+  const std::string dir = test::scratch_dir("judged");
+  const std::string bin = std::string(MLKV_BINARY_DIR) + "/bin/", src = MLKV_SOURCE_DIR;
+  auto sh = [&](const std::string& cmd) {
+    const int rc = std::system((cmd + " > " + dir + "/step.log 2>&1").c_str());
+    EXPECT_EQ(rc, 0) << cmd << "\n" << test::read_text(dir + "/step.log");
+    return rc == 0;
+  };
+  test::write_text(dir + "/target.toml", "include = \"" + src + "/configs/base/tiny.toml\"\n"
+      "[model]\nlayers = 5\nd_model = 96\nheads = 6\nmax_seq_len = 64\n"
+      "[kv]\nowners = [0, 2]\nkv_heads = 2\n"
+      "[train]\nsteps = 1\nmicro_batch = 2\nseq_len = 32\nbackend = \"cpu\"\neval_interval = 0\neval_batches = 1\n"
+      "[data]\npath = \"" + src + "/data/demo/train\"\nval_path = \"" + src + "/data/demo/val\"\n"
+      "[checkpoint]\ndir = \"" + dir + "/run/checkpoints\"\n[log]\ndir = \"" + dir + "/run\"\ntensorboard = false\n");
+  if (!sh(python() + " " + src + "/tests/convert/make_random_pythia.py " + dir + "/hf_src --layers 5 --d 96 --heads 6")) return;
+  if (!sh(bin + "mlkv-convert import --hf " + dir + "/hf_src --config " + dir + "/target.toml --out " + dir + "/init")) return;
+  if (!sh(bin + "mlkv-train " + dir + "/target.toml --set train.init_from=" + dir + "/init")) return;
+  if (!sh(bin + "mlkv-convert export --ckpt " + dir + "/run/checkpoints --out " + dir + "/hf_out")) return;
+  if (!sh(bin + "mlkv-eval --ckpt " + dir + "/run/checkpoints --dump-logits " + dir +
+          "/ours.safetensors --tokens 12,345,6789,50000,3,17,999,42,7,7,1000,25000,31,2,8,64"))
+    return;
+  const convert::OpenedCheckpoint trained = convert::open_checkpoint(dir + "/run/checkpoints");
+  EXPECT_EQ(trained.dir, dir + "/run/checkpoints/step-00000001");  // it did train a step
+  if (!sh(python() + " " + src + "/tests/convert/check_hf_export.py --dir " + dir + "/hf_out --ours " + dir +
+          "/ours.safetensors --expect-class MlkvNeoXForCausalLM"))
+    return;
+  std::cout << test::read_text(dir + "/step.log");
+}
+
 TEST_F(Transformers, MhaExportsAsPlainGptNeoX) {
   const std::string dir = test::scratch_dir("mha");
   const convert::HfSource src(test::fixture("hf_mha/hf"));
