@@ -109,6 +109,7 @@ class Run {
   TrainState st_;
   Rng rng_;
   int64_t start_step_ = 0, last_ckpt_step_ = -1, global_batch_ = 0;
+  bool converted_start_ = false;  // weights from train.init_from: validate them before step 1
   double flops_per_token_ = 0;
   std::string last_ckpt_path_;
   TrainResult result_;
@@ -199,6 +200,7 @@ void Run::init_state() {
       check_compatible(w.config, cfg_, cfg_.train.init_from);
       master = std::move(w.master);
       log::info("initialised from " + cfg_.train.init_from + " (fresh optimizer, step 0)");
+      converted_start_ = true;
     } else {
       master.assign(static_cast<size_t>(model_->layout().total()), 0.0f);
       init_pythia(master, model_->layout(), model_->spec(), cfg_.train.seed);
@@ -341,6 +343,8 @@ TrainResult Run::go() {
     return finish(kExitOk);
   }
   run_t0_ = Clock::now();
+  // The loss of a converted model before any uptraining is the baseline the run is judged by.
+  if (converted_start_) validate();
   while (st_.step < total) {
     run_step();
     const bool last = st_.step == total;

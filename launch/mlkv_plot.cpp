@@ -2,10 +2,11 @@
 // rendered to a PNG without any library: a line rasterizer, a 5x7 bitmap font for the axes and
 // legend, and a minimal PNG encoder (zlib "stored" blocks, CRC-32 per chunk, Adler-32 trailer).
 //
-//   mlkv-plot OUT.png RUN_DIR|metrics.jsonl ... [--size WxH] [--title TEXT]
+//   mlkv-plot OUT.png RUN_DIR|metrics.jsonl ... [--size WxH] [--title TEXT] [--chain]
 //
 // Training loss is drawn solid, validation loss dashed with square markers, one colour per run.
-// When a step appears twice (a resumed run re-did it), the later line wins.
+// When a step appears twice (a resumed run re-did it), the later line wins. --chain draws each run
+// after the previous one on the step axis (pretraining, then uptraining from its conversion).
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -224,20 +225,23 @@ int main(int argc, char** argv) {
   std::string out, title = "loss (solid) and val loss (dashed)";
   std::vector<std::string> runs;
   int W = 1000, H = 600;
+  bool chain = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--help" || a == "-h") {
-      std::cout << "usage: mlkv-plot OUT.png RUN_DIR|metrics.jsonl ... [--size WxH] [--title TEXT]\n";
+      std::cout << "usage: mlkv-plot OUT.png RUN_DIR|metrics.jsonl ... [--size WxH] [--title TEXT] [--chain]\n";
       return 0;
     } else if (a == "--size" && i + 1 < argc) {
       if (std::sscanf(argv[++i], "%dx%d", &W, &H) != 2 || W < 200 || H < 150 || W > 8000 || H > 8000) {
         std::cerr << "mlkv-plot: --size wants WxH between 200x150 and 8000x8000\n";
         return mlkv::kExitBadInput;
       }
+    } else if (a == "--chain") {
+      chain = true;
     } else if (a == "--title" && i + 1 < argc) {
       title = argv[++i];
     } else if (a.rfind("-", 0) == 0) {
-      std::cerr << "mlkv-plot: unknown option " << a << "\nusage: mlkv-plot OUT.png RUN_DIR... [--size WxH] [--title TEXT]\n";
+      std::cerr << "mlkv-plot: unknown option " << a << "\nusage: mlkv-plot OUT.png RUN_DIR... [--size WxH] [--title TEXT] [--chain]\n";
       return mlkv::kExitBadInput;
     } else if (out.empty()) {
       out = a;
@@ -246,12 +250,26 @@ int main(int argc, char** argv) {
     }
   }
   if (out.empty() || runs.empty()) {
-    std::cerr << "usage: mlkv-plot OUT.png RUN_DIR|metrics.jsonl ... [--size WxH] [--title TEXT]\n";
+    std::cerr << "usage: mlkv-plot OUT.png RUN_DIR|metrics.jsonl ... [--size WxH] [--title TEXT] [--chain]\n";
     return mlkv::kExitBadInput;
   }
   try {
     std::vector<Series> series;
-    for (const auto& r : runs) series.push_back(read_run(r));
+    int64_t offset = 0;
+    for (const auto& r : runs) {
+      Series s = read_run(r);
+      if (chain) {
+        Series shifted{s.name, {}, {}};
+        for (const auto& [step, v] : s.loss) shifted.loss[step + offset] = v;
+        for (const auto& [step, v] : s.val_loss) shifted.val_loss[step + offset] = v;
+        int64_t last = offset;
+        for (const auto* m : {&shifted.loss, &shifted.val_loss})
+          if (!m->empty()) last = std::max(last, m->rbegin()->first);
+        offset = last;
+        s = std::move(shifted);
+      }
+      series.push_back(std::move(s));
+    }
     double x_max = 1, y_min = INFINITY, y_max = -INFINITY;
     for (const auto& s : series)
       for (const auto* m : {&s.loss, &s.val_loss})

@@ -54,6 +54,27 @@ TEST(Trainer, LossFallsOnALearnableStream) {
   EXPECT_TRUE(fs::exists(dir / "ckpt/step-00000060/model.safetensors"));
 }
 
+TEST(Trainer, InitFromValidatesTheConvertedModelBeforeStep1) {
+  test::TempDir dir("initfrom");
+  auto source = [](const SourceSpec& s) { return make_repeating_source(128, 23, 5, s); };
+  TrainerOptions first = options(dir, {"train.steps=10", "checkpoint.dir=" + dir / "pre"});
+  first.make_source = source;
+  ASSERT_EQ(train(first).exit_code, kExitOk);
+
+  TrainerOptions up = options(dir, {"train.steps=10", "train.init_from=" + dir / "pre", "log.dir=" + dir / "up"});
+  up.make_source = source;
+  const TrainResult r = train(up);
+  ASSERT_EQ(r.exit_code, kExitOk);
+  std::ifstream in(dir / "up/metrics.jsonl");
+  std::string line;
+  ASSERT_TRUE(std::getline(in, line));
+  const auto j = nlohmann::json::parse(line);
+  EXPECT_EQ(j["step"], 0);
+  ASSERT_TRUE(j.contains("val_loss"));
+  // It validates the weights it starts from: the pre-training run's final validation, same data.
+  EXPECT_EQ(j["val_loss"].get<double>(), load_checkpoint(dir / "pre").state.last_val_loss);
+}
+
 TEST(Trainer, ResumeIsBitExact) {
   test::TempDir a("straight"), b("resumed");
   test::make_tiny_data(a);
