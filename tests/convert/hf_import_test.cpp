@@ -129,6 +129,8 @@ struct BadConfig {
   std::vector<std::string> expect;
 };
 
+void PrintTo(const BadConfig& c, std::ostream* os) { *os << c.name; }
+
 class HfConfigBad : public ::testing::TestWithParam<BadConfig> {};
 
 TEST_P(HfConfigBad, RefusedNamingFileAndKey) {

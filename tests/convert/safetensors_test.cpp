@@ -132,6 +132,8 @@ struct BadCase {
   std::vector<std::string> expect;
 };
 
+void PrintTo(const BadCase& c, std::ostream* os) { *os << c.name; }
+
 class SafetensorsBad : public ::testing::TestWithParam<BadCase> {};
 
 TEST_P(SafetensorsBad, FailsWithAMessageNamingFileAndCulprit) {
@@ -153,7 +155,7 @@ const std::string kT = R"("t":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]
 INSTANTIATE_TEST_SUITE_P(
     Files, SafetensorsBad,
     ::testing::Values(
-        BadCase{"ok_control_overrun", "{" + kT + "}", 20, -1, {"'t'", "overrun", "20"}},  // truncated data
+        BadCase{"truncated_data", "{" + kT + "}", 20, -1, {"'t'", "overrun", "20"}},
         BadCase{"huge_header", "{}", 0, int64_t{1} << 40, {"header length", "limit"}},
         BadCase{"header_past_end", "{}", 0, 4096, {"header length 4096", "past the end"}},
         BadCase{"bad_json", R"({"t":{"dtype":"F32",)", 0, -1, {"not valid JSON", "offset"}},
