@@ -3,7 +3,6 @@
 
 #include <chrono>
 #include <cmath>
-#include <cstdlib>
 #include <exception>
 
 #include "core/backend.h"
@@ -17,6 +16,7 @@
 #include "core/rng.h"
 #include "core/signals.h"
 #include "parallel/context.h"
+#include "parallel/topology.h"
 
 namespace mlkv {
 namespace {
@@ -125,7 +125,7 @@ class Run {
 
 void Run::setup() {
   if (opt_.install_signal_handlers) signals::install();
-  backend_ = make_backend(cfg_.train.backend, cfg_.train.threads, local_rank_from_env());
+  backend_ = make_backend(cfg_.train.backend, cfg_.train.threads, parallel::local_rank());
   ctx_ = parallel::make_context(cfg_, *backend_);
   const auto& topo = ctx_->topo();
   log::set_rank(topo.world_rank);
@@ -138,8 +138,8 @@ void Run::setup() {
   });
 
   model_ = std::make_unique<Model>(spec, *backend_, cfg_.train.micro_batch, cfg_.train.seq_len,
-                                   parse_recompute(cfg_.train.recompute));
-  adamw_ = std::make_unique<AdamW>(*backend_, model_->layout(), cfg_.optim);
+                                   parse_recompute(cfg_.train.recompute), ctx_->model_parallel());
+  adamw_ = ctx_->make_optimizer(*model_, cfg_.optim);
   global_batch_ = int64_t{cfg_.train.micro_batch} * cfg_.train.grad_accum * topo.dp;
   flops_per_token_ = spec.flops_per_token(cfg_.train.seq_len);
   init_state();
@@ -180,10 +180,11 @@ void Run::init_state() {
     if (ckpt->state.step > cfg_.train.steps)
       throw ConfigError(ckpt_path + " is at step " + std::to_string(ckpt->state.step) + ", beyond train.steps = " +
                         std::to_string(cfg_.train.steps));
-    model_->set_master(ckpt->master);
+    // Full tensors by name, sliced to this rank's layout (any dp × tp, ZeRO-1 or not).
+    ctx_->scatter_full(*model_, *adamw_, parallel::StateKind::master, ckpt->master);
     if (!ckpt->m.empty()) {
-      if (opt_.moments.scatter) opt_.moments.scatter(*adamw_, ckpt->m, ckpt->v);
-      else adamw_->set_moments(ckpt->m, ckpt->v);
+      ctx_->scatter_full(*model_, *adamw_, parallel::StateKind::adam_m, ckpt->m);
+      ctx_->scatter_full(*model_, *adamw_, parallel::StateKind::adam_v, ckpt->v);
     }
     st_ = ckpt->state;
     adamw_->set_t(st_.adam_t);
@@ -194,7 +195,7 @@ void Run::init_state() {
                        " tokens seen)"));
   } else {
     rng_.set_state(cfg_.train.seed ^ 0x6d6c6b762d747261ull);  // the trainer's own stream ("mlkv-tra")
-    std::vector<float> master;
+    std::vector<float> master;  // full (tp = 1) layout on every rank
     if (!cfg_.train.init_from.empty()) {
       CheckpointData w = load_checkpoint_weights(cfg_.train.init_from);
       check_compatible(w.config, cfg_, cfg_.train.init_from);
@@ -202,10 +203,11 @@ void Run::init_state() {
       log::info("initialised from " + cfg_.train.init_from + " (fresh optimizer, step 0)");
       converted_start_ = true;
     } else {
-      master.assign(static_cast<size_t>(model_->layout().total()), 0.0f);
-      init_pythia(master, model_->layout(), model_->spec(), cfg_.train.seed);
+      const ParamLayout full_layout(model_->spec());
+      master.assign(static_cast<size_t>(full_layout.total()), 0.0f);
+      init_pythia(master, full_layout, model_->spec(), cfg_.train.seed);
     }
-    model_->set_master(master);
+    ctx_->scatter_full(*model_, *adamw_, parallel::StateKind::master, master);
   }
   start_step_ = st_.step;
 }
@@ -231,6 +233,7 @@ bool Run::run_step() {
   model_->zero_grads();
   double loss_sum = 0;
   for (int64_t mb = 0; mb < cfg_.train.grad_accum; ++mb) {
+    ctx_->before_backward(*model_, mb == cfg_.train.grad_accum - 1);  // the last one overlaps the DP reduction
     const LossSum ls = model_->forward_backward(tokens_.data() + mb * B * T, targets_.data() + mb * B * T, dloss);
     loss_sum += ls.sum;
   }
@@ -303,12 +306,10 @@ void Run::write_checkpoint(const char* why) {
   if (last_ckpt_step_ == st_.step && !last_ckpt_path_.empty()) return;  // this step is already saved
   CheckpointData d;
   d.config = cfg_;
-  d.master = model_->get_master();
-  if (opt_.moments.gather) opt_.moments.gather(*adamw_, d.m, d.v);
-  else {
-    d.m = adamw_->get_m();
-    d.v = adamw_->get_v();
-  }
+  // Collective: every rank takes part, rank 0 receives the full tensors (empty elsewhere).
+  d.master = ctx_->gather_full(*model_, *adamw_, parallel::StateKind::master);
+  d.m = ctx_->gather_full(*model_, *adamw_, parallel::StateKind::adam_m);
+  d.v = ctx_->gather_full(*model_, *adamw_, parallel::StateKind::adam_v);
   d.state = st_;
   d.state.rng_state = rng_.state();
   d.state.sampler = train_src_->state();
@@ -331,7 +332,7 @@ TrainResult Run::finish(int exit_code) {
   if (metrics_) metrics_->flush();
   result_.exit_code = exit_code;
   result_.step = st_.step;
-  result_.final_master = model_->get_master();
+  result_.final_master = ctx_->gather_full(*model_, *adamw_, parallel::StateKind::master);
   return result_;
 }
 
@@ -460,12 +461,6 @@ EvalResult evaluate(Model& model, TokenSource& source, int64_t batches, parallel
   r.loss = count > 0 ? sum / count : NAN;
   r.ppl = std::exp(r.loss);
   return r;
-}
-
-int local_rank_from_env() {
-  for (const char* var : {"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID", "LOCAL_RANK"})
-    if (const char* s = std::getenv(var)) return std::atoi(s);
-  return 0;
 }
 
 TrainResult train(const TrainerOptions& options) { return Run(options).go(); }

@@ -8,6 +8,8 @@
 //   for each micro-batch: model.forward_backward(rows[:, :T], rows[:, 1:], dloss)
 //   ctx.reduce_gradients(model); stats = ctx.optimizer_step(adamw, model, lr_at(step))
 // so the gradient is that of the mean loss over the global batch, whatever dp and grad_accum are.
+// The model, its optimizer (ZeRO-1 shards) and every cross-rank step come from parallel::Context;
+// checkpoints hold full tensors by name, gathered from / scattered to any dp × tp layout.
 // A non-finite loss or gradient norm skips the update; train.max_bad_steps in a row stop the run
 // (checkpoint, kExitBadSteps). SIGTERM/SIGUSR1/SIGINT finish the step, checkpoint, kExitPreempted.
 #pragma once
@@ -58,19 +60,10 @@ std::unique_ptr<TokenSource> make_config_source(const Config& cfg, const SourceS
 // model knows the cycle every next token is determined, so the loss can fall towards 0.
 std::unique_ptr<TokenSource> make_repeating_source(int64_t vocab, int64_t period, uint64_t seed, const SourceSpec& spec);
 
-// ZeRO-1 seam: how full (unsharded) Adam moments are obtained for a checkpoint and handed back on
-// resume. The defaults use AdamW's own buffers (every rank holds all of them); a sharded
-// parallel::Context supplies a gather/scatter here.
-struct MomentsHook {
-  std::function<void(AdamW&, std::vector<float>& m, std::vector<float>& v)> gather;
-  std::function<void(AdamW&, const std::vector<float>& m, const std::vector<float>& v)> scatter;
-};
-
 struct TrainerOptions {
   Config config;
   std::string resume;        // "" (fresh), "auto" (newest complete checkpoint, else fresh) or a path
   SourceFactory make_source;  // empty: make_config_source
-  MomentsHook moments;        // empty members: AdamW's own buffers
   // Test hook: after this step, checkpoint and return kExitPreempted as a stop signal would.
   int64_t stop_after_step = -1;
   bool install_signal_handlers = true;
@@ -82,7 +75,7 @@ struct TrainResult {
   std::vector<double> losses;       // of each step this call ran (NaN for skipped steps)
   double last_val_loss = NAN;
   std::string last_checkpoint;      // path, or empty
-  std::vector<float> final_master;  // fp32 master weights at the end (host copy)
+  std::vector<float> final_master;  // fp32 master weights at the end, full layout (rank 0 only)
 };
 
 // Runs the whole job. Throws Error subclasses (with their exit codes) for bad input or I/O.
@@ -101,8 +94,5 @@ EvalResult evaluate(Model& model, TokenSource& source, int64_t batches, parallel
 
 // Splits rows of seq_len + 1 tokens into inputs rows[:, :T] and targets rows[:, 1:].
 void split_rows(const int32_t* rows, int64_t n_rows, int64_t seq_len, int32_t* tokens, int32_t* targets);
-
-// Local rank from the launcher's environment (Open MPI, Slurm, MPICH/Hydra, torchrun); 0 alone.
-int local_rank_from_env();
 
 }  // namespace mlkv

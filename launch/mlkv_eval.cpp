@@ -25,6 +25,7 @@
 #include "core/safetensors.h"
 #include "core/trainer.h"
 #include "parallel/context.h"
+#include "parallel/topology.h"
 
 namespace {
 
@@ -127,8 +128,9 @@ int main(int argc, char** argv) {
     mlkv::Config cfg = ck.config;
     if (!backend_name.empty()) cfg.train.backend = backend_name;
     if (threads >= 0) cfg.train.threads = threads;
+    cfg.parallel.tp = 1;  // evaluation splits batches over ranks (data parallel) only
     const mlkv::ModelSpec spec = cfg.spec();
-    auto backend = mlkv::make_backend(cfg.train.backend, cfg.train.threads, mlkv::local_rank_from_env());
+    auto backend = mlkv::make_backend(cfg.train.backend, cfg.train.threads, mlkv::parallel::local_rank());
     auto ctx = mlkv::parallel::make_context(cfg, *backend);
     mlkv::log::set_rank(ctx->topo().world_rank);
 

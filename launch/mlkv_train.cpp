@@ -18,6 +18,7 @@
 #include "core/errors.h"
 #include "core/logging.h"
 #include "core/trainer.h"
+#include "parallel/context.h"
 
 namespace {
 
@@ -92,10 +93,11 @@ int main(int argc, char** argv) {
     const mlkv::TrainResult r = mlkv::train(opt);
     return r.exit_code;
   } catch (const mlkv::Error& e) {
+    // In a multi-rank job the other ranks may wait in a collective: end them all with this code.
     mlkv::log::error(e.what());
-    return e.exit_code();
+    mlkv::parallel::abort_job(e.exit_code());
   } catch (const std::exception& e) {
     mlkv::log::error(std::string("unexpected failure: ") + e.what());
-    return mlkv::kExitFailure;
+    mlkv::parallel::abort_job(mlkv::kExitFailure);
   }
 }

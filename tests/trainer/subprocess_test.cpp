@@ -277,6 +277,39 @@ TEST_F(Executables, EvalReproducesTheTrainersLastValidationAndDumpsLogits) {
   EXPECT_NE(out.find("999"), std::string::npos) << out;
 }
 
+// Data parallelism through parallel::Context: mpirun -np 2 with micro-batches of 4 equals one rank
+// accumulating 2 micro-batches (same global batch, same rows) up to summation order, and a dp = 2
+// checkpoint (moments by name) resumes on one rank.
+TEST_F(Executables, TwoRanksMatchOneAndTheirCheckpointResumesOnOne) {
+  const std::string mpirun = "/usr/bin/mpirun";
+  if (!fs::exists(mpirun)) GTEST_SKIP() << "no mpirun";
+  TempDir dir("dp2");
+  std::string out;
+  std::vector<std::string> cmd = {mpirun, "-np", "2", "--oversubscribe", "--mca", "btl", "self,vader", "--mca",
+                                  "btl_vader_single_copy_mechanism", "none", "-x", "OMP_NUM_THREADS=1"};
+  if (::geteuid() == 0) cmd.push_back("--allow-run-as-root");
+  for (const std::string& a : {test::bin("mlkv-train"), *ref_ / "run.toml", std::string("--set"), std::string("train.grad_accum=1"),
+                               std::string("--set"), "checkpoint.dir=" + dir / "ckpt", std::string("--set"), "log.dir=" + dir / "log"})
+    cmd.push_back(a);
+  ASSERT_EQ(test::run(cmd, out, {"OMPI_MCA_plm_rsh_agent="}), 0) << out;
+  EXPECT_NE(out.find("dp 1/2"), std::string::npos) << out;
+  const CheckpointData two = load_checkpoint(dir / "ckpt"), one = load_checkpoint(*ref_ / "ckpt");
+  EXPECT_EQ(two.state.dp, 2);
+  EXPECT_EQ(two.state.sampler, one.state.sampler) << "the same rows were consumed";
+  EXPECT_NEAR(two.state.last_val_loss, one.state.last_val_loss, 1e-5 * one.state.last_val_loss);
+  // Adam turns last-bit differences of near-zero gradients into steps of up to ~lr, so the weights
+  // agree on average, not element by element.
+  double sum_diff = 0;
+  for (size_t i = 0; i < one.master.size(); ++i) sum_diff += std::fabs(double{two.master[i]} - one.master[i]);
+  EXPECT_LT(sum_diff / static_cast<double>(one.master.size()), 1e-4);
+
+  // The dp = 2 checkpoint of step 25, resumed by one rank accumulating two micro-batches.
+  ASSERT_EQ(test::run({test::bin("mlkv-train"), *ref_ / "run.toml", "--resume", dir / "ckpt/step-00000025", "--set",
+                       "checkpoint.dir=" + dir / "ckpt1", "--set", "log.dir=" + dir / "log1"}, out), 0) << out;
+  EXPECT_NE(out.find("at step 25"), std::string::npos) << out;
+  EXPECT_NEAR(load_checkpoint(dir / "ckpt1").state.last_val_loss, one.state.last_val_loss, 1e-5 * one.state.last_val_loss);
+}
+
 // Inflates the stored-block zlib stream of a PNG's IDAT, checking every CRC and the Adler-32.
 TEST_F(Executables, PlotWritesAValidPng) {
   std::string out;
