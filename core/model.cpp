@@ -100,9 +100,8 @@ Model::Model(const ModelSpec& spec, Backend& backend, int B, int T, Recompute re
   logits_ = alloc_act(N * layout_.local_vocab());
   losses_ = alloc_f32(N);
   dresid_ = alloc_act(N * d);
-  // dln1 and dln2 adjacent: under tensor parallelism one all-reduce covers both.
-  dln1_ = alloc_act(2 * N * d);
-  dln2_ = static_cast<char*>(dln1_) + N * d * be_.act_bytes();
+  dln1_ = alloc_act(N * d);
+  dln2_ = alloc_act(N * d);
   dqkv_ = alloc_act(N * (H + 2 * KVH) * hd);
   dq_ = alloc_act(N * H * hd);
   dattn_ = alloc_act(N * H * hd);
@@ -249,6 +248,13 @@ void Model::layer_backward(int l, LayerActs& a) {
   be_.matmul_backward(dh_, g(lp.down_w), g(lp.down_b), dresid_, a.gelu, p(lp.down_w), N, F, d, false);
   be_.gelu_backward(dh_, a.h, dh_, N * F);
   be_.matmul_backward(dln2_, g(lp.up_w), g(lp.up_b), dh_, a.ln2, p(lp.up_w), N, d, F, false);
+  // Column-parallel input: every rank holds a partial dln2. Its all-reduce runs on the tp side
+  // queue while the attention branch's backward computes.
+  if (par_.tp > 1) {
+    par_.tp_comm->side_wait_compute();
+    par_.tp_comm->all_reduce(dln2_, N * d, parallel::act_dtype(be_.act_bytes()), parallel::ReduceOp::sum,
+                             parallel::Queue::side);
+  }
   // attention branch
   be_.matmul_backward(dattn_, g(lp.dense_w), g(lp.dense_b), dresid_, a.attn, p(lp.dense_w), N, H * hd, d, false);
   const bool own_rot = owner && !shared_rot;
@@ -260,9 +266,11 @@ void Model::layer_backward(int l, LayerActs& a) {
   be_.qkv_split_rope_backward(dqkv_, dq_, dk_acc_, dv_acc_, B_, T_, H, owner ? KVH : 0, hd, s.rot_dims(), base,
                               shared_rot);
   be_.matmul_backward(dln1_, g(lp.qkv_w), g(lp.qkv_b), dqkv_, a.ln1, p(lp.qkv_w), N, d, layout_.qkv_rows(l), false);
-  // Column-parallel inputs: each rank holds a partial dln1 (its heads; a replicated K/V head's
-  // partial dK·Wk sums to the full one here) and dln2; one all-reduce for both.
-  if (par_.tp > 1) tp_all_reduce(dln1_, 2 * N * d);
+  // Partial dln1 likewise (its heads; a replicated K/V head's partial dK·Wk sums to the full one).
+  if (par_.tp > 1) {
+    tp_all_reduce(dln1_, N * d);
+    par_.tp_comm->compute_wait_side();
+  }
   be_.layernorm_backward(dresid_, g(lp.ln1_w), g(lp.ln1_b), dln1_, x, p(lp.ln1_w), a.ln1_mean, a.ln1_rstd, N, d);
   be_.layernorm_backward(dresid_, g(lp.ln2_w), g(lp.ln2_b), dln2_, x, p(lp.ln2_w), a.ln2_mean, a.ln2_rstd, N, d);
 }

@@ -12,7 +12,8 @@
 // Tensor parallelism (ModelParallel::tp > 1, layout from ParamLayout(spec, tp, rank)): each rank
 // runs its H/tp query heads (and their KV heads) and ffn/tp MLP columns. The parallel residual
 // lets the attention dense and MLP down partial sums share ONE all-reduce per layer in the
-// forward; the backward all-reduces the two LayerNorm input gradients together, once per layer.
+// forward; the backward all-reduces the two LayerNorm input gradients, the MLP's overlapped with
+// the attention branch's backward.
 // Embeddings and the cross-entropy are vocab-parallel. tp = 1 runs exactly the code it always did.
 #pragma once
 #include <cstdint>

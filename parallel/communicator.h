@@ -12,7 +12,8 @@
 // before everything it issues next (NCCL: enqueued on the backend's stream; MPI: blocking).
 // Ops on the side queue run concurrently with compute (NCCL: a second stream) and are ordered
 // against it only through side_wait_compute() / compute_wait_side(): that is how gradient
-// buckets are reduced while the backward pass goes on.
+// buckets are reduced while the backward pass goes on. The dp and kv groups share one side
+// queue (kv reductions must precede the buckets that contain them); tp has its own.
 #pragma once
 #include <cstddef>
 #include <cstdint>

@@ -45,23 +45,31 @@ class NcclRuntime {
     int lo = 0, hi = 0;
     check_cuda(cudaDeviceGetStreamPriorityRange(&lo, &hi), "cudaDeviceGetStreamPriorityRange");
     // High priority: a bucket's reduce-scatter should not queue behind the backward's GEMMs.
-    check_cuda(cudaStreamCreateWithPriority(&side_, cudaStreamNonBlocking, hi), "cudaStreamCreateWithPriority");
-    check_cuda(cudaEventCreateWithFlags(&compute_done_, cudaEventDisableTiming), "cudaEventCreate");
-    check_cuda(cudaEventCreateWithFlags(&side_done_, cudaEventDisableTiming), "cudaEventCreate");
+    for (int i = 0; i < kSides; ++i) {
+      check_cuda(cudaStreamCreateWithPriority(&side_[i], cudaStreamNonBlocking, hi), "cudaStreamCreateWithPriority");
+      check_cuda(cudaEventCreateWithFlags(&compute_done_[i], cudaEventDisableTiming), "cudaEventCreate");
+      check_cuda(cudaEventCreateWithFlags(&side_done_[i], cudaEventDisableTiming), "cudaEventCreate");
+    }
   }
   ~NcclRuntime() {
     stop_watchdog();
-    cudaStreamSynchronize(side_);
+    for (cudaStream_t s : side_) cudaStreamSynchronize(s);
     for (auto& [comm, name] : comms_) ncclCommDestroy(comm);
     for (auto& q : pending_)
       for (auto& p : q) cudaEventDestroy(p.event);
     for (cudaEvent_t e : free_) cudaEventDestroy(e);
-    cudaEventDestroy(compute_done_);
-    cudaEventDestroy(side_done_);
-    cudaStreamDestroy(side_);
+    for (int i = 0; i < kSides; ++i) {
+      cudaEventDestroy(compute_done_[i]);
+      cudaEventDestroy(side_done_[i]);
+      cudaStreamDestroy(side_[i]);
+    }
   }
 
-  cudaStream_t stream(Queue q) const { return q == Queue::side ? side_ : compute_; }
+  // Side stream 0 carries the gradient buckets (dp, and kv, which must precede them in order);
+  // side stream 1 the tensor-parallel group's overlapped all-reduces, so neither queues behind
+  // the other.
+  static constexpr int kSides = 2;
+  cudaStream_t stream(Queue q, int side) const { return q == Queue::side ? side_[side] : compute_; }
   int rank() const { return rank_; }
 
   void add_comm(ncclComm_t c, const std::string& name) {
@@ -70,7 +78,7 @@ class NcclRuntime {
   }
 
   // Called after every collective is enqueued: the watchdog watches its completion.
-  void track(Queue q, const std::string& what) {
+  void track(Queue q, int side, const std::string& what) {
     std::lock_guard<std::mutex> lock(mu_);
     cudaEvent_t e;
     if (free_.empty()) {
@@ -79,17 +87,17 @@ class NcclRuntime {
       e = free_.back();
       free_.pop_back();
     }
-    check_cuda(cudaEventRecord(e, stream(q)), "cudaEventRecord");
-    pending_[q == Queue::side].push_back({e, Clock::now(), what});
+    check_cuda(cudaEventRecord(e, stream(q, side)), "cudaEventRecord");
+    pending_[q == Queue::side ? 1 + side : 0].push_back({e, Clock::now(), what});
   }
 
-  void side_wait_compute() {
-    check_cuda(cudaEventRecord(compute_done_, compute_), "cudaEventRecord");
-    check_cuda(cudaStreamWaitEvent(side_, compute_done_, 0), "cudaStreamWaitEvent");
+  void side_wait_compute(int side) {
+    check_cuda(cudaEventRecord(compute_done_[side], compute_), "cudaEventRecord");
+    check_cuda(cudaStreamWaitEvent(side_[side], compute_done_[side], 0), "cudaStreamWaitEvent");
   }
-  void compute_wait_side() {
-    check_cuda(cudaEventRecord(side_done_, side_), "cudaEventRecord");
-    check_cuda(cudaStreamWaitEvent(compute_, side_done_, 0), "cudaStreamWaitEvent");
+  void compute_wait_side(int side) {
+    check_cuda(cudaEventRecord(side_done_[side], side_[side]), "cudaEventRecord");
+    check_cuda(cudaStreamWaitEvent(compute_, side_done_[side], 0), "cudaStreamWaitEvent");
   }
 
   void start_watchdog() {
@@ -148,13 +156,13 @@ class NcclRuntime {
     std::_Exit(kExitFailure);
   }
 
-  cudaStream_t compute_, side_ = nullptr;
-  cudaEvent_t compute_done_ = nullptr, side_done_ = nullptr;
+  cudaStream_t compute_, side_[kSides] = {};
+  cudaEvent_t compute_done_[kSides] = {}, side_done_[kSides] = {};
   int device_, rank_;
   double timeout_;
   std::mutex mu_;
   std::vector<Named> comms_;
-  std::deque<Pending> pending_[2];
+  std::deque<Pending> pending_[1 + kSides];
   std::vector<cudaEvent_t> free_;
   std::thread watchdog_;
   std::atomic<bool> stop_{false};
@@ -162,8 +170,8 @@ class NcclRuntime {
 
 class NcclCommunicator final : public Communicator {
  public:
-  NcclCommunicator(ncclComm_t comm, std::string name, std::shared_ptr<NcclRuntime> rt)
-      : comm_(comm), name_(std::move(name)), rt_(std::move(rt)) {
+  NcclCommunicator(ncclComm_t comm, std::string name, std::shared_ptr<NcclRuntime> rt, int side)
+      : comm_(comm), name_(std::move(name)), rt_(std::move(rt)), side_(side) {
     check(ncclCommCount(comm_, &size_), "ncclCommCount");
     check(ncclCommUserRank(comm_, &rank_), "ncclCommUserRank");
     rt_->add_comm(comm_, name_);
@@ -173,24 +181,24 @@ class NcclCommunicator final : public Communicator {
   const std::string& name() const override { return name_; }
 
   void all_reduce(void* buf, int64_t count, DType t, ReduceOp op, Queue q) override {
-    check(ncclAllReduce(buf, buf, count, nccl_type(t), op == ReduceOp::sum ? ncclSum : ncclMax, comm_, rt_->stream(q)),
+    check(ncclAllReduce(buf, buf, count, nccl_type(t), op == ReduceOp::sum ? ncclSum : ncclMax, comm_, stream(q)),
           "ncclAllReduce");
-    rt_->track(q, "all-reduce of " + std::to_string(count) + " elements on the " + name_ + " group");
+    rt_->track(q, side_, "all-reduce of " + std::to_string(count) + " elements on the " + name_ + " group");
   }
   void reduce_scatter(void* out, const void* in, int64_t count, DType t, Queue q) override {
-    check(ncclReduceScatter(in, out, count, nccl_type(t), ncclSum, comm_, rt_->stream(q)), "ncclReduceScatter");
-    rt_->track(q, "reduce-scatter of " + std::to_string(count) + " elements per rank on the " + name_ + " group");
+    check(ncclReduceScatter(in, out, count, nccl_type(t), ncclSum, comm_, stream(q)), "ncclReduceScatter");
+    rt_->track(q, side_, "reduce-scatter of " + std::to_string(count) + " elements per rank on the " + name_ + " group");
   }
   void all_gather(void* out, const void* in, int64_t count, DType t, Queue q) override {
-    check(ncclAllGather(in, out, count, nccl_type(t), comm_, rt_->stream(q)), "ncclAllGather");
-    rt_->track(q, "all-gather of " + std::to_string(count) + " elements per rank on the " + name_ + " group");
+    check(ncclAllGather(in, out, count, nccl_type(t), comm_, stream(q)), "ncclAllGather");
+    rt_->track(q, side_, "all-gather of " + std::to_string(count) + " elements per rank on the " + name_ + " group");
   }
   void broadcast(void* buf, int64_t count, DType t, int root, Queue q) override {
-    check(ncclBroadcast(buf, buf, count, nccl_type(t), root, comm_, rt_->stream(q)), "ncclBroadcast");
-    rt_->track(q, "broadcast on the " + name_ + " group");
+    check(ncclBroadcast(buf, buf, count, nccl_type(t), root, comm_, stream(q)), "ncclBroadcast");
+    rt_->track(q, side_, "broadcast on the " + name_ + " group");
   }
-  void side_wait_compute() override { rt_->side_wait_compute(); }
-  void compute_wait_side() override { rt_->compute_wait_side(); }
+  void side_wait_compute() override { rt_->side_wait_compute(side_); }
+  void compute_wait_side() override { rt_->compute_wait_side(side_); }
 
  private:
   void check(ncclResult_t r, const char* what) const {
@@ -198,9 +206,11 @@ class NcclCommunicator final : public Communicator {
       throw Error("[rank " + std::to_string(rt_->rank()) + "] " + what + " on the " + name_ +
                   " group failed: " + ncclGetErrorString(r));
   }
+  cudaStream_t stream(Queue q) const { return rt_->stream(q, side_); }
   ncclComm_t comm_;
   std::string name_;
   std::shared_ptr<NcclRuntime> rt_;
+  int side_;
   int size_ = 1, rank_ = 0;
 };
 
@@ -231,10 +241,10 @@ DeviceGroups make_nccl_groups(Backend& backend, const Topology& topo, int kv_cop
   ncclComm_t kv = nullptr;
   if (kv_copies > 1) kv = split(topo.dp_rank * topo.tp + topo.tp_rank / kv_copies, topo.tp_rank);
   DeviceGroups g;
-  g.world = std::make_unique<NcclCommunicator>(world, "world", rt);
-  g.dp = std::make_unique<NcclCommunicator>(dp, "dp", rt);
-  g.tp = std::make_unique<NcclCommunicator>(tp, "tp", rt);
-  if (kv) g.kv = std::make_unique<NcclCommunicator>(kv, "kv", rt);
+  g.world = std::make_unique<NcclCommunicator>(world, "world", rt, 0);
+  g.dp = std::make_unique<NcclCommunicator>(dp, "dp", rt, 0);
+  g.tp = std::make_unique<NcclCommunicator>(tp, "tp", rt, 1);
+  if (kv) g.kv = std::make_unique<NcclCommunicator>(kv, "kv", rt, 0);
   rt->start_watchdog();
   g.runtime = rt;
   return g;

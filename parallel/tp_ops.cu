@@ -22,14 +22,33 @@ void check(cudaError_t e, const char* what) {
 }
 cudaStream_t S(void* s) { return static_cast<cudaStream_t>(s); }
 
+// One thread per VEC consecutive elements of a row (C % VEC == 0): 16-byte loads when VEC = 8.
+template <int VEC>
 __global__ void add_residual_biases_kernel(bf16* y, const bf16* x, const bf16* b1, const bf16* b2, int64_t N, int C) {
-  const int64_t total = N * C;
+  const int64_t total = N * C / VEC;
+  const int cv = C / VEC;
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total; i += int64_t{gridDim.x} * blockDim.x) {
-    const int c = static_cast<int>(i % C);
-    y[i] = __float2bfloat16(__bfloat162float(y[i]) + __bfloat162float(x[i]) + __bfloat162float(b1[c]) +
-                            __bfloat162float(b2[c]));
+    const int64_t e = i * VEC;
+    const int c = static_cast<int>(i % cv) * VEC;
+    bf16 yv[VEC], xv[VEC], p[VEC], q[VEC];
+    if constexpr (VEC == 8) {
+      *reinterpret_cast<uint4*>(yv) = *reinterpret_cast<const uint4*>(y + e);
+      *reinterpret_cast<uint4*>(xv) = *reinterpret_cast<const uint4*>(x + e);
+      *reinterpret_cast<uint4*>(p) = *reinterpret_cast<const uint4*>(b1 + c);
+      *reinterpret_cast<uint4*>(q) = *reinterpret_cast<const uint4*>(b2 + c);
+    } else {
+      yv[0] = y[e], xv[0] = x[e], p[0] = b1[c], q[0] = b2[c];
+    }
+#pragma unroll
+    for (int k = 0; k < VEC; ++k)
+      yv[k] = __float2bfloat16(__bfloat162float(yv[k]) + __bfloat162float(xv[k]) + __bfloat162float(p[k]) +
+                               __bfloat162float(q[k]));
+    if constexpr (VEC == 8) *reinterpret_cast<uint4*>(y + e) = *reinterpret_cast<const uint4*>(yv);
+    else y[e] = yv[0];
   }
 }
+
+bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
 template <bool kMax>
 __device__ float block_reduce(float v) {
@@ -105,9 +124,12 @@ int blocks_for(int64_t n, int threads) {
 
 void add_residual_biases(void* y, const void* x, const void* b1, const void* b2, int64_t N, int C, void* s) {
   if (N * C == 0) return;
-  add_residual_biases_kernel<<<blocks_for(N * C, 256), 256, 0, S(s)>>>(
-      static_cast<bf16*>(y), static_cast<const bf16*>(x), static_cast<const bf16*>(b1), static_cast<const bf16*>(b2),
-      N, C);
+  auto* yy = static_cast<bf16*>(y);
+  auto *xx = static_cast<const bf16*>(x), *p = static_cast<const bf16*>(b1), *q = static_cast<const bf16*>(b2);
+  if (C % 8 == 0 && aligned16(y) && aligned16(x) && aligned16(b1) && aligned16(b2))
+    add_residual_biases_kernel<8><<<blocks_for(N * C / 8, 256), 256, 0, S(s)>>>(yy, xx, p, q, N, C);
+  else
+    add_residual_biases_kernel<1><<<blocks_for(N * C, 256), 256, 0, S(s)>>>(yy, xx, p, q, N, C);
   check(cudaGetLastError(), "add_residual_biases");
 }
 
