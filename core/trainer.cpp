@@ -173,6 +173,11 @@ void Run::init_state() {
     else log::info("--resume auto: no checkpoint in " + cfg_.checkpoint.dir + ", starting fresh");
   } else if (!opt_.resume.empty()) {
     ckpt_path = opt_.resume;
+  } else if (auto existing = find_latest(cfg_.checkpoint.dir); existing && ctx_->is_root()) {
+    // Not an error (restarting on purpose is legitimate), but its checkpoints will be replaced
+    // step by step and pruned by checkpoint.keep_last.
+    log::warn("starting fresh although " + cfg_.checkpoint.dir + " holds checkpoints (newest " + *existing +
+              "); use --resume auto to continue that run");
   }
   if (!ckpt_path.empty()) {
     ckpt = load_checkpoint(ckpt_path);
