@@ -5,7 +5,7 @@
 #   1. train the tiny MHA model (configs/tiny/tiny_mha.toml) from scratch for a few steps — it stands
 #      in for a downloaded Pythia checkpoint, which the demo must not need;
 #   2. convert it: export to the HF layout, import into MLKV-2 (configs/tiny/tiny_mlkv.toml: 2 KV
-#      layers x 1 KV head, K/V mean-pooled over heads and layers; KV cache 1024 -> 128 bytes/token);
+#      layers x 1 KV head, K/V mean-pooled over heads and layers; KV cache 2048 -> 512 bytes/token);
 #   3. uptrain the converted model (validated first; progress line, checkpoints; a new data order);
 #   4. plot both runs' loss curves to a PNG and print a one-line summary.
 #
@@ -50,6 +50,6 @@ echo "== 4/4  plot"
 
 # Validation losses from metrics.jsonl: the uptraining run validates the converted model at step 0.
 val_losses() { grep -o '"val_loss":[^,}]*' "$1/metrics.jsonl" | cut -d: -f2; }
-printf 'demo: MHA val loss %.3f -> converted to MLKV-2 (KV cache 1024 -> 128 B/token) %.3f -> uptrained %d steps %.3f | %ds | plot %s | checkpoints %s\n' \
+printf 'demo: MHA val loss %.3f -> converted to MLKV-2 (KV cache 2048 -> 512 B/token) %.3f -> uptrained %d steps %.3f | %ds | plot %s | checkpoints %s\n' \
   "$(val_losses "$OUT/mha" | tail -1)" "$(val_losses "$OUT/mlkv" | head -1)" "$MLKV_STEPS" "$(val_losses "$OUT/mlkv" | tail -1)" "$(( $(date +%s) - start ))" \
   "$OUT/loss.png" "$OUT/mlkv/checkpoints"

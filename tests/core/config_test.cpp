@@ -218,7 +218,9 @@ TEST(ConfigShipped, TinyConfigsUseDemoData) {
   for (const char* f : {"tiny/tiny_mha.toml", "tiny/tiny_mlkv.toml"}) {
     const Config c = load_shipped(f);
     EXPECT_EQ(c.model.layers, 4) << f;
-    EXPECT_EQ(c.model.d_model, 64) << f;
+    EXPECT_EQ(c.model.d_model, 128) << f;
+    // The demo runs on the GPU when there is one: the head dim must be one the CUDA attention takes.
+    EXPECT_EQ(c.spec().head_dim(), 64) << f;
     EXPECT_EQ(c.model.vocab_size, 50304) << f;
     EXPECT_LE(c.train.seq_len, 128) << f;
     EXPECT_EQ(c.train.backend, "auto") << f;
