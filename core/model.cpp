@@ -186,17 +186,20 @@ void Model::tp_all_reduce(void* buf, int64_t elems) {
   par_.tp_comm->all_reduce(buf, elems, parallel::act_dtype(be_.act_bytes()), parallel::ReduceOp::sum);
 }
 
+Model::LayerShape Model::layer_shape(int l) const {
+  const int o = spec_.kv.owner[l];
+  return {int64_t{B_} * T_, spec_.d_model, spec_.head_dim(), layout_.local_heads(), layout_.local_kv_heads(),
+          layout_.local_ffn(), o, o == l, spec_.kv.rope_shared_keys, static_cast<float>(spec_.rotary_base)};
+}
+
 void Model::layer_forward(int l, LayerActs& a) {
   const ModelSpec& s = spec_;
   const LayerParams& lp = layout_.layer(l);
-  const int64_t N = int64_t{B_} * T_;
-  const int d = s.d_model, hd = s.head_dim(), H = layout_.local_heads(), o = s.kv.owner[l];
-  const int KVH = layout_.local_kv_heads(), F = layout_.local_ffn();
-  const bool owner = o == l, shared_rot = s.kv.rope_shared_keys;
+  const auto [N, d, hd, H, KVH, F, o, owner, shared_rot, base] = layer_shape(l);
   const int KVH_l = owner ? KVH : 0;
   void* x = resid_[l];
   void* y = resid_[l + 1];
-  const float eps = static_cast<float>(s.ln_eps), base = static_cast<float>(s.rotary_base);
+  const float eps = static_cast<float>(s.ln_eps);
 
   be_.layernorm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, x, p(lp.ln1_w), p(lp.ln1_b), N, d, eps);
   be_.layernorm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, x, p(lp.ln2_w), p(lp.ln2_b), N, d, eps);
@@ -232,11 +235,7 @@ void Model::layer_forward(int l, LayerActs& a) {
 void Model::layer_backward(int l, LayerActs& a) {
   const ModelSpec& s = spec_;
   const LayerParams& lp = layout_.layer(l);
-  const int64_t N = int64_t{B_} * T_;
-  const int d = s.d_model, hd = s.head_dim(), H = layout_.local_heads(), o = s.kv.owner[l];
-  const int KVH = layout_.local_kv_heads(), F = layout_.local_ffn();
-  const bool owner = o == l, shared_rot = s.kv.rope_shared_keys;
-  const float base = static_cast<float>(s.rotary_base);
+  const auto [N, d, hd, H, KVH, F, o, owner, shared_rot, base] = layer_shape(l);
   const int64_t kv_elems = int64_t{B_} * KVH * T_ * hd;
   void* x = resid_[l];
 

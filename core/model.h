@@ -98,6 +98,14 @@ class Model {
 
  private:
   struct LayerActs;  // what one layer's forward saves for its backward
+  // The per-rank sizes of layer l that its forward and backward both need.
+  struct LayerShape {
+    int64_t N;                 // tokens in the micro-batch, B·T
+    int d, hd, H, KVH, F, o;   // d_model, head dim, local q heads, local KV heads, local ffn, owner
+    bool owner, shared_rot;    // l owns its K/V; K is stored post-rotary (rope_shared_keys)
+    float base;                // rotary base
+  };
+  LayerShape layer_shape(int l) const;
   void* p(int view);  // compute-dtype pointer of a parameter view
   float* g(int view);  // fp32 gradient of a parameter view
   void forward(const int32_t* tokens_dev);
