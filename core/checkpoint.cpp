@@ -407,52 +407,68 @@ void probe_writable_dir(const std::string& dir, const std::string& key) {
   if (!renamed) throw ConfigError(where + ": cannot rename a file there: " + errno_text());
 }
 
-std::string save_checkpoint(const std::string& dir, const CheckpointData& data, int keep_last) {
-  const ModelSpec spec = data.config.spec();
+namespace {
+
+// Moments to write beside the model (save_checkpoint with a non-empty m/v): full ParamLayout buffers.
+struct MomentsToWrite {
+  const std::vector<float>* m;
+  const std::vector<float>* v;
+};
+
+// The one writer behind save_checkpoint and save_checkpoint_streamed (protocol: checkpoint.h).
+std::string save_impl(const std::string& dir, const Config& config, const TrainState& st, const CheckpointFill& fill,
+                      const MomentsToWrite* moments, int keep_last) {
+  const ModelSpec spec = config.spec();
   const ParamLayout layout(spec);
-  const size_t total = static_cast<size_t>(layout.total());
-  if (data.master.size() != total)
-    throw Error("save_checkpoint: master has " + std::to_string(data.master.size()) + " floats, the layout " +
-                std::to_string(total));
-  const bool with_optim = !data.m.empty();
-  if (with_optim && (data.m.size() != total || data.v.size() != total))
-    throw Error("save_checkpoint: optimizer moments do not match the layout");
 
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) throw IoError(dir + ": cannot create the checkpoint directory: " + ec.message());
   remove_stale_temporaries(dir);
 
-  const std::string name = checkpoint_dir_name(data.state.step);
+  const std::string name = checkpoint_dir_name(st.step);
   const std::string final_dir = dir + "/" + name;
   const std::string tmp = dir + "/." + name + ".tmp-" + std::to_string(::getpid());
   fs::remove_all(tmp, ec);
   if (!fs::create_directory(tmp, ec) || ec) throw IoError(tmp + ": cannot create: " + ec.message());
+  // A failure before the rename (an I/O error, or a streamed `fill` that throws halfway through a
+  // multi-GB model) removes the partial directory instead of leaving it for the next save.
+  struct TmpGuard {
+    const std::string& path;
+    bool armed = true;
+    ~TmpGuard() {
+      if (!armed) return;
+      std::error_code e;
+      fs::remove_all(path, e);
+    }
+  } tmp_guard{tmp};
 
   json files = json::object();
   {
+    // One tensor in memory at a time: the writer asks `fill` for each in turn. The CRC is taken by
+    // re-reading the finished file in 1 MiB chunks (file_entry).
     safetensors::Writer w;
-    for (const ParamView& v : layout.views()) w.add_f32(v.name, data.master.data() + v.offset, v.shape);
+    for (const ParamView& v : layout.views())
+      w.add_lazy(v.name, safetensors::DType::F32, v.shape, [&fill, &v](float* out) { fill(v, out); });
     w.set_metadata("format", "mlkv-checkpoint-model");
-    w.set_metadata("step", std::to_string(data.state.step));
+    w.set_metadata("step", std::to_string(st.step));
     w.write(tmp + "/" + kModelFile);
     files[kModelFile] = file_entry(tmp + "/" + kModelFile);
   }
   test_pause();
-  if (with_optim) {
+  if (moments) {
     safetensors::Writer w;
-    for (const ParamView& v : layout.views()) w.add_f32("m." + v.name, data.m.data() + v.offset, v.shape);
-    for (const ParamView& v : layout.views()) w.add_f32("v." + v.name, data.v.data() + v.offset, v.shape);
+    for (const ParamView& v : layout.views()) w.add_f32("m." + v.name, moments->m->data() + v.offset, v.shape);
+    for (const ParamView& v : layout.views()) w.add_f32("v." + v.name, moments->v->data() + v.offset, v.shape);
     w.set_metadata("format", "mlkv-checkpoint-optim");
     w.write(tmp + "/" + kOptimFile);
     files[kOptimFile] = file_entry(tmp + "/" + kOptimFile);
     test_pause();
   }
-  write_file_durable(tmp + "/" + kConfigFile, config_to_toml(data.config));
+  write_file_durable(tmp + "/" + kConfigFile, config_to_toml(config));
   files[kConfigFile] = file_entry(tmp + "/" + kConfigFile);
   test_pause();
 
-  const TrainState& st = data.state;
   char rng_hex[17];
   std::snprintf(rng_hex, sizeof rng_hex, "%016llx", static_cast<unsigned long long>(st.rng_state));
   json state = {
@@ -486,6 +502,7 @@ std::string save_checkpoint(const std::string& dir, const CheckpointData& data, 
     rename_or_throw(final_dir, replaced);
   }
   rename_or_throw(tmp, final_dir);
+  tmp_guard.armed = false;
   fsync_path(dir, true);
   if (!replaced.empty()) fs::remove_all(replaced, ec);
   test_pause();
@@ -506,6 +523,29 @@ std::string save_checkpoint(const std::string& dir, const CheckpointData& data, 
     }
   }
   return final_dir;
+}
+
+}  // namespace
+
+std::string save_checkpoint_streamed(const std::string& dir, const Config& config, const TrainState& state,
+                                     const CheckpointFill& fill, int keep_last) {
+  return save_impl(dir, config, state, fill, nullptr, keep_last);
+}
+
+std::string save_checkpoint(const std::string& dir, const CheckpointData& data, int keep_last) {
+  const size_t total = static_cast<size_t>(ParamLayout(data.config.spec()).total());
+  if (data.master.size() != total)
+    throw Error("save_checkpoint: master has " + std::to_string(data.master.size()) + " floats, the layout " +
+                std::to_string(total));
+  const bool with_optim = !data.m.empty();
+  if (with_optim && (data.m.size() != total || data.v.size() != total))
+    throw Error("save_checkpoint: optimizer moments do not match the layout");
+  const MomentsToWrite moments{&data.m, &data.v};
+  const float* master = data.master.data();
+  return save_impl(
+      dir, data.config, data.state,
+      [master](const ParamView& v, float* out) { std::copy_n(master + v.offset, v.numel, out); },
+      with_optim ? &moments : nullptr, keep_last);
 }
 
 CheckpointData load_checkpoint(const std::string& path) { return load(path, true); }

@@ -18,12 +18,17 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "core/config.h"
+#include "core/param_layout.h"
 #include "data/loader.h"
+
+// Feature macro: this header declares save_checkpoint_streamed (mlkv-convert import writes with it).
+#define MLKV_HAVE_STREAMED_CHECKPOINT 1
 
 namespace mlkv {
 
@@ -51,6 +56,17 @@ struct CheckpointData {
 // `keep_last` complete checkpoints (never deleting the one just written or the one `latest` names;
 // keep_last <= 0 keeps all). Returns the final path. Throws IoError.
 std::string save_checkpoint(const std::string& dir, const CheckpointData& data, int keep_last);
+
+// Fills the `view.numel` fp32 values of one master tensor (ParamLayout(config.spec()) order).
+using CheckpointFill = std::function<void(const ParamView& view, float* out)>;
+
+// save_checkpoint without the whole model in memory: model.safetensors is written one tensor at a
+// time, `fill` producing each (once, in layout order) into a buffer of that tensor's size, so the
+// peak is the largest tensor. Writes no optimizer file (a fresh optimizer, as for a converted model).
+// Same directory protocol, manifest and CRCs as save_checkpoint, which is this with a fill that
+// copies from CheckpointData::master.
+std::string save_checkpoint_streamed(const std::string& dir, const Config& config, const TrainState& state,
+                                     const CheckpointFill& fill, int keep_last);
 
 // Loads a step directory, or a run directory (its newest complete checkpoint; `latest` is a hint).
 // Verifies the format version, every file's size and CRC-32, every tensor's name and shape.

@@ -115,19 +115,10 @@ std::string describe_import(const hf::HfConfig& src, const hf::WeightDir& w, con
 }
 
 std::string write_init_checkpoint(const std::string& out, const Config& target, const Converter& conv) {
-#ifdef MLKV_HAVE_STREAMED_CHECKPOINT
-  // One target tensor at a time (Converter::fill): the peak is a few tensors (core/hf/README.md).
+  // One target tensor at a time (Converter::fill into the checkpoint writer's buffer): the peak is a
+  // few tensors, never the fp32 model (core/hf/README.md).
   return save_checkpoint_streamed(
       out, target, TrainState{}, [&conv](const ParamView& v, float* dst) { conv.fill(v.name, dst); }, 0);
-#else
-  // save_checkpoint takes the whole fp32 master, so the peak is the target model in fp32. A
-  // streaming save (checkpoint.h defining MLKV_HAVE_STREAMED_CHECKPOINT and save_checkpoint_streamed)
-  // switches this to the branch above.
-  CheckpointData d;
-  d.config = target;
-  d.master = conv.materialize();
-  return save_checkpoint(out, d, 0);
-#endif
 }
 
 OpenedCheckpoint open_checkpoint(const std::string& path) {
