@@ -107,8 +107,8 @@ TEST_F(Executables, SigkillAtRandomMomentsThenResumeAutoMatchesTheUninterruptedR
   int kills = 0, kills_in_write = 0, runs = 0, code = -1, stall = 0;
   int64_t last_step = -1;
   // Pauses of 20 ms between checkpoint files make each write last ~100 ms. Two runs in three are
-  // killed 0–99 ms after a checkpoint's temporary directory appears, i.e. inside (or just after) a
-  // write; the third at a random moment, 10 ms to 200 ms + 60 ms per kill that made no progress
+  // killed 0–99 ms (+60 ms per kill that made no progress) after a checkpoint's temporary
+  // directory appears, i.e. inside (or just after) a write; the third at a random moment, 10 ms to 200 ms + 60 ms per kill that made no progress
   // (so every stage is eventually passed). After 30 kills the last run is left to finish.
   const std::vector<std::string> env = {"MLKV_TEST_SLOW_CHECKPOINT_MS=20"};
   auto writing = [&] {
@@ -124,7 +124,9 @@ TEST_F(Executables, SigkillAtRandomMomentsThenResumeAutoMatchesTheUninterruptedR
     if (kills < 30) {
       if (runs % 3 != 0) {
         while (!(exited = test::try_wait(p, code)) && !writing()) sleep_ms(1);
-        if (!exited) sleep_ms(static_cast<int>(rng.next_u64() % 100));
+        // +60 ms per kill that made no progress: a write (~100 ms) that keeps being cut short
+        // would otherwise stall the run at step 0, and the last run would start fresh.
+        if (!exited) sleep_ms(static_cast<int>(rng.next_u64() % 100) + 60 * stall);
       } else {
         sleep_ms(10 + static_cast<int>(rng.next_u64() % static_cast<uint64_t>(190 + 60 * stall)));
       }
@@ -149,6 +151,7 @@ TEST_F(Executables, SigkillAtRandomMomentsThenResumeAutoMatchesTheUninterruptedR
   EXPECT_GE(kills, 10);
   EXPECT_GE(kills_in_write, 5) << "kills should land inside checkpoint writes";
   const std::string log = test::read_text(dir / "train.log");
+  EXPECT_GT(last_step, 0) << "no kill landed after a complete checkpoint";
   EXPECT_NE(log.find("resumed from"), std::string::npos);
   const CheckpointData got = load_checkpoint(dir / "ckpt"), want = load_checkpoint(*ref_ / "ckpt");
   EXPECT_EQ(got.state.step, 30);
