@@ -117,7 +117,6 @@ const std::vector<Key>& schema() {
     k.push_back(MLKV_KEY(model, rotary_base, "Rotary base θ.").above(0));
     k.push_back(MLKV_KEY(model, ln_eps, "LayerNorm epsilon.").above(0).below(1));
     k.push_back(MLKV_KEY(model, ffn, "MLP hidden width; 0 = 4·d_model.").min(0).max(1 << 22));
-    k.push_back(MLKV_KEY(model, init_std, "Initialisation std for from-scratch training (Pythia's small_init/wang_init: core/param_layout.cpp).").above(0).max(1));
     // [kv]
     k.push_back(MLKV_KEY(kv, kv_heads, "KV heads of every KV layer; must divide `model.heads`; 0 = model.heads.").min(0).max(1024));
     k.push_back(MLKV_KEY(kv, kv_layers, "Layers that own K/V, placed by the paper's rule; 0 = every layer. Ignored when `kv.owners` is set.").min(0).max(1024));

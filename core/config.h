@@ -22,7 +22,6 @@ struct ModelSection {
   double rotary_base = 10000.0;
   double ln_eps = 1e-5;
   int ffn = 0;                // 0 = 4·d_model
-  double init_std = 0.02;     // from-scratch init (Pythia's small_init / wang_init derive from it)
   bool operator==(const ModelSection&) const = default;
 };
 
