@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace mlkv {
 
@@ -35,6 +36,12 @@ class Backend {
   virtual void release(void* p) = 0;
   virtual void upload(void* dst, const void* host_src, size_t bytes) = 0;
   virtual void download(void* host_dst, const void* src, size_t bytes) = 0;
+  // n fp32 values from device memory into a new host vector (checkpoints, tests, logit dumps).
+  std::vector<float> download_f32(const float* src, int64_t n) {
+    std::vector<float> host(static_cast<size_t>(n));
+    download(host.data(), src, host.size() * sizeof(float));
+    return host;
+  }
   virtual void zero(void* p, size_t bytes) = 0;
   virtual void copy(void* dst, const void* src, size_t bytes) = 0;  // device to device
   virtual void synchronize() = 0;

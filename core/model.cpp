@@ -159,16 +159,10 @@ std::vector<float> Model::get_master() const {
   if (!master_)
     throw Error("the fp32 master weights are sharded across data-parallel ranks (ZeRO-1): gather them with "
                 "parallel::Context::gather_tensor");
-  std::vector<float> host(layout_.total());
-  be_.download(host.data(), master_, host.size() * sizeof(float));
-  return host;
+  return be_.download_f32(master_, layout_.total());
 }
 
-std::vector<float> Model::get_grads() const {
-  std::vector<float> host(layout_.total());
-  be_.download(host.data(), grads_, host.size() * sizeof(float));
-  return host;
-}
+std::vector<float> Model::get_grads() const { return be_.download_f32(grads_, layout_.total()); }
 
 void Model::refresh_compute_params() {
   if (master_ && params_ != master_) be_.cast_f32_to_act(params_, master_, layout_.total());
@@ -370,8 +364,7 @@ std::vector<float> Model::forward_logits(const int32_t* tokens) {
   }
   float* tmp = static_cast<float*>(be_.alloc(n * sizeof(float)));
   be_.cast_act_to_f32(tmp, all, n);
-  std::vector<float> host(n);
-  be_.download(host.data(), tmp, n * sizeof(float));
+  std::vector<float> host = be_.download_f32(tmp, n);
   be_.release(tmp);
   if (tp == 1) return host;
   be_.release(all);

@@ -60,17 +60,8 @@ UpdateStats AdamW::step(float* master, void* compute_params, const float* grads,
   return st;
 }
 
-std::vector<float> AdamW::get_m() const {
-  std::vector<float> h(layout_.total());
-  be_.download(h.data(), m_, h.size() * sizeof(float));
-  return h;
-}
-
-std::vector<float> AdamW::get_v() const {
-  std::vector<float> h(layout_.total());
-  be_.download(h.data(), v_, h.size() * sizeof(float));
-  return h;
-}
+std::vector<float> AdamW::get_m() const { return be_.download_f32(m_, layout_.total()); }
+std::vector<float> AdamW::get_v() const { return be_.download_f32(v_, layout_.total()); }
 
 void AdamW::set_moments(const std::vector<float>& m, const std::vector<float>& v) {
   const size_t n = static_cast<size_t>(layout_.total());

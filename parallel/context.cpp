@@ -29,9 +29,7 @@ static float* state_ptr(Model& model, AdamW& opt, StateKind kind) {
 std::vector<float> read_view(Model& model, AdamW& opt, const ParamView& v, StateKind kind) {
   const float* src = state_ptr(model, opt, kind);
   if (!src) throw Error("parameter state of '" + v.name + "' is not held whole on this rank");
-  std::vector<float> h(v.numel);
-  model.backend().download(h.data(), src + v.offset, v.numel * sizeof(float));
-  return h;
+  return model.backend().download_f32(src + v.offset, v.numel);
 }
 
 std::vector<float> local_slice(const ParamView& v, const std::vector<float>& full) {
