@@ -68,7 +68,8 @@ class Backend {
   virtual void matmul_forward(void* out, const void* in, const void* w, const void* bias, int64_t N, int IC,
                               int OC, bool accumulate) = 0;
   // din[N, IC] (=, or += when accumulate_din) dout · w; dw[OC, IC] += dout^T · in; dbias[OC] += Σ_n dout.
-  // din and dbias may be null.
+  // din, dw and dbias may each be null (tensor parallelism computes din alone first, so that its
+  // all-reduce overlaps the weight gradient).
   virtual void matmul_backward(void* din, float* dw, float* dbias, const void* dout, const void* in,
                                const void* w, int64_t N, int IC, int OC, bool accumulate_din) = 0;
 

@@ -57,8 +57,7 @@ Model::Model(const ModelSpec& spec, Backend& backend, int B, int T, Recompute re
   if (par_.tp > 1 && (!par_.tp_comm || par_.tp_comm->size() != par_.tp))
     throw Error("model: tensor parallelism over " + std::to_string(par_.tp) + " ranks needs their communicator");
   // Under tensor parallelism every size below is this rank's share (ParamLayout's local sizes).
-  const int64_t N = int64_t{B} * T, d = spec_.d_model, hd = spec_.head_dim(), H = layout_.local_heads(),
-                KVH = layout_.local_kv_heads(), L = spec_.layers, P = layout_.total(), F = layout_.local_ffn();
+  const int64_t N = int64_t{B} * T, P = layout_.total();
   const int64_t m = std::max<int64_t>(1, par_.buffer_multiple);
   buffer_elems_ = (P + m - 1) / m * m;
   const bool fp32 = be_.act_bytes() == 4;  // then the master is the compute copy
@@ -67,8 +66,15 @@ Model::Model(const ModelSpec& spec, Backend& backend, int B, int T, Recompute re
   params_ = fp32 ? static_cast<void*>(master_) : be_.alloc(buffer_elems_ * be_.act_bytes());
   tokens_ = static_cast<int32_t*>(be_.alloc(N * sizeof(int32_t)));
   targets_ = static_cast<int32_t*>(be_.alloc(N * sizeof(int32_t)));
-  activation_bytes_ = 0;
+}
 
+// Activations are allocated at the first forward, not in the constructor: by then ZeRO-1 has
+// sharded the fp32 master and freed the full one, so the activations reuse its memory and the
+// peak holds 1/dp of the master instead of all of it.
+void Model::allocate_activations() {
+  const int64_t N = int64_t{B_} * T_, B = B_, T = T_, d = spec_.d_model, hd = spec_.head_dim(),
+                H = layout_.local_heads(), KVH = layout_.local_kv_heads(), L = spec_.layers, F = layout_.local_ffn();
+  activation_bytes_ = 0;
   for (int l = 0; l <= L; ++l) resid_.push_back(alloc_act(N * d));
   k_.assign(L, nullptr);
   v_.assign(L, nullptr);
@@ -215,13 +221,47 @@ void Model::layer_forward(int l, LayerActs& a) {
     be_.add_inplace(y, x, N * d);
     return;
   }
-  // RowParallelLinear ×2: both partial sums land in y, one all-reduce, then biases + residual.
-  be_.matmul_forward(y, a.attn, p(lp.dense_w), nullptr, N, H * hd, d, false);
   be_.matmul_forward(a.h, a.ln2, p(lp.up_w), p(lp.up_b), N, d, F, false);  // ColumnParallelLinear
   be_.gelu_forward(a.gelu, a.h, N * F);
-  be_.matmul_forward(y, a.gelu, p(lp.down_w), nullptr, N, F, d, true);
-  tp_all_reduce(y, N * d);
+  tp_row_parallel_forward(l, a, y, x);
+}
+
+// tp > 1: RowParallelLinear ×2 (dense and MLP-down) into y, all-reduced, then biases + residual.
+// The all-reduce is the one collective on the forward's critical path, so the rows go in two
+// chunks: chunk 0's all-reduce (side queue) runs while chunk 1's two GEMMs compute, leaving only
+// chunk 1's on the path. Rows are independent, so the sums are the unchunked ones.
+void Model::tp_row_parallel_forward(int l, LayerActs& a, void* y, const void* x) {
+  const LayerParams& lp = layout_.layer(l);
+  const auto [N, d, hd, H, KVH, F, o, owner, shared_rot, base] = layer_shape(l);
+  const int64_t bounds[] = {0, N / 2, N};
+  for (int c = 0; c < 2; ++c) {
+    const int64_t r0 = bounds[c], rows = bounds[c + 1] - r0;
+    if (rows == 0) continue;
+    void* yc = act_rows(y, r0, d);
+    be_.matmul_forward(yc, act_rows(a.attn, r0, int64_t{H} * hd), p(lp.dense_w), nullptr, rows, H * hd, d, false);
+    be_.matmul_forward(yc, act_rows(a.gelu, r0, F), p(lp.down_w), nullptr, rows, F, d, true);
+    par_.tp_comm->side_wait_compute();
+    par_.tp_comm->all_reduce(yc, rows * d, parallel::act_dtype(be_.act_bytes()), parallel::ReduceOp::sum,
+                             parallel::Queue::side);
+  }
+  par_.tp_comm->compute_wait_side();
   parallel::add_residual_biases(be_, y, x, p(lp.dense_b), p(lp.down_b), N, d);
+}
+
+// A column-parallel layer's backward at tp > 1: every rank holds a partial din, whose all-reduce
+// (side queue) runs while the weight gradient computes. The caller waits (compute_wait_side)
+// before it reads din. At tp = 1 it is matmul_backward.
+void Model::column_parallel_backward(void* din, float* dw, float* dbias, const void* dout, const void* in,
+                                     const void* w, int64_t N, int IC, int OC) {
+  if (par_.tp == 1) {
+    be_.matmul_backward(din, dw, dbias, dout, in, w, N, IC, OC, false);
+    return;
+  }
+  be_.matmul_backward(din, nullptr, nullptr, dout, in, w, N, IC, OC, false);
+  par_.tp_comm->side_wait_compute();
+  par_.tp_comm->all_reduce(din, N * IC, parallel::act_dtype(be_.act_bytes()), parallel::ReduceOp::sum,
+                           parallel::Queue::side);
+  be_.matmul_backward(nullptr, dw, dbias, dout, in, w, N, IC, OC, false);
 }
 
 // On entry dresid_ holds ∂loss/∂x_{l+1}; on exit ∂loss/∂x_l (the identity path keeps it, the
@@ -240,14 +280,8 @@ void Model::layer_backward(int l, LayerActs& a) {
   // MLP branch
   be_.matmul_backward(dh_, g(lp.down_w), g(lp.down_b), dresid_, a.gelu, p(lp.down_w), N, F, d, false);
   be_.gelu_backward(dh_, a.h, dh_, N * F);
-  be_.matmul_backward(dln2_, g(lp.up_w), g(lp.up_b), dh_, a.ln2, p(lp.up_w), N, d, F, false);
-  // Column-parallel input: every rank holds a partial dln2. Its all-reduce runs on the tp side
-  // queue while the attention branch's backward computes.
-  if (par_.tp > 1) {
-    par_.tp_comm->side_wait_compute();
-    par_.tp_comm->all_reduce(dln2_, N * d, parallel::act_dtype(be_.act_bytes()), parallel::ReduceOp::sum,
-                             parallel::Queue::side);
-  }
+  // Column-parallel: the partial dln2's all-reduce also overlaps the whole attention backward.
+  column_parallel_backward(dln2_, g(lp.up_w), g(lp.up_b), dh_, a.ln2, p(lp.up_w), N, d, F);
   // attention branch
   be_.matmul_backward(dattn_, g(lp.dense_w), g(lp.dense_b), dresid_, a.attn, p(lp.dense_w), N, H * hd, d, false);
   const bool own_rot = owner && !shared_rot;
@@ -258,12 +292,9 @@ void Model::layer_backward(int l, LayerActs& a) {
   // Owners hand the group's summed dK/dV to their projection; readers pass only dQ.
   be_.qkv_split_rope_backward(dqkv_, dq_, dk_acc_, dv_acc_, B_, T_, H, owner ? KVH : 0, hd, s.rot_dims(), base,
                               shared_rot);
-  be_.matmul_backward(dln1_, g(lp.qkv_w), g(lp.qkv_b), dqkv_, a.ln1, p(lp.qkv_w), N, d, layout_.qkv_rows(l), false);
   // Partial dln1 likewise (its heads; a replicated K/V head's partial dK·Wk sums to the full one).
-  if (par_.tp > 1) {
-    tp_all_reduce(dln1_, N * d);
-    par_.tp_comm->compute_wait_side();
-  }
+  column_parallel_backward(dln1_, g(lp.qkv_w), g(lp.qkv_b), dqkv_, a.ln1, p(lp.qkv_w), N, d, layout_.qkv_rows(l));
+  if (par_.tp > 1) par_.tp_comm->compute_wait_side();
   be_.layernorm_backward(dresid_, g(lp.ln1_w), g(lp.ln1_b), dln1_, x, p(lp.ln1_w), a.ln1_mean, a.ln1_rstd, N, d);
   be_.layernorm_backward(dresid_, g(lp.ln2_w), g(lp.ln2_b), dln2_, x, p(lp.ln2_w), a.ln2_mean, a.ln2_rstd, N, d);
 }
@@ -274,6 +305,7 @@ void Model::forward(const int32_t* tokens) {
     if (tokens[i] < 0 || tokens[i] >= spec_.vocab)
       throw DataError("token id " + std::to_string(tokens[i]) + " at batch position " + std::to_string(i) +
                       " is outside the vocabulary [0, " + std::to_string(spec_.vocab) + ")");
+  if (resid_.empty()) allocate_activations();
   upload_tokens(tokens);
   be_.embedding_forward(resid_[0], tokens_, p(layout_.embed_in()), N, spec_.d_model);
   if (par_.tp > 1) tp_all_reduce(resid_[0], N * spec_.d_model);  // vocab-parallel: one rank had each row
@@ -327,9 +359,9 @@ LossSum Model::forward_backward(const int32_t* tokens, const int32_t* targets, f
   forward(tokens);
   const LossSum ls = loss(targets, dloss, true);  // logits_ now holds ∂loss/∂logits
   be_.zero(dresid_, N * d * be_.act_bytes());
-  be_.matmul_backward(dln1_, g(layout_.embed_out()), nullptr, logits_, lnf_out_, p(layout_.embed_out()), N, d,
-                      static_cast<int>(layout_.local_vocab()), false);
-  if (par_.tp > 1) tp_all_reduce(dln1_, N * d);
+  column_parallel_backward(dln1_, g(layout_.embed_out()), nullptr, logits_, lnf_out_, p(layout_.embed_out()), N, d,
+                           static_cast<int>(layout_.local_vocab()));
+  if (par_.tp > 1) par_.tp_comm->compute_wait_side();
   be_.layernorm_backward(dresid_, g(layout_.final_ln_w()), g(layout_.final_ln_b()), dln1_, resid_[spec_.layers],
                          p(layout_.final_ln_w()), lnf_mean_, lnf_rstd_, N, d);
   grads_ready(layout_.views()[layout_.final_ln_w()].offset);

@@ -47,7 +47,8 @@ struct ModelParallel {
 
 class Model {
  public:
-  // Allocates parameters, gradients and activations for micro-batches of B sequences of T tokens.
+  // Allocates parameters and gradients for micro-batches of B sequences of T tokens; the
+  // activations follow at the first forward (after ZeRO-1 has freed the full master).
   Model(const ModelSpec& spec, Backend& backend, int B, int T, Recompute recompute = Recompute::none,
         const ModelParallel& par = {});
   ~Model();
@@ -94,7 +95,7 @@ class Model {
   // Logits [B, T, V] as fp32 on the host (for parity checks and mlkv-eval dumps).
   std::vector<float> forward_logits(const int32_t* tokens);
 
-  size_t activation_bytes() const { return activation_bytes_; }
+  size_t activation_bytes() const { return activation_bytes_; }  // 0 until the first forward
 
  private:
   struct LayerActs;  // what one layer's forward saves for its backward
@@ -112,10 +113,17 @@ class Model {
   void layer_forward(int l, LayerActs& a);
   void layer_backward(int l, LayerActs& a);
   LossSum loss(const int32_t* targets, float dloss, bool compute_grad);
+  void allocate_activations();
   void* alloc_act(int64_t elems);
   float* alloc_f32(int64_t elems);
   void upload_tokens(const int32_t* tokens);
   void tp_all_reduce(void* buf, int64_t elems);
+  void tp_row_parallel_forward(int l, LayerActs& a, void* y, const void* x);
+  void column_parallel_backward(void* din, float* dw, float* dbias, const void* dout, const void* in, const void* w,
+                                int64_t N, int IC, int OC);
+  void* act_rows(void* base, int64_t row, int64_t width) const {
+    return static_cast<char*>(base) + row * width * be_.act_bytes();
+  }
   void grads_ready(int64_t from) {
     if (grad_ready_) grad_ready_(from);
   }

@@ -36,9 +36,10 @@ void CpuBackend::matmul_backward(void* din_, float* dw, float* dbias, const void
   const float* in = static_cast<const float*>(in_);
   const float* w = static_cast<const float*>(w_);
   if (din) cpu::gemm_nn(din, dout, w, N, IC, OC, OC, IC, IC, accumulate_din);
+  if (!dw && !dbias) return;
   std::vector<float> dout_t(static_cast<size_t>(N) * OC);
   cpu::transpose(dout_t.data(), dout, N, OC);
-  cpu::gemm_nn(dw, dout_t.data(), in, OC, IC, N, N, IC, IC, true);
+  if (dw) cpu::gemm_nn(dw, dout_t.data(), in, OC, IC, N, N, IC, IC, true);
   if (dbias) {
 #pragma omp parallel for schedule(static)
     for (int o = 0; o < OC; ++o) {

@@ -286,7 +286,7 @@ class CudaBackend final : public Backend {
                        int64_t N, int IC, int OC, bool accumulate_din) override {
     MLKV_PROFILE(shape("matmul_backward", N, IC, OC));
     if (din) gemm_->backward_input(B(din), B(dout), B(w), N, IC, OC, accumulate_din);
-    gemm_->backward_weight(dw, B(dout), B(in), N, IC, OC);
+    if (dw) gemm_->backward_weight(dw, B(dout), B(in), N, IC, OC);
     if (dbias) bias_grad(dbias, B(dout), N, OC, *scratch_, stream_);
   }
 
