@@ -9,6 +9,12 @@
 
 namespace mlkv {
 
+void Backend::select_attention(const std::string& impl) {
+  if (impl != "flash")
+    throw ConfigError("train.attention = \"" + impl + "\" is not available on backend " + name() +
+                      " (it has only \"flash\")");
+}
+
 bool cuda_available() {
 #ifdef MLKV_HAVE_CUDA
   return cuda_device_count() > 0;

@@ -2,7 +2,9 @@
 // attention.h) on attention shapes (B, H, KVH, T, hd), causal, bf16, and prints one row per shape:
 // median ms of the forward, of the backward, their sum, and TFLOP/s by the FlashAttention
 // convention (forward 4·B·H·T²·hd / 2 for causal, backward 2.5× that), so the numbers line up
-// with torch SDPA's (scripts/bench_attention.sh runs both on the same shapes).
+// with torch SDPA's (scripts/bench_attention.sh runs both on the same shapes). Built with cuDNN,
+// the same row also times our cuDNN SDPA backend (kernels/cuda/cudnn_attention.h) on the same
+// inputs: the backward contract (dK/dV added into fp32 sums) included.
 //
 //   mlkv-bench-attention [--shapes "B,H,KVH,T,hd;..."] [--iters N] [--csv FILE] [--mma]
 // --mma forces the portable mma.sync kernels instead of the Hopper wgmma ones.
@@ -20,11 +22,21 @@
 
 #include "core/errors.h"
 #include "kernels/cuda/attention.h"
+#ifdef MLKV_HAVE_CUDNN
+#include "kernels/cuda/cudnn_attention.h"
+#endif
 
 namespace {
 
 struct Shape {
   int B, H, KVH, T, hd;
+};
+
+// One attention implementation: the attention.h pair or the cudnn_attention.h pair.
+struct Impl {
+  void (*fwd)(void*, float*, const void*, const void*, const void*, int, int, int, int, int, cudaStream_t);
+  void (*bwd)(void*, float*, float*, const void*, const void*, const void*, const void*, const void*, const float*,
+              int, int, int, int, int, cudaStream_t);
 };
 
 // The peer shapes of shared/gpu-host/README.md, then MLKV shapes (fewer KV heads per layer).
@@ -105,15 +117,24 @@ int main(int argc, char** argv) {
     }
   }
   try {
+    std::vector<Impl> impls = {{mlkv::cuda::attention_forward, mlkv::cuda::attention_backward}};
+#ifdef MLKV_HAVE_CUDNN
+    impls.push_back({mlkv::cuda::cudnn_attention_forward, mlkv::cuda::cudnn_attention_backward});
+#endif
     cudaDeviceProp prop{};
     check(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties");
     std::printf("mlkv-bench-attention on %s, %s kernels, causal bf16, median of %d\n", prop.name,
                 mlkv::cuda::attention_sm90_active() ? "sm90 wgmma" : "mma.sync", iters);
-    std::printf("%-26s %9s %9s %9s %8s %8s\n", "B,H,KVH,T,hd", "fwd ms", "bwd ms", "total", "fwd TF/s", "bwd TF/s");
+#ifdef MLKV_HAVE_CUDNN
+    std::printf("our cuDNN SDPA backend: cuDNN %s at run time\n", mlkv::cuda::cudnn_attention_library_version().c_str());
+#endif
+    std::printf("%-22s %9s %9s %9s %8s %8s", "B,H,KVH,T,hd", "fwd ms", "bwd ms", "total", "fwd TF/s", "bwd TF/s");
+    if (impls.size() > 1) std::printf(" | %9s %9s %9s", "cuDNN fwd", "cuDNN bwd", "total");
+    std::printf("\n");
     std::ofstream csv_out;
     if (!csv.empty()) {
       csv_out.open(csv);
-      csv_out << "B,H,KVH,T,hd,fwd_ms,bwd_ms\n";
+      csv_out << "B,H,KVH,T,hd,fwd_ms,bwd_ms" << (impls.size() > 1 ? ",cudnn_fwd_ms,cudnn_bwd_ms" : "") << "\n";
     }
     for (const Shape& s : parse_shapes(shapes)) {
       const size_t nq = size_t(s.B) * s.H * s.T * s.hd, nkv = size_t(s.B) * s.KVH * s.T * s.hd;
@@ -135,21 +156,26 @@ int main(int argc, char** argv) {
       fill_random(dout, nq, 4);
       check(cudaMemset(dk, 0, nkv * 4), "cudaMemset");
       check(cudaMemset(dv, 0, nkv * 4), "cudaMemset");
-      const float fwd = median_ms(
-          [&] { mlkv::cuda::attention_forward(out, lse, q, k, v, s.B, s.T, s.H, s.KVH, s.hd, nullptr); }, iters);
-      const float bwd = median_ms(
-          [&] {
-            mlkv::cuda::attention_backward(dq, dk, dv, dout, q, k, v, out, lse, s.B, s.T, s.H, s.KVH, s.hd, nullptr);
-          },
-          iters);
-      check(cudaDeviceSynchronize(), "attention kernels");
+      std::vector<float> ms;  // fwd, bwd per implementation; each backward follows its own forward
+      for (const Impl& impl : impls) {
+        ms.push_back(median_ms([&] { impl.fwd(out, lse, q, k, v, s.B, s.T, s.H, s.KVH, s.hd, nullptr); }, iters));
+        ms.push_back(median_ms(
+            [&] { impl.bwd(dq, dk, dv, dout, q, k, v, out, lse, s.B, s.T, s.H, s.KVH, s.hd, nullptr); }, iters));
+        check(cudaDeviceSynchronize(), "attention kernels");
+      }
       const double fwd_flop = 4.0 * s.B * s.H * double(s.T) * s.T * s.hd / 2;
       char name[64];
       std::snprintf(name, sizeof name, "%d,%d,%d,%d,%d", s.B, s.H, s.KVH, s.T, s.hd);
-      std::printf("%-26s %9.3f %9.3f %9.3f %8.1f %8.1f\n", name, fwd, bwd, fwd + bwd, fwd_flop / fwd * 1e-9,
-                  2.5 * fwd_flop / bwd * 1e-9);
+      std::printf("%-22s %9.3f %9.3f %9.3f %8.1f %8.1f", name, ms[0], ms[1], ms[0] + ms[1], fwd_flop / ms[0] * 1e-9,
+                  2.5 * fwd_flop / ms[1] * 1e-9);
+      if (impls.size() > 1) std::printf(" | %9.3f %9.3f %9.3f", ms[2], ms[3], ms[2] + ms[3]);
+      std::printf("\n");
       std::fflush(stdout);
-      if (csv_out) csv_out << name << "," << fwd << "," << bwd << "\n";
+      if (csv_out) {
+        csv_out << name;
+        for (float t : ms) csv_out << "," << t;
+        csv_out << "\n";
+      }
       for (void* p : {q, k, v, out, dout, dq, static_cast<void*>(lse), static_cast<void*>(dk), static_cast<void*>(dv)})
         cudaFree(p);
     }

@@ -131,6 +131,7 @@ int main(int argc, char** argv) {
     cfg.parallel.tp = 1;  // evaluation splits batches over ranks (data parallel) only
     const mlkv::ModelSpec spec = cfg.spec();
     auto backend = mlkv::make_backend(cfg.train.backend, cfg.train.threads, mlkv::parallel::local_rank());
+    backend->select_attention(cfg.train.attention);
     auto ctx = mlkv::parallel::make_context(cfg, *backend);
     mlkv::log::set_rank(ctx->topo().world_rank);
 

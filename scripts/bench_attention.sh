@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Attention micro-benchmark (issue 6 item 6): our MLKV kernel (mlkv-bench-attention) and torch
-# SDPA with the cuDNN and FlashAttention-2 backends on the same shapes, in one run, one table.
+# Attention micro-benchmark (issue 6 item 6): our MLKV kernel and, when built with cuDNN, our cuDNN
+# SDPA backend (both mlkv-bench-attention), and torch SDPA with the cuDNN and FlashAttention-2
+# backends on the same shapes, in one run, one table.
 #   scripts/bench_attention.sh [BIN]     SHAPES="B,H,KVH,T,hd;..." ITERS=20 override the defaults
 set -euo pipefail
 cd "$(dirname "$0")/.."

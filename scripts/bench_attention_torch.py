@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Times torch.nn.functional.scaled_dot_product_attention (causal, bf16) forward and backward on
 attention shapes B,H,KVH,T,hd, with the cuDNN and FlashAttention-2 backends, and prints one table
-next to our kernel's numbers (a CSV from mlkv-bench-attention --csv, read with --ours-csv).
+next to our kernel's numbers (a CSV from mlkv-bench-attention --csv, read with --ours-csv) and,
+when that CSV has them, our own cuDNN SDPA backend's (train.attention = "cudnn").
 
 Query heads share KV heads through enable_gqa=True; where a backend refuses that, K/V are
 repeated to H heads before timing (the repeat is not timed; the row is marked 'x').
@@ -78,21 +79,25 @@ def main():
     ap.add_argument("--ours-csv", default="")
     args = ap.parse_args()
     shapes = [tuple(int(x) for x in s.split(",")) for s in args.shapes.split(";") if s]
-    ours = {}
+    ours, ours_cudnn = {}, {}
     if args.ours_csv:
         with open(args.ours_csv) as f:
             for row in csv.DictReader(f):
                 key = tuple(int(row[c]) for c in ("B", "H", "KVH", "T", "hd"))
                 ours[key] = (float(row["fwd_ms"]), float(row["bwd_ms"]))
+                if row.get("cudnn_fwd_ms"):
+                    ours_cudnn[key] = (float(row["cudnn_fwd_ms"]), float(row["cudnn_bwd_ms"]))
     print(f"torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}, {torch.cuda.get_device_name()}; "
           f"causal bf16; median of {args.iters}; ms (fwd / bwd / total); x = K/V repeated to H heads")
-    hdr = f"{'B,H,KVH,T,hd':<20} {'ours':>22} {'torch cuDNN':>24} {'torch FA2':>24} {'ours/cuDNN':>10} {'ours/FA2':>8}"
+    hdr = (f"{'B,H,KVH,T,hd':<20} {'ours':>22} {'our cuDNN backend':>22} {'torch cuDNN':>24} {'torch FA2':>24} "
+           f"{'ours/cuDNN':>10} {'ours/FA2':>8}")
     print(hdr)
     print("-" * len(hdr))
     for (B, H, KVH, T, hd) in shapes:
         cells = []
         o = ours.get((B, H, KVH, T, hd))
-        cells.append(f"{o[0]:6.3f} {o[1]:6.3f} {o[0] + o[1]:7.3f}" if o else f"{'-':>22}")
+        for r in (o, ours_cudnn.get((B, H, KVH, T, hd))):
+            cells.append(f"{r[0]:6.3f} {r[1]:6.3f} {r[0] + r[1]:7.3f}" if r else f"{'-':>22}")
         totals = []
         for backend in (SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION):
             r = time_backend(backend, B, H, KVH, T, hd, args.iters)
@@ -105,8 +110,8 @@ def main():
                 totals.append(f + b)
             torch.cuda.empty_cache()
         ratios = [f"{(o[0] + o[1]) / t:.2f}" if (o and t) else "-" for t in totals]
-        print(f"{f'{B},{H},{KVH},{T},{hd}':<20} {cells[0]:>22} {cells[1]:>24} {cells[2]:>24} {ratios[0]:>10} "
-              f"{ratios[1]:>8}", flush=True)
+        print(f"{f'{B},{H},{KVH},{T},{hd}':<20} {cells[0]:>22} {cells[1]:>22} {cells[2]:>24} {cells[3]:>24} "
+              f"{ratios[0]:>10} {ratios[1]:>8}", flush=True)
 
 
 if __name__ == "__main__":

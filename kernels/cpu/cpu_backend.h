@@ -52,6 +52,10 @@ class CpuBackend final : public Backend {
   void attention_backward(void* dq, float* dk, float* dv, const void* dout, const void* q, const void* k,
                           const void* v, const void* out, const float* lse, int B, int T, int H, int KVH,
                           int hd) override;
+  // One reference attention serves both "flash" and "cudnn": a CUDA config runs unchanged here.
+  void select_attention(const std::string& impl) override {
+    if (impl != "cudnn") Backend::select_attention(impl);
+  }
   void cross_entropy(float* losses, void* logits, const int32_t* targets, int64_t N, int64_t V, float dloss,
                      bool compute_grad) override;
   void adamw_update(float* master, void* act_params, const float* grad, float* m, float* v, int64_t n,

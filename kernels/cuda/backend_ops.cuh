@@ -1,5 +1,6 @@
 // Internal to the CUDA backend: error checks, bf16 vector helpers, the shared scratch buffer and
-// the launchers each kernels/cuda/<op>.cu defines. Only .cu files include this (never TOML++).
+// the launchers each kernels/cuda/<op>.cu defines. Included by the CUDA sources (the .cu files,
+// and cudnn_attention.cpp for the launchers; device helpers are nvcc-only), never with TOML++.
 // Conventions as in core/backend.h: outputs first, bf16 = activations/weights, float = fp32.
 #pragma once
 #include <cublasLt.h>
@@ -156,5 +157,7 @@ double reduce_sum(const float* x, int64_t n, bool squares, Scratch& scratch, cud
 // ---- cast.cu
 void cast_f32_to_bf16(bf16* out, const float* in, int64_t n, cudaStream_t s);
 void cast_bf16_to_f32(float* out, const bf16* in, int64_t n, cudaStream_t s);
+// out[n] (fp32) += in[n] (bf16): the cuDNN attention's per-layer dK/dV into the group sums.
+void add_bf16_to_f32(float* out, const bf16* in, int64_t n, cudaStream_t s);
 
 }  // namespace mlkv::cuda

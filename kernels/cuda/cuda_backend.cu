@@ -15,6 +15,7 @@
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/backend_ops.cuh"
 #include "kernels/cuda/cuda_backend.h"
+#include "kernels/cuda/cudnn_attention.h"
 
 namespace mlkv::cuda {
 
@@ -325,17 +326,43 @@ class CudaBackend final : public Backend {
     cuda::rope_backward_accumulate(dx, dout, BH, T, hd, rot, base, stream_);
   }
 
-  // ---- attention: the MLKV flash kernels (kernels/cuda/attention.h)
+  // ---- attention: the MLKV flash kernels (kernels/cuda/attention.h), or cuDNN's fused SDPA
+  // (kernels/cuda/cudnn_attention.h) when train.attention = "cudnn"
   void attention_forward(void* out, float* lse, const void* q, const void* k, const void* v, int Bn, int T, int H,
                          int KVH, int hd) override {
+#ifdef MLKV_HAVE_CUDNN
+    if (cudnn_attention_) {
+      MLKV_PROFILE("attention_forward_cudnn");
+      return cuda::cudnn_attention_forward(out, lse, q, k, v, Bn, T, H, KVH, hd, stream_);
+    }
+#endif
     MLKV_PROFILE("attention_forward");
     cuda::attention_forward(out, lse, q, k, v, Bn, T, H, KVH, hd, stream_);
   }
   void attention_backward(void* dq, float* dk, float* dv, const void* dout, const void* q, const void* k,
                           const void* v, const void* out, const float* lse, int Bn, int T, int H, int KVH,
                           int hd) override {
+#ifdef MLKV_HAVE_CUDNN
+    if (cudnn_attention_) {
+      MLKV_PROFILE("attention_backward_cudnn");
+      return cuda::cudnn_attention_backward(dq, dk, dv, dout, q, k, v, out, lse, Bn, T, H, KVH, hd, stream_);
+    }
+#endif
     MLKV_PROFILE("attention_backward");
     cuda::attention_backward(dq, dk, dv, dout, q, k, v, out, lse, Bn, T, H, KVH, hd, stream_);
+  }
+  void select_attention(const std::string& impl) override {
+#ifdef MLKV_HAVE_CUDNN
+    if (impl == "cudnn" || impl == "flash") {
+      cudnn_attention_ = impl == "cudnn";
+      return;
+    }
+#else
+    if (impl == "cudnn")
+      throw ConfigError("train.attention = \"cudnn\": cuDNN was not found when this build was configured "
+                        "(kernels/cuda/CMakeLists.txt looks for cudnn.h and libcudnn)");
+#endif
+    Backend::select_attention(impl);
   }
 
   // ---- loss, optimizer, reductions
@@ -368,6 +395,7 @@ class CudaBackend final : public Backend {
   std::unique_ptr<Scratch> scratch_;
   std::unique_ptr<Gemm> gemm_;
   std::unique_ptr<OpProfiler> prof_;
+  bool cudnn_attention_ = false;  // train.attention = "cudnn"
 };
 
 }  // namespace

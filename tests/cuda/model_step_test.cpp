@@ -1,7 +1,7 @@
 // Whole training steps, CUDA (bf16) against the CPU fp32 reference, on small Pythia-shaped MLKV
 // models (head dim 64): one forward+backward (loss within 1e-2, every parameter tensor's gradient
 // at cosine ≥ 0.999), then 200 AdamW steps on a learnable token stream whose loss curves must
-// track each other. Both backends start from the same bf16-representable weights, so the
+// track each other; and one step with train.attention = "cudnn" against the flash path. Both backends start from the same bf16-representable weights, so the
 // differences measured are those of bf16 compute alone.
 #include <cmath>
 
@@ -49,6 +49,22 @@ std::vector<float> bf16_params(const ParamLayout& layout, const ModelSpec& spec,
   return p;
 }
 
+// Every parameter tensor's gradient of `b` at cosine ≥ 0.999 to that of `a`.
+void expect_grads_close(const Model& a, const Model& b, const char* a_name, const char* b_name) {
+  const auto ga = a.get_grads(), gb = b.get_grads();
+  for (const ParamView& v : a.layout().views()) {
+    double dot = 0, na = 0, nb = 0;
+    for (int64_t i = v.offset; i < v.offset + v.numel; ++i) {
+      dot += double(ga[i]) * gb[i];
+      na += double(ga[i]) * ga[i];
+      nb += double(gb[i]) * gb[i];
+    }
+    const double cosine = dot / std::sqrt(na * nb + 1e-300);
+    EXPECT_GE(cosine, 0.999) << v.name << " (|" << a_name << "| " << std::sqrt(na) << ", |" << b_name << "| "
+                             << std::sqrt(nb) << ")";
+  }
+}
+
 class ModelStep : public CudaVsCpu, public ::testing::WithParamInterface<StepCase> {};
 
 TEST_P(ModelStep, OneStepLossAndGradientsMatchCpu) {
@@ -70,17 +86,35 @@ TEST_P(ModelStep, OneStepLossAndGradientsMatchCpu) {
   const LossSum lg = mg.forward_backward(tokens.data(), targets.data(), dloss);
   ASSERT_EQ(lc.count, lg.count);
   EXPECT_NEAR(lg.sum / lg.count, lc.sum / lc.count, 1e-2);
-  const auto gc = mc.get_grads(), gg = mg.get_grads();
-  for (const ParamView& v : mc.layout().views()) {
-    double dot = 0, nc = 0, ng = 0;
-    for (int64_t i = v.offset; i < v.offset + v.numel; ++i) {
-      dot += double(gc[i]) * gg[i];
-      nc += double(gc[i]) * gc[i];
-      ng += double(gg[i]) * gg[i];
-    }
-    const double cosine = dot / std::sqrt(nc * ng + 1e-300);
-    EXPECT_GE(cosine, 0.999) << v.name << " (|cpu| " << std::sqrt(nc) << ", |gpu| " << std::sqrt(ng) << ")";
-  }
+  expect_grads_close(mc, mg, "cpu", "gpu");
+}
+
+// train.attention = "cudnn": the same step with cuDNN's SDPA in place of our kernels lands on the
+// flash path's loss and gradients (both bf16; what differs is the two attentions' rounding).
+TEST_P(ModelStep, CudnnAttentionStepMatchesFlash) {
+#ifndef MLKV_HAVE_CUDNN
+  GTEST_SKIP() << "built without cuDNN";
+#else
+  const StepCase& c = GetParam();
+  const int64_t V = 1000;
+  const ModelSpec spec = spec_of(c, V);
+  const int B = 2, T = 128;
+  auto gpu_cudnn = make_cuda_backend(0);
+  gpu_cudnn->select_attention("cudnn");
+  Model mf(spec, *gpu, B, T), mn(spec, *gpu_cudnn, B, T);
+  const auto params = bf16_params(mf.layout(), spec, rng);
+  mf.set_master(params);
+  mn.set_master(params);
+  const auto tokens = randint(size_t(B) * T, 0, V);
+  const auto targets = randint(size_t(B) * T, 0, V);
+  const float dloss = 1.0f / (B * T);
+  mf.zero_grads();
+  mn.zero_grads();
+  const LossSum lf = mf.forward_backward(tokens.data(), targets.data(), dloss);
+  const LossSum ln = mn.forward_backward(tokens.data(), targets.data(), dloss);
+  EXPECT_NEAR(ln.sum / ln.count, lf.sum / lf.count, 5e-3);
+  expect_grads_close(mf, mn, "flash", "cudnn");
+#endif
 }
 
 // 200 steps on a repeating stream of `period` random ids: learnable, but longer than what one step
