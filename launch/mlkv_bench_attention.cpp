@@ -126,7 +126,8 @@ int main(int argc, char** argv) {
     std::printf("mlkv-bench-attention on %s, %s kernels, causal bf16, median of %d\n", prop.name,
                 mlkv::cuda::attention_sm90_active() ? "sm90 wgmma" : "mma.sync", iters);
 #ifdef MLKV_HAVE_CUDNN
-    std::printf("our cuDNN SDPA backend: cuDNN %s at run time\n", mlkv::cuda::cudnn_attention_library_version().c_str());
+    std::printf("our cuDNN SDPA backend: cuDNN %s at run time\n",
+                mlkv::cuda::cudnn_attention_library_version().c_str());
 #endif
     std::printf("%-22s %9s %9s %9s %8s %8s", "B,H,KVH,T,hd", "fwd ms", "bwd ms", "total", "fwd TF/s", "bwd TF/s");
     if (impls.size() > 1) std::printf(" | %9s %9s %9s", "cuDNN fwd", "cuDNN bwd", "total");

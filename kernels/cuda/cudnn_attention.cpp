@@ -186,7 +186,8 @@ class Graph {
                                         &count, nullptr),
                "count CUDNN_ATTR_ENGINEHEUR_RESULTS");
     std::vector<cudnnBackendDescriptor_t> raw;
-    for (int64_t i = 0; i < count; ++i) raw.push_back(descs_.emplace_back(CUDNN_BACKEND_ENGINECFG_DESCRIPTOR, where_).get());
+    for (int64_t i = 0; i < count; ++i)
+      raw.push_back(descs_.emplace_back(CUDNN_BACKEND_ENGINECFG_DESCRIPTOR, where_).get());
     heur.check(cudnnBackendGetAttribute(heur.get(), CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR,
                                         count, &count, raw.data()),
                "get CUDNN_ATTR_ENGINEHEUR_RESULTS");

@@ -1,8 +1,9 @@
 // Whole training steps, CUDA (bf16) against the CPU fp32 reference, on small Pythia-shaped MLKV
 // models (head dim 64): one forward+backward (loss within 1e-2, every parameter tensor's gradient
 // at cosine ≥ 0.999), then 200 AdamW steps on a learnable token stream whose loss curves must
-// track each other; and one step with train.attention = "cudnn" against the flash path. Both backends start from the same bf16-representable weights, so the
-// differences measured are those of bf16 compute alone.
+// track each other; and one step with train.attention = "cudnn" against the flash path. Both
+// backends start from the same bf16-representable weights, so the differences measured are those
+// of bf16 compute alone.
 #include <cmath>
 
 #include "core/config.h"
