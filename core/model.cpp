@@ -307,13 +307,32 @@ void Model::forward(const int32_t* tokens) {
                       " is outside the vocabulary [0, " + std::to_string(spec_.vocab) + ")");
   if (resid_.empty()) allocate_activations();
   upload_tokens(tokens);
+  params_needed(0);
   be_.embedding_forward(resid_[0], tokens_, p(layout_.embed_in()), N, spec_.d_model);
   if (par_.tp > 1) tp_all_reduce(resid_[0], N * spec_.d_model);  // vocab-parallel: one rank had each row
-  for (int l = 0; l < spec_.layers; ++l) layer_forward(l, *layer_acts_[recompute_ == Recompute::block ? 0 : l]);
+  for (int l = 0; l < spec_.layers; ++l) {
+    params_needed(l + 1);
+    layer_forward(l, *layer_acts_[recompute_ == Recompute::block ? 0 : l]);
+  }
+  params_needed(spec_.layers + 1);
   be_.layernorm_forward(lnf_out_, lnf_mean_, lnf_rstd_, resid_[spec_.layers], p(layout_.final_ln_w()),
                         p(layout_.final_ln_b()), N, spec_.d_model, static_cast<float>(spec_.ln_eps));
   be_.matmul_forward(logits_, lnf_out_, p(layout_.embed_out()), nullptr, N, spec_.d_model,
                      static_cast<int>(layout_.local_vocab()), false);
+}
+
+// Forward stages in buffer order (ParamLayout: embed_in, layers 0 … L − 1, final LN + embed_out).
+int64_t Model::stage_end(int stage) const {
+  const auto end = [this](int view) { return layout_.views()[view].offset + layout_.views()[view].numel; };
+  if (stage == 0) return end(layout_.embed_in());
+  if (stage <= spec_.layers) return end(layout_.layer(stage - 1).down_b);
+  return buffer_elems_;
+}
+
+void Model::params_needed(int stage) {
+  if (!params_needed_) return;
+  const auto hook = params_needed_;  // a copy: the hook may clear params_needed_
+  hook(stage_end(stage), stage_end(std::min(stage + 1, spec_.layers + 1)));
 }
 
 // tp > 1: ids of other ranks' vocabulary rows point at the zero scratch row after embed_in.

@@ -87,6 +87,11 @@ class Model {
   // >= ready_from have received this micro-batch's last contribution (top of the model first;
   // 0 at the end): data parallelism starts reducing those buckets while the backward goes on.
   void set_grad_ready_hook(std::function<void(int64_t ready_from)> f) { grad_ready_ = std::move(f); }
+  // While set, called by the forward before each stage (embedding, each layer, the head) reads
+  // its parameters: the compute copy must be valid below buffer offset `need` now, and the next
+  // stage reads below `ahead`. ZeRO-1 all-gathers the updated weights this way, overlapped with
+  // the forward. The hook may clear itself.
+  void set_params_needed_hook(std::function<void(int64_t need, int64_t ahead)> f) { params_needed_ = std::move(f); }
 
   // One micro-batch: tokens[B, T] inputs, targets[B, T] (negative = ignored), host memory.
   // forward_backward adds dloss·∂(Σ losses)/∂θ into grads() and returns the loss sum.
@@ -127,6 +132,8 @@ class Model {
   void grads_ready(int64_t from) {
     if (grad_ready_) grad_ready_(from);
   }
+  int64_t stage_end(int stage) const;  // buffer offset where forward stage 0 … L + 1's params end
+  void params_needed(int stage);
 
   ModelSpec spec_;
   ModelParallel par_;
@@ -137,6 +144,7 @@ class Model {
   int64_t buffer_elems_ = 0;
   std::function<void(const float*)> master_listener_;
   std::function<void(int64_t)> grad_ready_;
+  std::function<void(int64_t, int64_t)> params_needed_;
   std::vector<int32_t> local_tokens_;  // tp > 1: token ids relative to this rank's vocab rows
   float *ce_max_ = nullptr, *ce_sums_ = nullptr;  // tp > 1: vocab-parallel cross-entropy stats
   std::vector<void*> allocations_;

@@ -203,16 +203,51 @@ UpdateStats DistributedContext::optimizer_step(AdamW& opt, Model& model, double 
   local = std::max(0.0, local);
   if (!sh) return opt.step(model.master(), model.compute_params(), model.grads(), lr, local);
 
+  finish_param_gathers();  // a step without a forward since the last one (never in training)
   const UpdateStats st = opt.step(master_shard_, compute_shard_, grad_shard_, lr, local);
   if (st.skipped) return st;
-  // Every rank's updated piece of every bucket into every rank's full compute copy.
+  // Every rank's updated piece of every bucket goes into every rank's full compute copy, but not
+  // here: the next forward asks for each layer's weights as it reaches them (on_params_needed),
+  // so the all-gathers run under the forward's compute instead of between two steps.
+  dev_dp_->side_wait_compute();  // after the update of the shard
+  gathers_issued_ = 0;
+  gathers_due_ = plan_.buckets().size();
+  model.set_params_needed_hook([this](int64_t need, int64_t ahead) { on_params_needed(need, ahead); });
+  return st;
+}
+
+// Side-queue all-gathers of the buckets that start below `upto`, bottom of the buffer first (the
+// order the forward reads it), each issued once.
+void DistributedContext::issue_param_gathers(int64_t upto) {
+  const auto& buckets = plan_.buckets();  // top first
   const int ab = be_.act_bytes();
   const char* src = compute_shard_ ? static_cast<const char*>(compute_shard_)
                                    : reinterpret_cast<const char*>(master_shard_);
-  char* dst = static_cast<char*>(model.compute_params());
-  for (const Bucket& b : plan_.buckets())
-    dev_dp_->all_gather(dst + b.lo * ab, src + b.local_off * ab, b.piece, act_dtype(ab));
-  return st;
+  char* dst = static_cast<char*>(model_->compute_params());
+  for (; gathers_issued_ < gathers_due_; ++gathers_issued_) {
+    const Bucket& b = buckets[buckets.size() - 1 - gathers_issued_];
+    if (b.lo >= upto) break;
+    dev_dp_->all_gather(dst + b.lo * ab, src + b.local_off * ab, b.piece, act_dtype(ab), Queue::side);
+  }
+}
+
+// The forward is about to read the weights below `need`: wait for their gathers (and any issued
+// earlier), then start those of the next stage so they overlap this one's compute.
+void DistributedContext::on_params_needed(int64_t need, int64_t ahead) {
+  issue_param_gathers(need);
+  dev_dp_->compute_wait_side();
+  if (gathers_issued_ == gathers_due_) {  // all issued before the wait: the copy is whole
+    gathers_issued_ = gathers_due_ = 0;
+    model_->set_params_needed_hook(nullptr);
+    return;
+  }
+  issue_param_gathers(ahead);
+}
+
+// Completes the owed gathers now: before anything but the forward touches the compute copy.
+void DistributedContext::finish_param_gathers() {
+  if (gathers_due_ == 0) return;
+  on_params_needed(INT64_MAX, INT64_MAX);
 }
 
 const ParamLayout& DistributedContext::tp_layout(int t) {
@@ -225,6 +260,7 @@ std::vector<float> DistributedContext::gather_tensor(Model& model, AdamW& opt, c
                                                      StateKind kind) {
   adopt(model, &opt);
   if (&opt != opt_) throw Error("gather_tensor: not this context's optimizer");
+  finish_param_gathers();
   const ParamView& v = model.layout().at(name);
   const bool sh = sharded();
   // This rank's contribution: its shard's pieces of the view (ZeRO-1), or the whole local view
@@ -279,6 +315,7 @@ void DistributedContext::scatter_tensor(Model& model, AdamW& opt, const std::str
                                         const std::vector<float>& full) {
   adopt(model, &opt);
   if (&opt != opt_) throw Error("scatter_tensor: not this context's optimizer");
+  finish_param_gathers();
   const ParamView& v = model.layout().at(name);
   const std::vector<float> local = local_slice(v, full);
   if (!sharded()) return write_view(model, opt, v, kind, local.data());

@@ -53,6 +53,9 @@ class DistributedContext final : public Context {
   void bind(Model& model, bool zero1);
   void adopt(Model& model, AdamW* opt);
   void on_grads_ready(int64_t from);
+  void issue_param_gathers(int64_t upto);
+  void on_params_needed(int64_t need, int64_t ahead);
+  void finish_param_gathers();
   bool reduces() const { return topo_.dp > 1 || kv_copies_ > 1; }
   const ParamLayout& tp_layout(int tp_rank);
 
@@ -75,6 +78,9 @@ class DistributedContext final : public Context {
   std::vector<Segment> norm_segments_;  // coords of the buffer the norm is taken over
   size_t next_kv_ = 0, next_bucket_ = 0;
   bool hooked_ = false;
+  // ZeRO-1 all-gathers of the updated compute copy still owed to the next forward: buckets
+  // counted from the bottom of the buffer; gathers_issued_ < gathers_due_ while some are unissued.
+  size_t gathers_issued_ = 0, gathers_due_ = 0;
   std::vector<std::unique_ptr<ParamLayout>> tp_layouts_;  // every tp rank's layout (checkpoints)
 };
 
