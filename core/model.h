@@ -123,12 +123,8 @@ class Model {
   float* alloc_f32(int64_t elems);
   void upload_tokens(const int32_t* tokens);
   void tp_all_reduce(void* buf, int64_t elems);
-  void tp_row_parallel_forward(int l, LayerActs& a, void* y, const void* x);
   void column_parallel_backward(void* din, float* dw, float* dbias, const void* dout, const void* in, const void* w,
                                 int64_t N, int IC, int OC);
-  void* act_rows(void* base, int64_t row, int64_t width) const {
-    return static_cast<char*>(base) + row * width * be_.act_bytes();
-  }
   void grads_ready(int64_t from) {
     if (grad_ready_) grad_ready_(from);
   }
