@@ -52,6 +52,13 @@ if has memcheck; then
     --gtest_filter="${MEMCHECK_FILTER:--*TwoHundred*}" --gtest_brief=1 >"$OUT/memcheck.log" 2>&1
   log "memcheck rc=$?"
   grep -E "ERROR SUMMARY|PASSED|FAILED" "$OUT/memcheck.log" | tail -3 >>"$S"
+  # The attention kernels (ours, both families, and the cuDNN path) on small uneven shapes that
+  # cover every head dim and partial tiles; the large shapes take minutes under memcheck.
+  timeout 240 compute-sanitizer --tool memcheck --error-exitcode 9 "$BUILD/tests/cuda_attention/test_cuda_attention" \
+    --gtest_filter="${MEMCHECK_ATTN_FILTER:-*B2_T17_*:*B1_T257_*:*B1_T31_*:*B2_T77_*:*B2_T191_*}" --gtest_brief=1 \
+    >"$OUT/memcheck_attention.log" 2>&1
+  log "memcheck attention rc=$?"
+  grep -E "ERROR SUMMARY|PASSED|FAILED" "$OUT/memcheck_attention.log" | tail -3 >>"$S"
 fi
 
 if has bench; then
