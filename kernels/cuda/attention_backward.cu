@@ -9,7 +9,9 @@
 //     recomputing Pᵀ and dSᵀ and summing dV += Pᵀ · dO and dK += scale · dSᵀ · Q in registers.
 //     At the end it adds (plain read-add-write) into the fp32 group buffers dk, dv[B, KVH, T, hd]:
 //     no other block touches those rows, so the sum is deterministic, and across calls the
-//     buffers collect every layer that reads the shared K/V (DESIGN §3b).
+//     buffers collect every layer that reads the shared K/V (DESIGN §3b). With few such blocks
+//     the group's heads are split over several blocks whose partial sums a third kernel adds in a
+//     fixed order (DkdvSplit in attention_launch.cuh; both kernel families).
 //
 // Kernel 2 recomputes what kernel 1 computed (S and dP): 7 tile products per (query, key) tile
 // pair instead of FlashAttention-2's 5, the price of no atomics and no per-KV-tile dQ partials.
@@ -215,8 +217,8 @@ template <int HD>
 __global__ void __launch_bounds__(256)
     attention_bwd_dkdv_kernel(float* __restrict__ dk, float* __restrict__ dv, const bf16* __restrict__ dout,
                               const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v,
-                              const float* __restrict__ lse, const float* __restrict__ dvec, int T, int H,
-                              int group, float scale_log2, float scale) {
+                              const float* __restrict__ lse, const float* __restrict__ dvec, int B, int T,
+                              int H, int group, DkdvSplit split, float scale_log2, float scale) {
   using Tile = DkdvTile<HD>;
   constexpr int kLd = Tile::kLd, kLdP = Tile::kLdP, kBr = Tile::kBr, kBc = Tile::kBc, kNT = Tile::kThreads;
   constexpr int kHalf = HD / 2, kNT2 = kHalf / 8;  // phase-2 columns per warp, and their n8 tiles
@@ -231,20 +233,20 @@ __global__ void __launch_bounds__(256)
   float* sD = sL + 2 * kBr;                                          // [2][kBr] D
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int jt = blockIdx.x;  // low key tiles see the most queries and are launched first
-  const int g = blockIdx.y, b = blockIdx.z;
-  const int KVH = gridDim.y;
+  const int KVH = H / group;
+  const DkdvBlock blk = dkdv_block(split, B, KVH);
+  const int jt = blk.jt, g = blk.g, b = blk.b;
+  const int h0 = g * group + blk.slice * split.heads_per;  // first query head of this block
   const int kv0 = jt * kBc;
   const int64_t row_stride = int64_t(H) * HD;
 
   const int n_q = (T + kBr - 1) / kBr;
   const int q_first = kv0 / kBr;  // first query tile reaching this key tile (kBr == kBc)
   const int per_head = n_q - q_first;
-  const int n_steps = group * per_head;
+  const int n_steps = split.heads_per * per_head;
 
   auto load_step = [&](int step, int stage) {
-    const int hh = step / per_head, qi = q_first + step % per_head;
-    const int h = g * group + hh;
+    const int h = h0 + step / per_head, qi = q_first + step % per_head;
     const int qr0 = qi * kBr;
     load_tile_async<kBr, HD, kNT>(sQ + stage * kBr * kLd, q + (int64_t(b) * H + h) * T * HD, HD, qr0, T, tid);
     load_tile_async<kBr, HD, kNT>(sdO + stage * kBr * kLd, dout + int64_t(b) * T * row_stride + h * HD, row_stride,
@@ -346,7 +348,12 @@ __global__ void __launch_bounds__(256)
     __syncthreads();  // sP/sdS and this stage are rewritten next step
   }
 
-  // Add this block's sums into the group buffers (rows it owns exclusively).
+  // Add this block's sums into the group buffers (rows it owns exclusively); slices after the
+  // first write their partials instead (added by add_dkdv_partials).
+  const bool first = blk.slice == 0;
+  const int64_t part = (blk.slice - 1) * (int64_t(B) * KVH * T * HD);
+  float* ok = first ? dk : split.part_k + part;
+  float* ov = first ? dv : split.part_v + part;
   const int key_w = kv0 + r2 * 16 + (lane >> 2);
 #pragma unroll
   for (int nt = 0; nt < kNT2; ++nt) {
@@ -355,9 +362,9 @@ __global__ void __launch_bounds__(256)
     for (int hr = 0; hr < 2; ++hr) {
       const int key = key_w + hr * 8;
       if (key >= T) continue;
-      float2* pk = reinterpret_cast<float2*>(dk + kvbase + int64_t(key) * HD + col);
-      float2* pv = reinterpret_cast<float2*>(dv + kvbase + int64_t(key) * HD + col);
-      float2 xk = *pk, xv = *pv;
+      float2* pk = reinterpret_cast<float2*>(ok + kvbase + int64_t(key) * HD + col);
+      float2* pv = reinterpret_cast<float2*>(ov + kvbase + int64_t(key) * HD + col);
+      float2 xk = first ? *pk : make_float2(0.f, 0.f), xv = first ? *pv : make_float2(0.f, 0.f);
       xk.x += dka[nt][2 * hr] * scale;
       xk.y += dka[nt][2 * hr + 1] * scale;
       xv.x += dva[nt][2 * hr];
@@ -383,22 +390,27 @@ void launch_dq(void* dq, float* dvec, const void* dout, const void* q, const voi
   check_launch("attention_bwd_dq_kernel");
 }
 
+constexpr int kDkdvKeyTile = 64;  // DkdvTile<HD>::kBc for every HD
+
 template <int HD>
 void launch_dkdv(float* dk, float* dv, const float* dvec, const void* dout, const void* q, const void* k,
-                 const void* v, const float* lse, int B, int T, int H, int KVH, cudaStream_t stream) {
+                 const void* v, const float* lse, int B, int T, int H, int KVH, const DkdvSplit& split,
+                 cudaStream_t stream) {
   using Tile = DkdvTile<HD>;
+  static_assert(Tile::kBc == kDkdvKeyTile);
   const float scale = 1.f / std::sqrt(float(HD));
   auto kernel = attention_bwd_dkdv_kernel<HD>;
   allow_smem(kernel, Tile::kSmem);
-  const dim3 grid((T + Tile::kBc - 1) / Tile::kBc, KVH, B);
-  kernel<<<grid, Tile::kThreads, Tile::kSmem, stream>>>(
+  const int64_t blocks = int64_t((T + Tile::kBc - 1) / Tile::kBc) * KVH * B * split.split;
+  kernel<<<dim3(unsigned(blocks)), Tile::kThreads, Tile::kSmem, stream>>>(
       dk, dv, static_cast<const bf16*>(dout), static_cast<const bf16*>(q), static_cast<const bf16*>(k),
-      static_cast<const bf16*>(v), lse, dvec, T, H, H / KVH, scale * kLog2e, scale);
+      static_cast<const bf16*>(v), lse, dvec, B, T, H, H / KVH, split, scale * kLog2e, scale);
   check_launch("attention_bwd_dkdv_kernel");
 }
 
 // ------------------------------------------------------------------------------------------
-// Workspace: one lazily grown buffer per device, for D [B, H, T] fp32.
+// Workspace: one lazily grown buffer per device, for D [B, H, T] fp32 and, after it, the dK/dV
+// head split's partials.
 struct Workspace {
   void* ptr = nullptr;
   size_t bytes = 0;
@@ -423,11 +435,21 @@ float* workspace(size_t bytes) {
   return static_cast<float*>(w.ptr);
 }
 
+// D's floats, rounded up so that the partials after it stay 16-byte aligned (float4 reduction).
+size_t dvec_floats(int B, int T, int H) { return (size_t(B) * H * T + 63) / 64 * 64; }
+
+// The head split of whichever dK/dV kernel attention_backward will run for hd.
+DkdvSplit dkdv_split_for(int B, int T, int H, int KVH, int hd) {
+  const bool sm90 = sm90_enabled() && backward_dkdv_sm90_supports(hd);
+  return choose_dkdv_split(B, T, H, KVH, sm90 ? backward_dkdv_sm90_key_tile() : kDkdvKeyTile);
+}
+
 }  // namespace
 }  // namespace attn
 
-size_t attention_backward_workspace_bytes(int B, int T, int H, int /*KVH*/, int /*hd*/) {
-  return size_t(B) * H * T * sizeof(float);
+size_t attention_backward_workspace_bytes(int B, int T, int H, int KVH, int hd) {
+  const attn::DkdvSplit split = attn::dkdv_split_for(B, T, H, KVH, hd);
+  return (attn::dvec_floats(B, T, H) + attn::dkdv_partial_floats(split, B, T, KVH, hd)) * sizeof(float);
 }
 
 void attention_release_workspace() {
@@ -450,9 +472,14 @@ void attention_backward(void* dq, float* dk, float* dv, const void* dout, const 
   const void* ptrs[] = {dq, dk, dv, dout, q, k, v, out};
   for (const void* p : ptrs)
     if (!attn::aligned16(p)) throw Error("attention_backward: all tensors must be 16-byte aligned");
-  float* dvec = attn::workspace(attention_backward_workspace_bytes(B, T, H, KVH, hd));
+  attn::DkdvSplit split = attn::dkdv_split_for(B, T, H, KVH, hd);
+  const size_t n_part = attn::dkdv_partial_floats(split, B, T, KVH, hd);
+  float* dvec = attn::workspace((attn::dvec_floats(B, T, H) + n_part) * sizeof(float));
+  split.part_k = dvec + attn::dvec_floats(B, T, H);
+  split.part_v = split.part_k + n_part / 2;
   const bool sm90 = attn::sm90_enabled();
-  // Kernel 1 (dq, and D for kernel 2), then kernel 2 (dK, dV) on the same stream.
+  // Kernel 1 (dq, and D for kernel 2), then kernel 2 (dK, dV), then the sum of kernel 2's head-split
+  // partials (if any), on the same stream.
   if (sm90) {
     attn::backward_dq_sm90(dq, dvec, dout, q, k, v, out, lse, B, T, H, KVH, hd, stream);
   } else {
@@ -464,15 +491,16 @@ void attention_backward(void* dq, float* dk, float* dv, const void* dout, const 
     }
   }
   if (sm90 && attn::backward_dkdv_sm90_supports(hd)) {
-    attn::backward_dkdv_sm90(dk, dv, dout, q, k, v, lse, dvec, B, T, H, KVH, hd, stream);
+    attn::backward_dkdv_sm90(dk, dv, dout, q, k, v, lse, dvec, B, T, H, KVH, hd, split, stream);
   } else {
     switch (hd) {
-      case 64: attn::launch_dkdv<64>(dk, dv, dvec, dout, q, k, v, lse, B, T, H, KVH, stream); break;
-      case 80: attn::launch_dkdv<80>(dk, dv, dvec, dout, q, k, v, lse, B, T, H, KVH, stream); break;
-      case 128: attn::launch_dkdv<128>(dk, dv, dvec, dout, q, k, v, lse, B, T, H, KVH, stream); break;
-      case 256: attn::launch_dkdv<256>(dk, dv, dvec, dout, q, k, v, lse, B, T, H, KVH, stream); break;
+      case 64: attn::launch_dkdv<64>(dk, dv, dvec, dout, q, k, v, lse, B, T, H, KVH, split, stream); break;
+      case 80: attn::launch_dkdv<80>(dk, dv, dvec, dout, q, k, v, lse, B, T, H, KVH, split, stream); break;
+      case 128: attn::launch_dkdv<128>(dk, dv, dvec, dout, q, k, v, lse, B, T, H, KVH, split, stream); break;
+      case 256: attn::launch_dkdv<256>(dk, dv, dvec, dout, q, k, v, lse, B, T, H, KVH, split, stream); break;
     }
   }
+  attn::add_dkdv_partials(dk, dv, split, B, T, KVH, hd, stream);
 }
 
 }  // namespace mlkv::cuda

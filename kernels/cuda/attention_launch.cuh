@@ -1,5 +1,6 @@
-// Host-side helpers shared by the attention launchers: argument checks, launch checks and the
-// dynamic shared-memory opt-in. Included only from the attention .cu files.
+// Host-side helpers shared by the attention launchers: argument checks, launch checks, the
+// dynamic shared-memory opt-in, and the head split of the dK/dV kernels. Included only from the
+// attention .cu files.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -38,6 +39,45 @@ inline void allow_smem(Kernel kernel, size_t bytes) {
   if (bytes > 48 * 1024)
     check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)),
                "cudaFuncSetAttribute(MaxDynamicSharedMemorySize)");
+}
+
+// Head split of the dK/dV kernels. One block per (key tile, b, kv head) loops over every query
+// head of the group; with few KV heads and small B that is fewer blocks than SMs (2,16,1,8192,128:
+// 128 blocks). Then the group's heads are cut into `split` slices of heads_per heads, one block
+// each: slice 0 adds into dk/dv as before, slice s > 0 writes its fp32 sums to part_k/part_v
+// [split-1][B, KVH, T, hd], and add_dkdv_partials adds slices 1.. to dk/dv in slice order. The
+// order is fixed, so the result stays bitwise deterministic without atomics.
+struct DkdvSplit {
+  int split = 1, heads_per = 1;
+  float* part_k = nullptr;
+  float* part_v = nullptr;
+};
+
+// The split for a dK/dV kernel with key tiles of key_tile rows (partials unset): 1 when there are
+// enough blocks for the SMs, else the smallest divisor of the group that gives enough.
+DkdvSplit choose_dkdv_split(int B, int T, int H, int KVH, int key_tile);
+// Floats of partial scratch the split needs (part_k and part_v together).
+size_t dkdv_partial_floats(const DkdvSplit& sp, int B, int T, int KVH, int hd);
+// dk, dv [B, KVH, T, hd] += Σ_{s=1..split-1} partials (s ascending). No-op for split 1.
+void add_dkdv_partials(float* dk, float* dv, const DkdvSplit& sp, int B, int T, int KVH, int hd,
+                       cudaStream_t stream);
+
+// The (key tile, b, kv head, head slice) of a dK/dV block. Numbered with the key tile slowest, so
+// that all blocks of key tile 0 (the most causal query tiles) start first and the light last
+// tiles fill the SMs at the end (longest job first), and the slices of one tile run side by side.
+struct DkdvBlock {
+  int jt, b, g, slice;
+};
+__device__ __forceinline__ DkdvBlock dkdv_block(const DkdvSplit& sp, int B, int KVH) {
+  int idx = blockIdx.x;
+  DkdvBlock r;
+  r.slice = idx % sp.split;
+  idx /= sp.split;
+  r.g = idx % KVH;
+  idx /= KVH;
+  r.b = idx % B;
+  r.jt = idx / B;
+  return r;
 }
 
 }  // namespace mlkv::cuda::attn

@@ -8,11 +8,13 @@
 //    P, dS = P∘(dP − D)          registers → dS to shared memory
 //    dQ += dS·K                  wgmma (K read MN-major)
 //  dK/dV kernel, per warpgroup 64 keys of one (b, kv head), 2 warpgroups a block; per query head
-//  of the group and per query tile of BR rows at or below the diagonal:
+//  of the block's slice of the group (DkdvSplit) and per query tile of BR rows at or below the
+//  diagonal:
 //    Sᵀ = K·Qᵀ, dPᵀ = V·dOᵀ      wgmma (K-major operands)
 //    Pᵀ, dSᵀ                     registers → shared memory
 //    dV += Pᵀ·dO, dK += dSᵀ·Q    wgmma (dO, Q read MN-major)
-//  then plain read-add-write of the fp32 sums into dk, dv (rows owned by this block only).
+//  then plain read-add-write of the fp32 sums into dk, dv (rows owned by this block only), or, for
+//  slices after the first, a plain write into the split's partials.
 #include <cmath>
 
 #include "kernels/cuda/attention_launch.cuh"
@@ -247,8 +249,8 @@ __global__ void __launch_bounds__(256, 1)
     attention_bwd_dkdv_sm90_kernel(float* __restrict__ dk, float* __restrict__ dv, const bf16* __restrict__ dout,
                                    const bf16* __restrict__ q, const bf16* __restrict__ k,
                                    const bf16* __restrict__ v, const float* __restrict__ lse,
-                                   const float* __restrict__ dvec, int T, int H, int group, float scale_log2,
-                                   float scale) {
+                                   const float* __restrict__ dvec, int B, int T, int H, int group,
+                                   DkdvSplit split, float scale_log2, float scale) {
 #ifdef MLKV_SM90A
   using Tile = Sm90DkdvTile<HD, BR, NS>;
   constexpr int kBc = Tile::kBc, kBr = Tile::kBr, kNT = Tile::kThreads;
@@ -265,20 +267,21 @@ __global__ void __launch_bounds__(256, 1)
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int wg = warp >> 2, wq = warp & 3;
-  const int jt = blockIdx.x, g = blockIdx.y, b = blockIdx.z;
-  const int KVH = gridDim.y;
+  const int KVH = H / group;
+  const DkdvBlock blk = dkdv_block(split, B, KVH);
+  const int jt = blk.jt, g = blk.g, b = blk.b;
+  const int h0 = g * group + blk.slice * split.heads_per;  // first query head of this block
   const int kv0 = jt * kBc;
   const int64_t row_stride = int64_t(H) * HD;
   const int n_q = (T + kBr - 1) / kBr;
   const int q_first = kv0 / kBr;
   const int per_head = n_q - q_first;
-  const int n_steps = group * per_head;
+  const int n_steps = split.heads_per * per_head;
 
   const TileLoader<kBr, HD, kNT> q_loader(tid);
   auto load_step = [&](int step) {  // step's Q, dO, lse, D into stage step % kS
     const int stage = step % kS;
-    const int hh = step / per_head, qi = q_first + step % per_head;
-    const int h = g * group + hh;
+    const int h = h0 + step / per_head, qi = q_first + step % per_head;
     const int qr0 = qi * kBr;
     q_loader.load(sQ + stage * kBr * HD, q + (int64_t(b) * H + h) * T * HD, HD, qr0, T, tid);
     q_loader.load(sdO + stage * kBr * HD, dout + int64_t(b) * T * row_stride + h * HD, row_stride, qr0, T, tid);
@@ -407,6 +410,11 @@ __global__ void __launch_bounds__(256, 1)
   fence_regs(dva);
   fence_regs(dka);
 
+  // Slice 0 adds into the caller's sums; slice s > 0 writes partial s-1 (add_dkdv_partials).
+  const bool first = blk.slice == 0;
+  const int64_t part = (blk.slice - 1) * (int64_t(B) * KVH * T * HD);
+  float* ok = first ? dk : split.part_k + part;
+  float* ov = first ? dv : split.part_v + part;
 #pragma unroll
   for (int dt = 0; dt < HD / 8; ++dt) {
     const int col = dt * 8 + (lane & 3) * 2;
@@ -414,9 +422,9 @@ __global__ void __launch_bounds__(256, 1)
     for (int hr = 0; hr < 2; ++hr) {
       const int key = key_r + hr * 8;
       if (key >= T) continue;
-      float2* pk = reinterpret_cast<float2*>(dk + kvbase + int64_t(key) * HD + col);
-      float2* pv = reinterpret_cast<float2*>(dv + kvbase + int64_t(key) * HD + col);
-      float2 xk = *pk, xv = *pv;
+      float2* pk = reinterpret_cast<float2*>(ok + kvbase + int64_t(key) * HD + col);
+      float2* pv = reinterpret_cast<float2*>(ov + kvbase + int64_t(key) * HD + col);
+      float2 xk = first ? *pk : make_float2(0.f, 0.f), xv = first ? *pv : make_float2(0.f, 0.f);
       xk.x += dka[4 * dt + 2 * hr] * scale;
       xk.y += dka[4 * dt + 2 * hr + 1] * scale;
       xv.x += dva[4 * dt + 2 * hr];
@@ -445,16 +453,16 @@ void launch_dq_sm90(void* dq, float* dvec, const void* dout, const void* q, cons
 
 template <int HD, int BR, int NS>
 void launch_dkdv_sm90(float* dk, float* dv, const void* dout, const void* q, const void* k, const void* v,
-                      const float* lse, const float* dvec, int B, int T, int H, int KVH, cudaStream_t stream) {
+                      const float* lse, const float* dvec, int B, int T, int H, int KVH, const DkdvSplit& split,
+                      cudaStream_t stream) {
   using Tile = Sm90DkdvTile<HD, BR, NS>;
   auto kernel = attention_bwd_dkdv_sm90_kernel<HD, BR, NS>;
   allow_smem(kernel, Tile::kSmem);
   const float scale = 1.f / std::sqrt(float(HD));
-  const dim3 grid((T + Tile::kBc - 1) / Tile::kBc, KVH, B);
-  kernel<<<grid, Tile::kThreads, Tile::kSmem, stream>>>(dk, dv, static_cast<const bf16*>(dout),
-                                                        static_cast<const bf16*>(q), static_cast<const bf16*>(k),
-                                                        static_cast<const bf16*>(v), lse, dvec, T, H, H / KVH,
-                                                        scale * kLog2e, scale);
+  const int64_t blocks = int64_t((T + Tile::kBc - 1) / Tile::kBc) * KVH * B * split.split;
+  kernel<<<dim3(unsigned(blocks)), Tile::kThreads, Tile::kSmem, stream>>>(
+      dk, dv, static_cast<const bf16*>(dout), static_cast<const bf16*>(q), static_cast<const bf16*>(k),
+      static_cast<const bf16*>(v), lse, dvec, B, T, H, H / KVH, split, scale * kLog2e, scale);
   check_launch("attention_bwd_dkdv_sm90_kernel");
 }
 
@@ -472,16 +480,17 @@ void backward_dq_sm90(void* dq, float* dvec, const void* dout, const void* q, co
 }
 
 bool backward_dkdv_sm90_supports(int hd) { return hd <= 128; }
+int backward_dkdv_sm90_key_tile() { return Sm90DkdvTile<64, 64, 6>::kBc; }
 
 void backward_dkdv_sm90(float* dk, float* dv, const void* dout, const void* q, const void* k, const void* v,
                         const float* lse, const float* dvec, int B, int T, int H, int KVH, int hd,
-                        cudaStream_t stream) {
+                        const DkdvSplit& split, cudaStream_t stream) {
   switch (hd) {
     // Shared memory: K, V + NS stages of Q, dO, lse, D + Pᵀ, dSᵀ buffers = 195, 207, 195 KB
     // (hd = 128 takes 32 queries a step to fit).
-    case 64: launch_dkdv_sm90<64, 64, 6>(dk, dv, dout, q, k, v, lse, dvec, B, T, H, KVH, stream); break;
-    case 80: launch_dkdv_sm90<80, 64, 5>(dk, dv, dout, q, k, v, lse, dvec, B, T, H, KVH, stream); break;
-    case 128: launch_dkdv_sm90<128, 32, 6>(dk, dv, dout, q, k, v, lse, dvec, B, T, H, KVH, stream); break;
+    case 64: launch_dkdv_sm90<64, 64, 6>(dk, dv, dout, q, k, v, lse, dvec, B, T, H, KVH, split, stream); break;
+    case 80: launch_dkdv_sm90<80, 64, 5>(dk, dv, dout, q, k, v, lse, dvec, B, T, H, KVH, split, stream); break;
+    case 128: launch_dkdv_sm90<128, 32, 6>(dk, dv, dout, q, k, v, lse, dvec, B, T, H, KVH, split, stream); break;
     default: throw Error("attention_backward: no sm90 dK/dV kernel for head dim " + std::to_string(hd));
   }
 }

@@ -78,11 +78,29 @@ INSTANTIATE_TEST_SUITE_P(
                       AttnShape{2, 65, 4, 1, 256}, AttnShape{1, 31, 3, 1, 256}),
     [](const ::testing::TestParamInfo<AttnShape>& info) { return name(info.param); });
 
+// Few K/V blocks for the SMs, so the dK/dV kernels split each group's query heads over several
+// blocks and add their partials in a fixed order (DkdvSplit, kernels/cuda/attention_launch.cuh):
+// one head per slice (1000 keys: ragged last key tile; hd 256 on the mma.sync dK/dV kernel) and,
+// with 34 × 3 key tiles ≥ 1.5 blocks per SM only at 2 slices, two heads per slice. check_case
+// also runs the backward twice and compares bitwise.
+INSTANTIATE_TEST_SUITE_P(HeadSplit, AttentionCase,
+                         ::testing::Values(AttnShape{1, 1000, 8, 1, 128}, AttnShape{34, 300, 4, 1, 64},
+                                           AttnShape{1, 333, 4, 1, 256}),
+                         [](const ::testing::TestParamInfo<AttnShape>& info) { return name(info.param); });
+
 // MLKV across layers: three layers sharing one K/V add into one fp32 group buffer.
 TEST(Attention, AccumulatesAcrossLayersSharingKV) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
   check_layers_sharing_kv(mlkv::cuda::attention_forward, mlkv::cuda::attention_backward, AttnShape{2, 150, 4, 2, 64},
                           77);
+}
+
+// The same with the head split on (4 slices): slice 0 adds into the running sum, the others'
+// partials are added after it, on every layer.
+TEST(Attention, HeadSplitAccumulatesAcrossLayers) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  check_layers_sharing_kv(mlkv::cuda::attention_forward, mlkv::cuda::attention_backward, AttnShape{1, 260, 4, 1, 80},
+                          78);
 }
 
 TEST(Attention, RejectsUnsupportedShapes) {

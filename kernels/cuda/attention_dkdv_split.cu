@@ -1,0 +1,73 @@
+// Head split of the attention dK/dV kernels (attention_launch.cuh says why): how many slices to
+// cut a KV head's group of query heads into, and the fixed-order sum of the slices' fp32 partials
+// into the caller's dk, dv [B, KVH, T, hd].
+#include <algorithm>
+
+#include "kernels/cuda/attention_launch.cuh"
+
+namespace mlkv::cuda::attn {
+namespace {
+
+// dk[i] += p_1[i] + … + p_{S-1}[i], dv likewise; float4 per thread (hd is a multiple of 4).
+__global__ void add_dkdv_partials_kernel(float4* __restrict__ dk, float4* __restrict__ dv,
+                                         const float4* __restrict__ pk, const float4* __restrict__ pv, int64_t n4,
+                                         int n_parts) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n4; i += int64_t(gridDim.x) * blockDim.x) {
+    float4 sk = pk[i], sv = pv[i];
+    for (int s = 1; s < n_parts; ++s) {
+      const float4 a = pk[s * n4 + i], c = pv[s * n4 + i];
+      sk.x += a.x, sk.y += a.y, sk.z += a.z, sk.w += a.w;
+      sv.x += c.x, sv.y += c.y, sv.z += c.z, sv.w += c.w;
+    }
+    float4 k = dk[i], v = dv[i];
+    k.x += sk.x, k.y += sk.y, k.z += sk.z, k.w += sk.w;
+    v.x += sv.x, v.y += sv.y, v.z += sv.z, v.w += sv.w;
+    dk[i] = k;
+    dv[i] = v;
+  }
+}
+
+int sm_count() {
+  int dev = 0, n = 0;
+  check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
+  check_cuda(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute");
+  return n;
+}
+
+}  // namespace
+
+DkdvSplit choose_dkdv_split(int B, int T, int H, int KVH, int key_tile) {
+  const int group = H / KVH;
+  const int64_t blocks = int64_t(B) * KVH * ((T + key_tile - 1) / key_tile);
+  // Enough blocks: 1.5 per SM. With the longest blocks started first, the light tail blocks then
+  // fill the gaps, and the imbalance left is smaller than a split's cost (its partials' round
+  // trip through memory and the extra K/V loads). Measured: see ATTENTION_NOTES.md.
+  const int64_t want = 3 * int64_t(sm_count()) / 2;
+  DkdvSplit sp;
+  sp.split = group;
+  for (int s = 1; s <= group; ++s)
+    if (group % s == 0 && blocks * s >= want) {
+      sp.split = s;
+      break;
+    }
+  sp.heads_per = group / sp.split;
+  return sp;
+}
+
+size_t dkdv_partial_floats(const DkdvSplit& sp, int B, int T, int KVH, int hd) {
+  return size_t(2) * (sp.split - 1) * B * KVH * T * hd;
+}
+
+void add_dkdv_partials(float* dk, float* dv, const DkdvSplit& sp, int B, int T, int KVH, int hd,
+                       cudaStream_t stream) {
+  if (sp.split <= 1) return;
+  const int64_t n4 = int64_t(B) * KVH * T * hd / 4;
+  const int threads = 256;
+  const int blocks = int(std::min<int64_t>((n4 + threads - 1) / threads, 8 * int64_t(sm_count())));
+  add_dkdv_partials_kernel<<<blocks, threads, 0, stream>>>(
+      reinterpret_cast<float4*>(dk), reinterpret_cast<float4*>(dv), reinterpret_cast<const float4*>(sp.part_k),
+      reinterpret_cast<const float4*>(sp.part_v), n4, sp.split - 1);
+  check_launch("add_dkdv_partials_kernel");
+}
+
+}  // namespace mlkv::cuda::attn
