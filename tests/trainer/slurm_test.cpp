@@ -41,9 +41,10 @@ TEST(SlurmScript, Usr1CheckpointsRequeuesAndTheRestartResumesExactly) {
                                         "SLURM_JOB_ID=4242", "SLURM_SUBMIT_DIR=" + dir.path(),
                                         "MLKV_TEST_SLOW_CHECKPOINT_MS=80"};
 
-  // First start: signalled mid-run.
+  // First start: signalled mid-run, once the task has logged a step (so its handlers are in place).
   const test::Proc first = test::spawn({"/bin/bash", script, config}, dir / "job.out", env);
-  std::this_thread::sleep_for(std::chrono::milliseconds(700));
+  for (int i = 0; i < 400 && test::read_text(dir / "job.out").find("] step 5/30") == std::string::npos; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(25));
   ::kill(first.pid, SIGUSR1);
   const int code = test::wait_for(first);
   const std::string log = test::read_text(dir / "job.out");
