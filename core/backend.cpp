@@ -1,6 +1,7 @@
 // Backend selection.
 #include "core/backend.h"
 
+#include "core/config.h"
 #include "core/errors.h"
 #include "kernels/cpu/cpu_backend.h"
 #ifdef MLKV_HAVE_CUDA
@@ -40,6 +41,12 @@ std::unique_ptr<Backend> make_backend(const std::string& which, int threads, [[m
                           ));
   }
   throw ConfigError("unknown backend '" + which + "' (choices: auto, cpu, cuda)");
+}
+
+std::unique_ptr<Backend> make_backend(const TrainSection& train, int device_index) {
+  auto backend = make_backend(train.backend, train.threads, device_index);
+  backend->select_attention(train.attention);
+  return backend;
 }
 
 }  // namespace mlkv

@@ -130,6 +130,10 @@ class Backend {
 // Picks "cpu", "cuda" or "auto" (cuda when a GPU is present). Throws ConfigError for unknown or
 // unavailable backends. `threads` sizes the CPU backend's pool (0 = all cores).
 std::unique_ptr<Backend> make_backend(const std::string& which, int threads = 0, int device_index = 0);
+struct TrainSection;  // core/config.h
+// The backend a config's [train] section asks for: train.backend and train.threads, with
+// train.attention selected. Every executable makes its backend this way.
+std::unique_ptr<Backend> make_backend(const TrainSection& train, int device_index = 0);
 bool cuda_available();
 
 }  // namespace mlkv

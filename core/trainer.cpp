@@ -125,8 +125,7 @@ class Run {
 
 void Run::setup() {
   if (opt_.install_signal_handlers) signals::install();
-  backend_ = make_backend(cfg_.train.backend, cfg_.train.threads, parallel::local_rank());
-  backend_->select_attention(cfg_.train.attention);
+  backend_ = make_backend(cfg_.train, parallel::local_rank());
   ctx_ = parallel::make_context(cfg_, *backend_);
   const auto& topo = ctx_->topo();
   log::set_rank(topo.world_rank);

@@ -94,8 +94,7 @@ int bench_train(const Args& a) {
   const Config cfg = load_config(a.config, a.sets);
   const ModelSpec spec = cfg.spec();
   const int B = cfg.train.micro_batch, T = cfg.train.seq_len, accum = cfg.train.grad_accum;
-  auto be = make_backend(cfg.train.backend, cfg.train.threads);
-  be->select_attention(cfg.train.attention);
+  auto be = make_backend(cfg.train);
   Model model(spec, *be, B, T, parse_recompute(cfg.train.recompute));
   {
     std::vector<float> params(model.layout().total());
@@ -233,8 +232,7 @@ class OpBench {
 int bench_ops(const Args& a) {
   const Config cfg = load_config(a.config, a.sets);
   const ModelSpec s = cfg.spec();
-  auto be = make_backend(cfg.train.backend, cfg.train.threads);
-  be->select_attention(cfg.train.attention);
+  auto be = make_backend(cfg.train);
   const int B = cfg.train.micro_batch, T = cfg.train.seq_len;
   const int64_t N = int64_t{B} * T, V = s.vocab;
   const int d = s.d_model, H = s.heads, KVH = s.kv.kv_heads, hd = s.head_dim(), F = s.ffn, R = (H + 2 * KVH) * hd;

@@ -130,8 +130,7 @@ int main(int argc, char** argv) {
     if (threads >= 0) cfg.train.threads = threads;
     cfg.parallel.tp = 1;  // evaluation splits batches over ranks (data parallel) only
     const mlkv::ModelSpec spec = cfg.spec();
-    auto backend = mlkv::make_backend(cfg.train.backend, cfg.train.threads, mlkv::parallel::local_rank());
-    backend->select_attention(cfg.train.attention);
+    auto backend = mlkv::make_backend(cfg.train, mlkv::parallel::local_rank());
     auto ctx = mlkv::parallel::make_context(cfg, *backend);
     mlkv::log::set_rank(ctx->topo().world_rank);
 

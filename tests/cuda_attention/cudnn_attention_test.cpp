@@ -9,6 +9,7 @@
 #include <string>
 
 #include "core/backend.h"
+#include "core/config.h"
 #include "core/errors.h"
 
 // train.attention reaches the backend through select_attention: the CPU backend takes both names
@@ -38,6 +39,22 @@ TEST(SelectAttention, BackendsTakeWhatTheyHave) {
   }
 #endif
   EXPECT_THROW(gpu->select_attention("fast"), mlkv::ConfigError);
+}
+
+// The executables make their backend from the [train] section: the attention choice comes with it.
+TEST(SelectAttention, MakeBackendFromTrainSectionAppliesIt) {
+  mlkv::TrainSection t;
+  t.backend = "cpu";
+  t.threads = 1;
+  t.attention = "cudnn";
+  EXPECT_EQ(mlkv::make_backend(t)->device(), mlkv::Device::cpu);
+  t.attention = "fast";
+  try {
+    mlkv::make_backend(t);
+    ADD_FAILURE() << "make_backend did not apply train.attention = \"fast\"";
+  } catch (const mlkv::ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("train.attention"), std::string::npos) << e.what();
+  }
 }
 
 #if defined(MLKV_HAVE_CUDA) && defined(MLKV_HAVE_CUDNN)

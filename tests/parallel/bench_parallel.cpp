@@ -61,8 +61,7 @@ Args parse(int argc, char** argv) {
 int run(int argc, char** argv) {
   const Args a = parse(argc, argv);
   const Config cfg = load_config(a.config, a.sets);
-  auto be = make_backend(cfg.train.backend, cfg.train.threads, parallel::local_rank());
-  be->select_attention(cfg.train.attention);
+  auto be = make_backend(cfg.train, parallel::local_rank());
   auto ctx = parallel::make_context(cfg, *be);
   const auto& topo = ctx->topo();
   const ModelSpec spec = cfg.spec();
