@@ -16,12 +16,8 @@ namespace {
 // step → logged training loss, from a metrics.jsonl.
 std::map<int64_t, double> train_losses(const std::string& metrics) {
   std::map<int64_t, double> out;
-  std::istringstream in(test::read_text(metrics));
-  for (std::string line; std::getline(in, line);) {
-    const auto j = nlohmann::json::parse(line, nullptr, false);
-    if (!j.is_discarded() && j.contains("loss") && j["loss"].is_number())
-      out[j["step"].get<int64_t>()] = j["loss"].get<double>();
-  }
+  for (const auto& j : test::metrics_rows(metrics))
+    if (j.contains("loss") && j["loss"].is_number()) out[j["step"].get<int64_t>()] = j["loss"].get<double>();
   return out;
 }
 

@@ -38,11 +38,8 @@ std::map<std::string, uint32_t> snapshot(const std::string& dir) {
 
 double last_val_loss(const std::string& metrics) {
   double v = NAN;
-  std::ifstream in(metrics);
-  for (std::string line; std::getline(in, line);) {
-    const auto j = nlohmann::json::parse(line);
+  for (const auto& j : test::metrics_rows(metrics))
     if (j.contains("val_loss")) v = j["val_loss"].get<double>();
-  }
   return v;
 }
 

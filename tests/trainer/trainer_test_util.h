@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -133,6 +134,15 @@ inline std::string read_text(const std::string& path) {
   std::ostringstream s;
   s << in.rdbuf();
   return s.str();
+}
+
+// The rows of a run's metrics.jsonl, in order; none when the file is missing. Every line must be
+// JSON (the trainer writes whole lines): a malformed one throws.
+inline std::vector<nlohmann::json> metrics_rows(const std::string& path) {
+  std::vector<nlohmann::json> rows;
+  std::istringstream in(read_text(path));
+  for (std::string line; std::getline(in, line);) rows.push_back(nlohmann::json::parse(line));
+  return rows;
 }
 
 // Runs to completion; returns the exit code and leaves the output in `output`.
