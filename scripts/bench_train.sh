@@ -6,6 +6,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BIN=${1:-build/bin}/mlkv-bench
+[ -x "$BIN" ] || { echo "bench_train: $BIN is missing: build first (cmake, then ninja mlkv-bench)" >&2; exit 2; }
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null || true
 date -u +"%Y-%m-%d %H:%M UTC"
 # config | extra settings ("-" for none) | also with cuDNN attention (y/n)
