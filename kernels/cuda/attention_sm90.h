@@ -17,10 +17,10 @@ void backward_dq_sm90(void* dq, float* dvec, const void* dout, const void* q, co
                       const void* out, const float* lse, int B, int T, int H, int KVH, int hd, cudaStream_t stream);
 // dK/dV kernel; hd ≤ 128 only (hd = 256 keeps the mma.sync kernel: its two fp32 accumulators would
 // need 256 registers per thread).
-// split: the head split (attention_launch.cuh), chosen for backward_dkdv_sm90_key_tile().
+// split: the head split (attention_launch.cuh), chosen for backward_dkdv_sm90_key_tile(hd).
 struct DkdvSplit;
 bool backward_dkdv_sm90_supports(int hd);
-int backward_dkdv_sm90_key_tile();
+int backward_dkdv_sm90_key_tile(int hd);
 void backward_dkdv_sm90(float* dk, float* dv, const void* dout, const void* q, const void* k, const void* v,
                         const float* lse, const float* dvec, int B, int T, int H, int KVH, int hd,
                         const DkdvSplit& split, cudaStream_t stream);

@@ -39,7 +39,7 @@ struct Sm90FwdTile {
 };
 
 template <int HD, int NWG, int BC, int NS>
-__global__ void __launch_bounds__(NWG * 128, NWG == 1 ? 2 : 1)
+__global__ void __launch_bounds__(NWG * 128, 1)
     attention_fwd_sm90_kernel(bf16* __restrict__ out, float* __restrict__ lse, const bf16* __restrict__ q,
                               const bf16* __restrict__ k, const bf16* __restrict__ v, int T, int H, int group,
                               float scale_log2) {
@@ -298,10 +298,11 @@ bool sm90_enabled() {
 void forward_sm90(void* out, float* lse, const void* q, const void* k, const void* v, int B, int T, int H, int KVH,
                   int hd, cudaStream_t stream) {
   switch (hd) {
-    // Shared memory: Q + NS stages of K, V + 2 P buffers = 208, 152, 224, 208 KB.
-    case 64: launch_fwd_sm90<64, 2, 128, 4>(out, lse, q, k, v, B, T, H, KVH, stream); break;
-    case 80: launch_fwd_sm90<80, 2, 64, 5>(out, lse, q, k, v, B, T, H, KVH, stream); break;
-    case 128: launch_fwd_sm90<128, 2, 64, 5>(out, lse, q, k, v, B, T, H, KVH, stream); break;
+    // Shared memory: Q + NS stages of K, V + 2 P buffers = 160, 184, 160, 208 KB. Four warpgroups
+    // (256 query rows) a block where they fit: 21-24 % faster than two at hd 64/80/128 (log 9).
+    case 64: launch_fwd_sm90<64, 4, 64, 4>(out, lse, q, k, v, B, T, H, KVH, stream); break;
+    case 80: launch_fwd_sm90<80, 4, 64, 4>(out, lse, q, k, v, B, T, H, KVH, stream); break;
+    case 128: launch_fwd_sm90<128, 4, 32, 4>(out, lse, q, k, v, B, T, H, KVH, stream); break;
     case 256: launch_fwd_sm90<256, 2, 32, 4>(out, lse, q, k, v, B, T, H, KVH, stream); break;
   }
 }
