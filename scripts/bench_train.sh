@@ -32,7 +32,10 @@ while IFS='|' read -r cfg extra cudnn; do
   sets=()
   [ "$extra" = "-" ] || for kv in $extra; do sets+=(--set "$kv"); done
   for att in flash $([ "$cudnn" = y ] && echo cudnn); do
-    line=$(timeout 150 "$BIN" train "$cfg" "${sets[@]}" --set train.attention=$att 2>&1 | tee /dev/stderr | grep '^RESULT')
+    # Not `tee /dev/stderr`: with stderr redirected to a file, each tee reopens it and truncates it.
+    out=$(timeout 150 "$BIN" train "$cfg" "${sets[@]}" --set train.attention=$att 2>&1)
+    printf '%s\n' "$out" >&2
+    line=$(grep '^RESULT' <<<"$out")
     [ -n "$line" ] && echo "$line attention=$att extra=${extra// /,}" >>"$results"
   done
 done <<<"$RUNS"
