@@ -16,13 +16,12 @@
 // Kernel 2 recomputes what kernel 1 computed (S and dP): 7 tile products per (query, key) tile
 // pair instead of FlashAttention-2's 5, the price of no atomics and no per-KV-tile dQ partials.
 #include <cmath>
-#include <mutex>
-#include <vector>
 
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/attention_launch.cuh"
 #include "kernels/cuda/attention_sm90.h"
 #include "kernels/cuda/attention_tile.cuh"
+#include "kernels/cuda/device_scratch.h"
 
 namespace mlkv::cuda {
 namespace attn {
@@ -383,29 +382,8 @@ void launch_dkdv(float* dk, float* dv, const float* dvec, const void* dout, cons
 // ------------------------------------------------------------------------------------------
 // Workspace: one lazily grown buffer per device, for D [B, H, T] fp32 and, after it, the dK/dV
 // head split's partials.
-struct Workspace {
-  void* ptr = nullptr;
-  size_t bytes = 0;
-};
-std::mutex g_ws_mutex;
-std::vector<Workspace> g_ws;
-
-float* workspace(size_t bytes) {
-  int dev = 0;
-  check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
-  std::lock_guard<std::mutex> lock(g_ws_mutex);
-  if (g_ws.size() <= size_t(dev)) g_ws.resize(dev + 1);
-  Workspace& w = g_ws[dev];
-  if (w.bytes < bytes) {
-    // cudaFree waits for the device, so a kernel still reading the old buffer finishes first.
-    if (w.ptr) check_cuda(cudaFree(w.ptr), "cudaFree(attention workspace)");
-    w.ptr = nullptr;
-    w.bytes = 0;
-    check_cuda(cudaMalloc(&w.ptr, bytes), "cudaMalloc(attention workspace)");
-    w.bytes = bytes;
-  }
-  return static_cast<float*>(w.ptr);
-}
+DeviceScratch g_workspace("attention workspace");
+float* workspace(size_t bytes) { return static_cast<float*>(g_workspace.get(bytes)); }
 
 // D's floats, rounded up so that the partials after it stay 16-byte aligned (float4 reduction).
 size_t dvec_floats(int B, int T, int H) { return (size_t(B) * H * T + 63) / 64 * 64; }
@@ -424,18 +402,7 @@ size_t attention_backward_workspace_bytes(int B, int T, int H, int KVH, int hd) 
   return (attn::dvec_floats(B, T, H) + attn::dkdv_partial_floats(split, B, T, KVH, hd)) * sizeof(float);
 }
 
-void attention_release_workspace() {
-  std::lock_guard<std::mutex> lock(attn::g_ws_mutex);
-  int current = 0;
-  attn::check_cuda(cudaGetDevice(&current), "cudaGetDevice");
-  for (size_t d = 0; d < attn::g_ws.size(); ++d) {
-    if (!attn::g_ws[d].ptr) continue;
-    attn::check_cuda(cudaSetDevice(int(d)), "cudaSetDevice");
-    attn::check_cuda(cudaFree(attn::g_ws[d].ptr), "cudaFree(attention workspace)");
-    attn::g_ws[d] = {};
-  }
-  attn::check_cuda(cudaSetDevice(current), "cudaSetDevice");
-}
+void attention_release_workspace() { attn::g_workspace.release(); }
 
 void attention_backward(void* dq, float* dk, float* dv, const void* dout, const void* q, const void* k,
                         const void* v, const void* out, const float* lse, int B, int T, int H, int KVH, int hd,

@@ -21,6 +21,7 @@
 
 #include "core/errors.h"
 #include "kernels/cuda/backend_ops.cuh"
+#include "kernels/cuda/device_scratch.h"
 
 namespace mlkv::cuda {
 namespace {
@@ -326,15 +327,14 @@ void build_backward(Graph& g, const Layout& L) {
   g.pointwise(CUDNN_POINTWISE_IDENTITY, g.matmul(ds, k, dq_acc), nullptr, dq);
 }
 
-// Per device: the handle, the cached plans and the workspace.
+// Per device: the handle and the cached plans; the workspace is one DeviceScratch for all.
 struct DeviceState {
   cudnnHandle_t handle = nullptr;
   std::map<std::array<int, 6>, std::unique_ptr<Graph>> plans;  // {B, T, H, KVH, hd, backward}
-  void* ws = nullptr;
-  size_t ws_bytes = 0;
 };
 std::mutex g_mutex;
 std::map<int, DeviceState> g_devices;
+DeviceScratch g_workspace("cuDNN attention workspace");
 
 void check_cuda(cudaError_t e, const std::string& what) {
   if (e != cudaSuccess) throw Error("cuDNN attention: " + what + ": " + cudaGetErrorString(e));
@@ -375,18 +375,7 @@ std::pair<DeviceState*, const Graph*> plan_for(bool backward, int B, int T, int 
   return {&st, slot.get()};
 }
 
-// The device's workspace, grown to at least `bytes`.
-char* workspace(DeviceState& st, size_t bytes) {
-  if (st.ws_bytes < bytes) {
-    // cudaFree waits for the device, so work still reading the old buffer finishes first.
-    if (st.ws) check_cuda(cudaFree(st.ws), "cudaFree(workspace)");
-    st.ws = nullptr;
-    st.ws_bytes = 0;
-    check_cuda(cudaMalloc(&st.ws, bytes), "cudaMalloc(workspace of " + std::to_string(bytes) + " bytes)");
-    st.ws_bytes = bytes;
-  }
-  return static_cast<char*>(st.ws);
-}
+char* workspace(size_t bytes) { return static_cast<char*>(g_workspace.get(bytes)); }
 
 size_t round_up(size_t n) { return (n + 255) / 256 * 256; }
 
@@ -404,7 +393,7 @@ void cudnn_attention_forward(void* out, float* lse, const void* q, const void* k
   std::lock_guard<std::mutex> lock(g_mutex);
   auto [st, plan] = plan_for(false, B, T, H, KVH, hd, stream);
   float scale = 1.0f / std::sqrt(float(hd)), neg_inf = -std::numeric_limits<float>::infinity();
-  void* ws = workspace(*st, plan->workspace_bytes());
+  void* ws = workspace(plan->workspace_bytes());
   plan->execute(st->handle, {kQ, kK, kV, kO, kStats, kScale, kNegInf},
                 {const_cast<void*>(q), const_cast<void*>(k), const_cast<void*>(v), out, lse, &scale, &neg_inf}, ws);
 }
@@ -421,7 +410,7 @@ void cudnn_attention_backward(void* dq, float* dk, float* dv, const void* dout, 
   const size_t off_dq = off_sum + round_up(size_t(B) * H * T * 4);
   const size_t off_dk = off_dq + round_up(size_t(B) * H * T * hd * 4);
   const size_t off_dv = off_dk + round_up(n_kv * 2);
-  char* ws = workspace(*st, off_dv + round_up(n_kv * 2));
+  char* ws = workspace(off_dv + round_up(n_kv * 2));
   float scale = 1.0f / std::sqrt(float(hd)), neg_inf = -std::numeric_limits<float>::infinity(), one = 1.0f;
   plan->execute(st->handle,
                 {kQ, kK, kV, kO, kStats, kDO, kDQ, kDK, kDV, kScale, kNegInf, kOne, kSoftmaxSum, kDQAccum},
@@ -440,11 +429,11 @@ void cudnn_attention_release() {
   for (auto& [dev, st] : g_devices) {
     check_cuda(cudaSetDevice(dev), "cudaSetDevice");
     st.plans.clear();
-    if (st.ws) check_cuda(cudaFree(st.ws), "cudaFree(workspace)");
     if (st.handle) cudnnDestroy(st.handle);
   }
   g_devices.clear();
   check_cuda(cudaSetDevice(current), "cudaSetDevice");
+  g_workspace.release();
 }
 
 std::string cudnn_attention_library_version() {
