@@ -75,9 +75,35 @@ __global__ void __launch_bounds__(NW * 32)
   const int wrow0 = q0 + warp * 16;
   const int r0 = wrow0 + (lane >> 2);
 
-  // D for this warp's 16 rows (overlaps the copies above).
-  float drow[2];
-  rows_dout_dot_out<HD>(drow, dvec + (int64_t(b) * H + h) * T, dop, op, row_stride, wrow0, T, lane);
+  // D for this warp's 16 rows, two lanes a row, straight from global (overlaps the copies above).
+  float d_mine;
+  {
+    const int rr = lane >> 1, t = wrow0 + rr;
+    float acc = 0.f;
+    if (t < T) {
+      const bf16* a = dop + int64_t(t) * row_stride + (lane & 1) * (HD / 2);
+      const bf16* c = op + int64_t(t) * row_stride + (lane & 1) * (HD / 2);
+#pragma unroll
+      for (int ch = 0; ch < HD / 16; ++ch) {
+        const uint4 x = *reinterpret_cast<const uint4*>(a + ch * 8);
+        const uint4 y = *reinterpret_cast<const uint4*>(c + ch * 8);
+        const __nv_bfloat162* x2 = reinterpret_cast<const __nv_bfloat162*>(&x);
+        const __nv_bfloat162* y2 = reinterpret_cast<const __nv_bfloat162*>(&y);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const float2 xf = __bfloat1622float2(x2[i]), yf = __bfloat1622float2(y2[i]);
+          acc = fmaf(xf.x, yf.x, acc);
+          acc = fmaf(xf.y, yf.y, acc);
+        }
+      }
+    }
+    acc += __shfl_xor_sync(0xffffffffu, acc, 1);
+    d_mine = acc;
+    if (t < T && (lane & 1) == 0) dvec[(int64_t(b) * H + h) * T + t] = acc;
+  }
+  // The MMA layout wants rows lane/4 and lane/4 + 8 of the warp; row rr sits in lane 2·rr.
+  const float drow[2] = {__shfl_sync(0xffffffffu, d_mine, 2 * (lane >> 2)),
+                         __shfl_sync(0xffffffffu, d_mine, 2 * ((lane >> 2) + 8))};
   const float* lp = lse + (int64_t(b) * H + h) * T;
   const float lrow[2] = {r0 < T ? lp[r0] * kLog2e : 0.f, r0 + 8 < T ? lp[r0 + 8] * kLog2e : 0.f};
 
@@ -124,8 +150,10 @@ __global__ void __launch_bounds__(NW * 32)
     for (int nt = 0; nt < BC / 8; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
+        const int col = c0 + nt * 8 + (lane & 3) * 2 + (e & 1);
+        const int row = r0 + (e >> 1) * 8;
         float p = fast_exp2(fmaf(s[nt][e], scale_log2, -lrow[e >> 1]));
-        if (need_mask && causal_masked(c0, nt, e, r0, lane, T)) p = 0.f;
+        if (need_mask && (col > row || col >= T)) p = 0.f;
         s[nt][e] = p * (dp[nt][e] - drow[e >> 1]);
       }
 

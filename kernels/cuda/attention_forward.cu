@@ -100,7 +100,9 @@ __global__ void __launch_bounds__(NW * 32) attention_fwd_kernel(bf16* __restrict
       for (int nt = 0; nt < BC / 8; ++nt)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          if (causal_masked(c0, nt, e, r0, lane, T)) s[nt][e] = -INFINITY;
+          const int col = c0 + nt * 8 + (lane & 3) * 2 + (e & 1);
+          const int row = r0 + (e >> 1) * 8;
+          if (col > row || col >= T) s[nt][e] = -INFINITY;
         }
     }
 

@@ -75,33 +75,6 @@ __device__ __forceinline__ void store_acc_cm(bf16* tile, int row0, const float (
   }
 }
 
-// Writes one warp's 16 accumulator rows (the mma C layout; rows wq·16.. of its warpgroup's 64,
-// which start at query row wg_row0), row r0 scaled by scale0 and row r0 + 8 by scale1, as bf16 to
-// dst + t·row_stride for t < T. They are first staged in `stage` (the warpgroup's own 64-row
-// core-matrix tile, free by now) so that the global writes are whole 16-byte chunks.
-template <int HD>
-__device__ __forceinline__ void store_rows_bf16(bf16* dst, int64_t row_stride, bf16* stage, const float (&acc)[HD / 2],
-                                                float scale0, float scale1, int wg_row0, int wq, int T, int lane) {
-  const int lr = wq * 16 + (lane >> 2);
-#pragma unroll
-  for (int dt = 0; dt < HD / 8; ++dt) {
-    const int col = dt * 8 + (lane & 3) * 2;
-    *reinterpret_cast<uint32_t*>(stage + cm_offset<HD>(lr, col)) = pack_bf16(acc[4 * dt] * scale0, acc[4 * dt + 1] * scale0);
-    *reinterpret_cast<uint32_t*>(stage + cm_offset<HD>(lr + 8, col)) =
-        pack_bf16(acc[4 * dt + 2] * scale1, acc[4 * dt + 3] * scale1);
-  }
-  __syncwarp();
-  constexpr int kChunks = HD / 8;
-  for (int c = lane; c < 16 * kChunks; c += 32) {
-    const int r8 = c & 7, rest = c >> 3;
-    const int ch = rest % kChunks, rr = wq * 16 + (rest / kChunks) * 8 + r8;
-    const int t = wg_row0 + rr;
-    if (t < T)
-      *reinterpret_cast<uint4*>(dst + int64_t(t) * row_stride + ch * 8) =
-          *reinterpret_cast<const uint4*>(stage + cm_offset<HD>(rr, ch * 8));
-  }
-}
-
 // Ordinary (generic-proxy) writes to shared memory, cp.async included, must be fenced before
 // wgmma (async proxy) reads them; each writing thread fences, then the block synchronises.
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }

@@ -94,8 +94,33 @@ __global__ void __launch_bounds__(NWG * 128, 1)
 
   const int wg_row0 = q0 + wg * 64, wrow0 = wg_row0 + wq * 16, r0 = wrow0 + (lane >> 2);
 
-  float drow[2];  // D = rowsum(dO ∘ O) of this thread's rows
-  rows_dout_dot_out<HD>(drow, dvec + (int64_t(b) * H + h) * T, dop, op, row_stride, wrow0, T, lane);
+  // D = rowsum(dO ∘ O) for this warp's 16 rows, two lanes a row, from global memory.
+  float d_mine;
+  {
+    const int t = wrow0 + (lane >> 1);
+    float acc = 0.f;
+    if (t < T) {
+      const bf16* a = dop + int64_t(t) * row_stride + (lane & 1) * (HD / 2);
+      const bf16* c = op + int64_t(t) * row_stride + (lane & 1) * (HD / 2);
+#pragma unroll
+      for (int ch = 0; ch < HD / 16; ++ch) {
+        const uint4 x = *reinterpret_cast<const uint4*>(a + ch * 8);
+        const uint4 y = *reinterpret_cast<const uint4*>(c + ch * 8);
+        const __nv_bfloat162* x2 = reinterpret_cast<const __nv_bfloat162*>(&x);
+        const __nv_bfloat162* y2 = reinterpret_cast<const __nv_bfloat162*>(&y);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const float2 xf = __bfloat1622float2(x2[i]), yf = __bfloat1622float2(y2[i]);
+          acc = fmaf(xf.x, yf.x, fmaf(xf.y, yf.y, acc));
+        }
+      }
+    }
+    acc += __shfl_xor_sync(0xffffffffu, acc, 1);
+    d_mine = acc;
+    if (t < T && (lane & 1) == 0) dvec[(int64_t(b) * H + h) * T + t] = acc;
+  }
+  const float drow[2] = {__shfl_sync(0xffffffffu, d_mine, 2 * (lane >> 2)),
+                         __shfl_sync(0xffffffffu, d_mine, 2 * ((lane >> 2) + 8))};
   const float* lp = lse + (int64_t(b) * H + h) * T;
   const float lrow[2] = {r0 < T ? lp[r0] * kLog2e : 0.f, r0 + 8 < T ? lp[r0 + 8] * kLog2e : 0.f};
 
@@ -151,8 +176,10 @@ __global__ void __launch_bounds__(NWG * 128, 1)
     for (int nt = 0; nt < BC / 8; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
+        const int col = c0 + nt * 8 + (lane & 3) * 2 + (e & 1);
+        const int row = r0 + (e >> 1) * 8;
         float p = fast_exp2(fmaf(s[4 * nt + e], scale_log2, -lrow[e >> 1]));
-        if (need_mask && causal_masked(c0, nt, e, r0, lane, T)) p = 0.f;
+        if (need_mask && (col > row || col >= T)) p = 0.f;
         s[4 * nt + e] = p * (dp[4 * nt + e] - drow[e >> 1]);
       }
     store_acc_cm<BC>(sdS + (j & 1) * kBr * BC, wg * 64 + wq * 16, s, lane);
@@ -182,8 +209,26 @@ __global__ void __launch_bounds__(NWG * 128, 1)
   wgmma_wait<0>();
   fence_regs(dqa);
 
-  store_rows_bf16<HD>(dq + (int64_t(b) * H + h) * T * HD, HD, sQ + wg * 64 * HD, dqa, scale, scale, wg_row0, wq, T,
-                      lane);
+  bf16* sO = sQ + wg * 64 * HD;
+  const int lr = wq * 16 + (lane >> 2);
+#pragma unroll
+  for (int dt = 0; dt < HD / 8; ++dt) {
+    const int col = dt * 8 + (lane & 3) * 2;
+    *reinterpret_cast<uint32_t*>(sO + cm_offset<HD>(lr, col)) = pack_bf16(dqa[4 * dt] * scale, dqa[4 * dt + 1] * scale);
+    *reinterpret_cast<uint32_t*>(sO + cm_offset<HD>(lr + 8, col)) =
+        pack_bf16(dqa[4 * dt + 2] * scale, dqa[4 * dt + 3] * scale);
+  }
+  __syncwarp();
+  constexpr int kChunks = HD / 8;
+  bf16* dqp = dq + (int64_t(b) * H + h) * T * HD;
+  for (int c = lane; c < 16 * kChunks; c += 32) {
+    const int r8 = c & 7, rest = c >> 3;
+    const int ch = rest % kChunks, rr = wq * 16 + (rest / kChunks) * 8 + r8;
+    const int t = wg_row0 + rr;
+    if (t < T)
+      *reinterpret_cast<uint4*>(dqp + int64_t(t) * HD + ch * 8) =
+          *reinterpret_cast<const uint4*>(sO + cm_offset<HD>(rr, ch * 8));
+  }
 #endif
 }
 

@@ -151,7 +151,9 @@ __global__ void __launch_bounds__(NWG * 128, 1)
       for (int nt = 0; nt < BC / 8; ++nt)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          if (causal_masked(c0, nt, e, r0, lane, T)) s[4 * nt + e] = -INFINITY;
+          const int col = c0 + nt * 8 + (lane & 3) * 2 + (e & 1);
+          const int row = r0 + (e >> 1) * 8;
+          if (col > row || col >= T) s[4 * nt + e] = -INFINITY;
         }
     }
 #pragma unroll
@@ -205,14 +207,33 @@ __global__ void __launch_bounds__(NWG * 128, 1)
   wgmma_wait<0>();
   fence_regs(o);
 
-  // Epilogue: normalise and write out[b, t, h·hd + d] (staged in this warpgroup's rows of sQ).
+  // Epilogue: normalise, stage this warp's rows in its own part of sQ (core-matrix layout), then
+  // write 16-byte chunks to out[b, t, h·hd + d].
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
     l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
   }
-  store_rows_bf16<HD>(out + int64_t(b) * T * H * HD + h * HD, int64_t(H) * HD, sQ + wg * 64 * HD, o, 1.f / l[0],
-                      1.f / l[1], wg_row0, wq, T, lane);
+  const float inv0 = 1.f / l[0], inv1 = 1.f / l[1];
+  bf16* sO = sQ + wg * 64 * HD;  // this warpgroup's 64 rows; only it read them
+  const int lr = wq * 16 + (lane >> 2);
+#pragma unroll
+  for (int dt = 0; dt < HD / 8; ++dt) {
+    const int col = dt * 8 + (lane & 3) * 2;
+    *reinterpret_cast<uint32_t*>(sO + cm_offset<HD>(lr, col)) = pack_bf16(o[4 * dt] * inv0, o[4 * dt + 1] * inv0);
+    *reinterpret_cast<uint32_t*>(sO + cm_offset<HD>(lr + 8, col)) =
+        pack_bf16(o[4 * dt + 2] * inv1, o[4 * dt + 3] * inv1);
+  }
+  __syncwarp();
+  constexpr int kChunks = HD / 8;
+  for (int c = lane; c < 16 * kChunks; c += 32) {
+    const int r8 = c & 7, rest = c >> 3;
+    const int ch = rest % kChunks, rr = wq * 16 + (rest / kChunks) * 8 + r8;
+    const int t = wg_row0 + rr;
+    if (t < T)
+      *reinterpret_cast<uint4*>(out + (int64_t(b) * T + t) * H * HD + h * HD + ch * 8) =
+          *reinterpret_cast<const uint4*>(sO + cm_offset<HD>(rr, ch * 8));
+  }
   if ((lane & 3) == 0) {
     float* lp = lse + (int64_t(b) * H + h) * T;
     if (r0 < T) lp[r0] = (m[0] + log2f(l[0])) * kLn2;

@@ -110,48 +110,6 @@ __device__ __forceinline__ void cp_async_wait() {
 // Copies rows [row0, row0+ROWS) × HD of a bf16 matrix with row stride `stride` (elements) into
 // a padded tile (ld = HD + 8). Rows ≥ T are zero-filled, their source clamped to row 0 so the
 // address stays valid. All NT threads of the block take part.
-// Whether element e (0..3) of column block nt of a warp's accumulator tile (the mma C layout:
-// this lane's rows r0 and r0 + 8, the tile's first key c0) is masked: a key after the query
-// (causal) or a key past the sequence end.
-__device__ __forceinline__ bool causal_masked(int c0, int nt, int e, int r0, int lane, int T) {
-  const int col = c0 + nt * 8 + (lane & 3) * 2 + (e & 1);
-  const int row = r0 + (e >> 1) * 8;
-  return col > row || col >= T;
-}
-
-// D = rowsum(dO ∘ O) for the 16 query rows of a warp from wrow0 (the backward's per-row term of
-// dS = P ∘ (dP − D)), straight from global memory, two lanes a row (lane/2 = row, lane&1 = half
-// of hd). Also stores it to dvec_row[t] (dvec for this (b, h)) for the dK/dV kernel. Returns D of
-// rows lane/4 and lane/4 + 8, the rows of the mma accumulator layout this lane holds.
-template <int HD>
-__device__ __forceinline__ void rows_dout_dot_out(float (&drow)[2], float* dvec_row, const bf16* dop, const bf16* op,
-                                                  int64_t row_stride, int wrow0, int T, int lane) {
-  const int t = wrow0 + (lane >> 1);
-  float acc = 0.f;
-  if (t < T) {
-    const bf16* a = dop + int64_t(t) * row_stride + (lane & 1) * (HD / 2);
-    const bf16* c = op + int64_t(t) * row_stride + (lane & 1) * (HD / 2);
-#pragma unroll
-    for (int ch = 0; ch < HD / 16; ++ch) {
-      const uint4 x = *reinterpret_cast<const uint4*>(a + ch * 8);
-      const uint4 y = *reinterpret_cast<const uint4*>(c + ch * 8);
-      const __nv_bfloat162* x2 = reinterpret_cast<const __nv_bfloat162*>(&x);
-      const __nv_bfloat162* y2 = reinterpret_cast<const __nv_bfloat162*>(&y);
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const float2 xf = __bfloat1622float2(x2[i]), yf = __bfloat1622float2(y2[i]);
-        acc = fmaf(xf.x, yf.x, acc);
-        acc = fmaf(xf.y, yf.y, acc);
-      }
-    }
-  }
-  acc += __shfl_xor_sync(0xffffffffu, acc, 1);
-  if (t < T && (lane & 1) == 0) dvec_row[t] = acc;
-  // Row rr of the warp sits in lane 2·rr.
-  drow[0] = __shfl_sync(0xffffffffu, acc, 2 * (lane >> 2));
-  drow[1] = __shfl_sync(0xffffffffu, acc, 2 * ((lane >> 2) + 8));
-}
-
 template <int ROWS, int HD, int NT>
 __device__ __forceinline__ void load_tile_async(bf16* tile, const bf16* src, int64_t stride, int row0, int T,
                                                 int tid) {
