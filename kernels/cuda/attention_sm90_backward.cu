@@ -451,12 +451,23 @@ void launch_dq_sm90(void* dq, float* dvec, const void* dout, const void* q, cons
   check_launch("attention_bwd_dq_sm90_kernel");
 }
 
-template <int HD, int NWG, int BR, int NS>
+// The dK/dV tile of each head dim, read by the launch and by backward_dkdv_sm90_key_tile. Shared
+// memory (K, V + NS stages of Q, dO, lse, D + Pᵀ, dSᵀ buffers): 145, 170, 194 KB. Three
+// warpgroups (192 keys) with 32 queries a step beat two with 64 at hd 64/80 by 2-7 % (log 9); at
+// hd 128 three need more than the 168 registers a thread can then have.
+template <int HD>
+struct DkdvShape {
+  static constexpr int kNwg = HD <= 80 ? 3 : 2, kBr = 32, kNs = 6;
+  using Tile = Sm90DkdvTile<HD, kNwg, kBr, kNs>;
+};
+
+template <int HD>
 void launch_dkdv_sm90(float* dk, float* dv, const void* dout, const void* q, const void* k, const void* v,
                       const float* lse, const float* dvec, int B, int T, int H, int KVH, const DkdvSplit& split,
                       cudaStream_t stream) {
-  using Tile = Sm90DkdvTile<HD, NWG, BR, NS>;
-  auto kernel = attention_bwd_dkdv_sm90_kernel<HD, NWG, BR, NS>;
+  using S = DkdvShape<HD>;
+  using Tile = typename S::Tile;
+  auto kernel = attention_bwd_dkdv_sm90_kernel<HD, S::kNwg, S::kBr, S::kNs>;
   allow_smem(kernel, Tile::kSmem);
   const float scale = 1.f / std::sqrt(float(HD));
   const int64_t blocks = int64_t((T + Tile::kBc - 1) / Tile::kBc) * KVH * B * split.split;
@@ -481,21 +492,21 @@ void backward_dq_sm90(void* dq, float* dvec, const void* dout, const void* q, co
 }
 
 bool backward_dkdv_sm90_supports(int hd) { return hd <= 128; }
-// Must match the tiles backward_dkdv_sm90 launches.
 int backward_dkdv_sm90_key_tile(int hd) {
-  return hd <= 80 ? Sm90DkdvTile<64, 3, 32, 6>::kBc : Sm90DkdvTile<128, 2, 32, 6>::kBc;
+  switch (hd) {
+    case 64: return DkdvShape<64>::Tile::kBc;
+    case 80: return DkdvShape<80>::Tile::kBc;
+    default: return DkdvShape<128>::Tile::kBc;
+  }
 }
 
 void backward_dkdv_sm90(float* dk, float* dv, const void* dout, const void* q, const void* k, const void* v,
                         const float* lse, const float* dvec, int B, int T, int H, int KVH, int hd,
                         const DkdvSplit& split, cudaStream_t stream) {
   switch (hd) {
-    // Shared memory: K, V + NS stages of Q, dO, lse, D + Pᵀ, dSᵀ buffers = 145, 170, 194 KB. Three
-    // warpgroups (192 keys) with 32 queries a step beat two with 64 at hd 64/80 by 2-7 % (log 9);
-    // at hd 128 three need more than the 168 registers a thread can then have.
-    case 64: launch_dkdv_sm90<64, 3, 32, 6>(dk, dv, dout, q, k, v, lse, dvec, B, T, H, KVH, split, stream); break;
-    case 80: launch_dkdv_sm90<80, 3, 32, 6>(dk, dv, dout, q, k, v, lse, dvec, B, T, H, KVH, split, stream); break;
-    case 128: launch_dkdv_sm90<128, 2, 32, 6>(dk, dv, dout, q, k, v, lse, dvec, B, T, H, KVH, split, stream); break;
+    case 64: launch_dkdv_sm90<64>(dk, dv, dout, q, k, v, lse, dvec, B, T, H, KVH, split, stream); break;
+    case 80: launch_dkdv_sm90<80>(dk, dv, dout, q, k, v, lse, dvec, B, T, H, KVH, split, stream); break;
+    case 128: launch_dkdv_sm90<128>(dk, dv, dout, q, k, v, lse, dvec, B, T, H, KVH, split, stream); break;
     default: throw Error("attention_backward: no sm90 dK/dV kernel for head dim " + std::to_string(hd));
   }
 }
