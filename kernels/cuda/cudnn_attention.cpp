@@ -337,7 +337,7 @@ std::map<int, DeviceState> g_devices;
 DeviceScratch g_workspace("cuDNN attention workspace");
 
 void check_cuda(cudaError_t e, const std::string& what) {
-  if (e != cudaSuccess) throw Error("cuDNN attention: " + what + ": " + cudaGetErrorString(e));
+  if (e != cudaSuccess) throw_cuda_error(e, ("cuDNN attention: " + what).c_str(), __FILE__, __LINE__);
 }
 
 std::string shape_name(const char* dir, int B, int T, int H, int KVH, int hd) {

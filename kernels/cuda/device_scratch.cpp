@@ -1,14 +1,12 @@
 #include "kernels/cuda/device_scratch.h"
 
-#include <cuda_runtime.h>
-
-#include "core/errors.h"
+#include "kernels/cuda/backend_ops.cuh"
 
 namespace mlkv::cuda {
 namespace {
 
 void check(cudaError_t e, const std::string& owner, const std::string& what) {
-  if (e != cudaSuccess) throw Error(owner + ": " + what + ": " + cudaGetErrorString(e));
+  if (e != cudaSuccess) throw_cuda_error(e, (owner + ": " + what).c_str(), __FILE__, __LINE__);
 }
 
 }  // namespace
