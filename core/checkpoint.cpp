@@ -44,25 +44,6 @@ constexpr const char* kLatestFile = "latest";
 
 std::string errno_text() { return std::strerror(errno); }
 
-// ---- CRC-32, slice-by-8: about 8x the byte-at-a-time speed, which matters for the multi-GB
-// files of real models (every load re-reads them to verify).
-struct Crc32Tables {
-  uint32_t t[8][256];
-  Crc32Tables() {
-    for (uint32_t i = 0; i < 256; ++i) {
-      uint32_t c = i;
-      for (int k = 0; k < 8; ++k) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
-      t[0][i] = c;
-    }
-    for (uint32_t i = 0; i < 256; ++i)
-      for (int s = 1; s < 8; ++s) t[s][i] = (t[s - 1][i] >> 8) ^ t[0][t[s - 1][i] & 0xFF];
-  }
-};
-const Crc32Tables& crc_tables() {
-  static const Crc32Tables tables;
-  return tables;
-}
-
 // ---- small POSIX helpers that report the path and the OS reason
 
 void fsync_path(const std::string& path, bool directory) {
@@ -198,60 +179,19 @@ json file_entry(const std::string& path) {
   return {{"bytes", bytes}, {"crc32", hex32(crc32_file(path))}};
 }
 
-struct Manifest {
-  json state;
-  std::vector<std::pair<std::string, uint64_t>> files;  // name, bytes
-  std::map<std::string, std::string> crcs;
-};
-
-// Parses DIR/state.json; throws CheckpointError saying what is wrong.
-Manifest read_manifest(const std::string& dir) {
-  const std::string path = dir + "/" + kStateFile;
-  if (!fs::exists(path)) throw CheckpointError(dir + ": not a checkpoint (no " + kStateFile + ")");
-  Manifest m;
-  try {
-    m.state = json::parse(read_small_file(path));
-    if (m.state.value("format", "") != "mlkv-checkpoint")
-      throw CheckpointError(path + ": not an mlkv checkpoint manifest (format is not \"mlkv-checkpoint\")");
-    const int version = m.state.at("format_version").get<int>();
-    if (version != kCheckpointFormatVersion)
-      throw CheckpointError(path + ": format_version " + std::to_string(version) + ", this build reads " +
-                            std::to_string(kCheckpointFormatVersion));
-    for (const auto& [name, entry] : m.state.at("files").items()) {
-      if (name.find('/') != std::string::npos || name.empty() || name[0] == '.')
-        throw CheckpointError(path + ": bad file name \"" + name + "\" in the manifest");
-      m.files.emplace_back(name, entry.at("bytes").get<uint64_t>());
-      m.crcs[name] = entry.at("crc32").get<std::string>();
-    }
-  } catch (const json::exception& e) {
-    throw CheckpointError(path + ": corrupt manifest: " + e.what());
-  }
-  for (const char* needed : {kModelFile, kConfigFile})
-    if (!m.crcs.count(needed)) throw CheckpointError(path + ": the manifest lists no " + needed);
-  return m;
+// state_crc32 covers the manifest's own text: the CRC-32 of state.json as written without that
+// member (ordered JSON, dump(2)). A reader re-dumps what it parsed minus the member, so any change
+// of a value, a key or the order is caught, while the file stays plain JSON that jq reads.
+constexpr const char* kStateCrcKey = "state_crc32";
+uint32_t manifest_crc(const json& state_without_crc) {
+  const std::string text = state_without_crc.dump(2);
+  return crc32_update(0, text.data(), text.size());
 }
 
-// Empty when every file of the manifest exists with its recorded size; otherwise the reason.
-std::string size_problem(const std::string& dir, const Manifest& m) {
-  for (const auto& [name, bytes] : m.files) {
-    std::error_code ec;
-    const auto actual = fs::file_size(dir + "/" + name, ec);
-    if (ec) return dir + "/" + name + ": missing (" + ec.message() + ")";
-    if (actual != bytes)
-      return dir + "/" + name + ": " + std::to_string(actual) + " bytes, the manifest records " + std::to_string(bytes) +
-             (actual < bytes ? " (truncated)" : "");
-  }
-  return "";
-}
-
-void verify_files(const std::string& dir, const Manifest& m) {
-  if (const std::string p = size_problem(dir, m); !p.empty()) throw CheckpointError(p);
-  for (const auto& [name, bytes] : m.files) {
-    const std::string crc = hex32(crc32_file(dir + "/" + name));
-    if (crc != m.crcs.at(name))
-      throw CheckpointError(dir + "/" + name + ": CRC-32 " + crc + ", the manifest records " + m.crcs.at(name) +
-                            " (the file is corrupt)");
-  }
+uint32_t parse_hex32(const std::string& s, const std::string& where) {
+  if (s.size() != 8 || s.find_first_not_of("0123456789abcdef") != std::string::npos)
+    throw CheckpointError(where + ": \"" + s + "\" is not 8 lower-case hex digits");
+  return static_cast<uint32_t>(std::stoul(s, nullptr, 16));
 }
 
 template <typename Int>
@@ -264,11 +204,30 @@ std::string join_ints(const std::vector<Int>& v) {
   return s;
 }
 
-// Reads the tensors `prefix + view.name` of a safetensors file into a flat ParamLayout buffer,
-// checking that names and shapes match exactly and that nothing else is in the file.
-std::vector<float> read_flat(const std::string& path, const ParamLayout& layout, const std::string& prefix,
-                             const safetensors::Reader& r) {
-  std::vector<float> flat(static_cast<size_t>(layout.total()), 0.0f);
+// Empty when every file of the manifest exists with its recorded size; otherwise the reason.
+std::string size_problem(const std::string& dir, const CheckpointManifest& m) {
+  for (const auto& f : m.files) {
+    std::error_code ec;
+    const auto actual = fs::file_size(dir + "/" + f.name, ec);
+    if (ec) return dir + "/" + f.name + ": missing (" + ec.message() + ")";
+    if (actual != f.bytes)
+      return dir + "/" + f.name + ": " + std::to_string(actual) + " bytes, the manifest records " +
+             std::to_string(f.bytes) + (actual < f.bytes ? " (truncated)" : "");
+  }
+  return "";
+}
+
+CheckpointManifest read_manifest(const std::string& dir) {
+  const std::string path = dir + "/" + kStateFile;
+  std::error_code ec;
+  if (!fs::exists(path, ec)) throw CheckpointError(dir + ": not a checkpoint (no " + kStateFile + ")");
+  return parse_manifest(read_small_file(path), path);
+}
+
+// The tensors `prefix + view.name` of a safetensors file must be exactly the layout's views, by
+// name and shape, and nothing else with that prefix.
+void check_tensors(const std::string& path, const ParamLayout& layout, const std::string& prefix,
+                   const safetensors::Reader& r) {
   size_t expected = 0;
   for (const ParamView& v : layout.views()) {
     const std::string name = prefix + v.name;
@@ -278,7 +237,6 @@ std::vector<float> read_flat(const std::string& path, const ParamLayout& layout,
       throw CheckpointError(path + ": tensor \"" + name + "\" has shape [" + join_ints(t->shape) + "], the model needs [" +
                             join_ints(v.shape) + "]");
     }
-    r.read_f32(name, flat.data() + v.offset, v.numel);
     ++expected;
   }
   size_t with_prefix = 0;
@@ -286,60 +244,139 @@ std::vector<float> read_flat(const std::string& path, const ParamLayout& layout,
   if (with_prefix != expected)
     throw CheckpointError(path + ": holds " + std::to_string(with_prefix) + " tensors \"" + prefix + "*\", the model has " +
                           std::to_string(expected));
+}
+
+// Reads the (already checked) tensors `prefix + view.name` into a flat ParamLayout buffer.
+std::vector<float> read_flat(const ParamLayout& layout, const std::string& prefix, const safetensors::Reader& r) {
+  std::vector<float> flat(static_cast<size_t>(layout.total()), 0.0f);
+  for (const ParamView& v : layout.views()) r.read_f32(prefix + v.name, flat.data() + v.offset, v.numel);
   return flat;
 }
 
-std::string resolve_step_dir(const std::string& path) {
-  if (fs::exists(fs::path(path) / kStateFile)) return path;
-  if (!fs::is_directory(path)) throw CheckpointError(path + ": no such checkpoint directory");
-  if (auto latest = find_latest(path)) return *latest;
-  throw CheckpointError(path + ": holds no complete checkpoint (no step-*/ directory with a valid " +
-                        std::string(kStateFile) + ")");
-}
+// A checkpoint that passed every check of verify_checkpoint, with what the checks read.
+struct Verified {
+  std::string dir;
+  CheckpointManifest manifest;
+  Config config;
+};
 
-CheckpointData load(const std::string& path, bool with_optimizer) {
-  const std::string dir = resolve_step_dir(path);
-  const Manifest m = read_manifest(dir);
-  Manifest to_verify = m;
-  if (!with_optimizer) {
-    std::erase_if(to_verify.files, [](const auto& f) { return f.first == kOptimFile; });
+Verified verify(const std::string& dir, bool with_optimizer) {
+  Verified v;
+  v.dir = dir;
+  v.manifest = read_manifest(dir);
+  const CheckpointManifest& m = v.manifest;
+  const std::string state_path = dir + "/" + kStateFile;
+  for (const char* needed : {kModelFile, kConfigFile})
+    if (!m.find(needed)) throw CheckpointError(state_path + ": the manifest lists no " + needed);
+  if (const std::string p = size_problem(dir, m); !p.empty()) throw CheckpointError(p);
+  for (const auto& f : m.files) {
+    if (!with_optimizer && f.name == kOptimFile) continue;
+    const uint32_t crc = crc32_file(dir + "/" + f.name);
+    if (crc != f.crc32)
+      throw CheckpointError(dir + "/" + f.name + ": CRC-32 " + hex32(crc) + ", the manifest records " + hex32(f.crc32) +
+                            " (the file is corrupt)");
   }
-  verify_files(dir, to_verify);
 
-  CheckpointData data;
-  data.config = config_from_toml_string(read_small_file(dir + "/" + kConfigFile), dir + "/" + kConfigFile);
-  const ModelSpec spec = data.config.spec();
+  const std::string config_path = dir + "/" + kConfigFile;
+  v.config = config_from_toml_string(read_small_file(config_path), config_path);
+  const ModelSpec spec = v.config.spec();
   const ParamLayout layout(spec);
-  const json& s = m.state;
-  try {
-    // The manifest's plan and the config's must agree: a mismatch means an edited checkpoint.
-    if (s.at("kv_plan").at("owner").get<std::vector<int>>() != spec.kv.owner ||
-        s.at("kv_plan").at("kv_heads").get<int>() != spec.kv.kv_heads)
-      throw CheckpointError(dir + ": the KV plan in " + kStateFile + " differs from the one of " + kConfigFile);
-    TrainState& st = data.state;
-    st.step = s.at("step").get<int64_t>();
-    st.adam_t = s.at("adam_t").get<int64_t>();
-    st.rng_state = std::stoull(s.at("rng_state").get<std::string>(), nullptr, 16);
-    st.sampler.epoch = s.at("sampler").at("epoch").get<uint64_t>();
-    st.sampler.next_sample = s.at("sampler").at("next_sample").get<uint64_t>();
-    st.tokens_seen = s.at("tokens_seen").get<int64_t>();
-    st.last_val_loss = s.at("last_val_loss").is_null() ? NAN : s.at("last_val_loss").get<double>();
-    st.consecutive_bad = s.at("consecutive_bad").get<int64_t>();
-    st.dp = s.value("dp", 1);
-    st.tp = s.value("tp", 1);
-  } catch (const json::exception& e) {
-    throw CheckpointError(dir + "/" + kStateFile + ": corrupt manifest: " + e.what());
-  } catch (const std::logic_error& e) {  // stoull
-    throw CheckpointError(dir + "/" + kStateFile + ": corrupt rng_state: " + e.what());
+  // The manifest's model and plan must agree with the config's: a mismatch means an edited (or
+  // mixed-up) checkpoint, whose tensors would be read under the wrong shapes.
+  std::vector<std::string> diffs;
+  auto cmp = [&](const char* what, int64_t in_state, int64_t in_config) {
+    if (in_state != in_config)
+      diffs.push_back(std::string(what) + " " + std::to_string(in_state) + " in " + kStateFile + ", " +
+                      std::to_string(in_config) + " in " + kConfigFile);
+  };
+  cmp("model.layers", m.layers, spec.layers);
+  cmp("model.d_model", m.d_model, spec.d_model);
+  cmp("model.heads", m.heads, spec.heads);
+  cmp("model.vocab", m.vocab, spec.vocab);
+  cmp("model.ffn", m.ffn, spec.ffn);
+  cmp("model.params", m.params, layout.total_params());
+  cmp("kv_plan.kv_heads", m.kv_heads, spec.kv.kv_heads);
+  cmp("kv_plan.rope_shared_keys", m.rope_shared_keys, spec.kv.rope_shared_keys);
+  if (m.kv_owner != spec.kv.owner)
+    diffs.push_back("kv_plan.owner [" + join_ints(m.kv_owner) + "] in " + kStateFile + ", [" + join_ints(spec.kv.owner) +
+                    "] in " + kConfigFile);
+  if (!diffs.empty()) {
+    std::string msg = dir + ": " + kStateFile + " and " + kConfigFile + " describe different models:";
+    for (const auto& d : diffs) msg += "\n  - " + d;
+    throw CheckpointError(msg);
   }
 
   const std::string model_path = dir + "/" + kModelFile;
-  data.master = read_flat(model_path, layout, "", safetensors::Reader(model_path));
-  if (with_optimizer && m.crcs.count(kOptimFile)) {
+  check_tensors(model_path, layout, "", safetensors::Reader(model_path));
+  if (with_optimizer && m.find(kOptimFile)) {
     const std::string optim_path = dir + "/" + kOptimFile;
     const safetensors::Reader r(optim_path);
-    data.m = read_flat(optim_path, layout, "m.", r);
-    data.v = read_flat(optim_path, layout, "v.", r);
+    check_tensors(optim_path, layout, "m.", r);
+    check_tensors(optim_path, layout, "v.", r);
+  }
+  return v;
+}
+
+// The newest whole checkpoint of DIR (find_latest's order); `skipped` collects why others failed.
+std::optional<Verified> find_whole(const std::string& dir, bool with_optimizer, std::vector<std::string>& skipped) {
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return std::nullopt;
+  auto attempt = [&](const std::string& step_dir) -> std::optional<Verified> {
+    try {
+      return verify(step_dir, with_optimizer);
+    } catch (const Error& e) {
+      skipped.push_back(e.what());
+      log::warn("skipping checkpoint " + step_dir + ": " + e.what());
+      return std::nullopt;
+    }
+  };
+  // `latest` first: after a resume from an older checkpoint it names the live timeline, which a
+  // newer-numbered leftover of the abandoned one must not override.
+  std::string tried;
+  if (const auto name = read_latest_name(dir)) {
+    tried = dir + "/" + *name;
+    if (fs::is_directory(tried, ec)) {
+      if (auto v = attempt(tried)) return v;
+    } else {
+      log::warn("`latest` in " + dir + " names " + *name + ", which does not exist");
+    }
+  }
+  for (const auto& [step, path] : step_dirs(dir)) {
+    if (path == tried) continue;
+    if (auto v = attempt(path)) {
+      if (!skipped.empty()) log::warn("falling back to " + path + ", the newest whole checkpoint of " + dir);
+      return v;
+    }
+  }
+  return std::nullopt;
+}
+
+CheckpointData load(const std::string& path, bool with_optimizer) {
+  std::optional<Verified> v;
+  std::error_code ec;
+  if (fs::exists(fs::path(path) / kStateFile, ec)) {
+    v = verify(path, with_optimizer);  // an explicit step directory: its problem is the error
+  } else if (!fs::is_directory(path, ec)) {
+    throw CheckpointError(path + ": no such checkpoint directory");
+  } else {
+    std::vector<std::string> skipped;
+    v = find_whole(path, with_optimizer, skipped);
+    if (!v) {
+      std::string msg = path + ": holds no complete checkpoint (no whole step-*/ directory)";
+      for (const auto& s : skipped) msg += "\n  - " + s;
+      throw CheckpointError(msg);
+    }
+  }
+  CheckpointData data;
+  data.dir = v->dir;
+  data.config = std::move(v->config);
+  data.state = v->manifest.state;
+  const ParamLayout layout(data.config.spec());
+  data.master = read_flat(layout, "", safetensors::Reader(data.dir + "/" + kModelFile));
+  if (with_optimizer && v->manifest.find(kOptimFile)) {
+    const safetensors::Reader r(data.dir + "/" + kOptimFile);
+    data.m = read_flat(layout, "m.", r);
+    data.v = read_flat(layout, "v.", r);
   }
   return data;
 }
@@ -347,41 +384,6 @@ CheckpointData load(const std::string& path, bool with_optimizer) {
 }  // namespace
 
 // ---- public API
-
-uint32_t crc32_update(uint32_t crc, const void* data, size_t bytes) {
-  const auto& T = crc_tables().t;
-  const auto* p = static_cast<const uint8_t*>(data);
-  crc = ~crc;
-  while (bytes >= 8) {
-    const uint32_t lo = crc ^ (uint32_t{p[0]} | uint32_t{p[1]} << 8 | uint32_t{p[2]} << 16 | uint32_t{p[3]} << 24);
-    crc = T[7][lo & 0xFF] ^ T[6][(lo >> 8) & 0xFF] ^ T[5][(lo >> 16) & 0xFF] ^ T[4][lo >> 24] ^ T[3][p[4]] ^
-          T[2][p[5]] ^ T[1][p[6]] ^ T[0][p[7]];
-    p += 8;
-    bytes -= 8;
-  }
-  while (bytes--) crc = T[0][(crc ^ *p++) & 0xFF] ^ (crc >> 8);
-  return ~crc;
-}
-
-uint32_t crc32_file(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw IoError(path + ": cannot open: " + errno_text());
-  std::vector<uint8_t> buf(1 << 20);
-  uint32_t crc = 0;
-  for (;;) {
-    const ssize_t n = ::read(fd, buf.data(), buf.size());
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      const std::string why = errno_text();
-      ::close(fd);
-      throw IoError(path + ": read failed: " + why);
-    }
-    if (n == 0) break;
-    crc = crc32_update(crc, buf.data(), static_cast<size_t>(n));
-  }
-  ::close(fd);
-  return crc;
-}
 
 std::string checkpoint_dir_name(int64_t step) {
   char buf[32];
@@ -483,12 +485,14 @@ std::string save_impl(const std::string& dir, const Config& config, const TrainS
       {"consecutive_bad", st.consecutive_bad},
       {"dp", st.dp},
       {"tp", st.tp},
+      {"global_batch", st.global_batch},
       {"model",
        {{"layers", spec.layers}, {"d_model", spec.d_model}, {"heads", spec.heads}, {"vocab", spec.vocab},
         {"ffn", spec.ffn}, {"params", layout.total_params()}}},
       {"kv_plan", kv_plan_json(spec.kv, spec.heads)},
       {"files", files},
   };
+  state[kStateCrcKey] = hex32(manifest_crc(state));  // last, over everything above
   write_file_durable(tmp + "/" + kStateFile, state.dump(2) + "\n");
   fsync_path(tmp, true);
   test_pause();
@@ -551,30 +555,103 @@ std::string save_checkpoint(const std::string& dir, const CheckpointData& data, 
 CheckpointData load_checkpoint(const std::string& path) { return load(path, true); }
 CheckpointData load_checkpoint_weights(const std::string& path) { return load(path, false); }
 
-std::optional<std::string> find_latest(const std::string& dir) {
-  std::error_code ec;
-  if (!fs::is_directory(dir, ec)) return std::nullopt;
-  auto complete = [](const std::string& step_dir) -> std::string {
-    try {
-      return size_problem(step_dir, read_manifest(step_dir));
-    } catch (const Error& e) {
-      return e.what();
+const CheckpointManifest::File* CheckpointManifest::find(const std::string& name) const {
+  for (const File& f : files)
+    if (f.name == name) return &f;
+  return nullptr;
+}
+
+CheckpointManifest parse_manifest(const std::string& text, const std::string& path) {
+  CheckpointManifest m;
+  try {
+    json s = json::parse(text);
+    if (!s.is_object() || !s.contains("format") || s["format"] != "mlkv-checkpoint")
+      throw CheckpointError(path + ": not an mlkv checkpoint manifest (format is not \"mlkv-checkpoint\")");
+    const int version = s.at("format_version").get<int>();
+    if (version < 1 || version > kCheckpointFormatVersion)
+      throw CheckpointError(path + ": format_version " + std::to_string(version) + ", this build reads 1.." +
+                            std::to_string(kCheckpointFormatVersion));
+    // Integrity first: a damaged manifest is reported as such, not as whatever field it broke.
+    if (s.contains(kStateCrcKey)) {
+      const uint32_t recorded = parse_hex32(s[kStateCrcKey].get<std::string>(), path + ": " + kStateCrcKey);
+      s.erase(kStateCrcKey);
+      const uint32_t actual = manifest_crc(s);
+      if (actual != recorded)
+        throw CheckpointError(path + ": " + kStateCrcKey + " " + hex32(recorded) + " but the manifest's CRC-32 is " +
+                              hex32(actual) + " (state.json was changed or damaged)");
+    } else if (version >= 2) {
+      throw CheckpointError(path + ": no " + std::string(kStateCrcKey) + " (state.json was changed or damaged)");
     }
-  };
-  // `latest` first: after a resume from an older checkpoint it names the live timeline, which a
-  // newer-numbered leftover of the abandoned one must not override.
-  if (const auto name = read_latest_name(dir)) {
-    const std::string p = dir + "/" + *name;
-    const std::string problem = complete(p);
-    if (problem.empty()) return p;
-    log::warn("`latest` in " + dir + " names " + *name + ", which is not usable: " + problem);
+    for (const auto& [name, entry] : s.at("files").items()) {
+      if (name.find('/') != std::string::npos || name.empty() || name[0] == '.')
+        throw CheckpointError(path + ": bad file name \"" + name + "\" in the manifest");
+      m.files.push_back({name, entry.at("bytes").get<uint64_t>(),
+                         parse_hex32(entry.at("crc32").get<std::string>(), path + ": files." + name + ".crc32")});
+    }
+    const json& model = s.at("model");
+    m.layers = model.at("layers").get<int>();
+    m.d_model = model.at("d_model").get<int>();
+    m.heads = model.at("heads").get<int>();
+    m.vocab = model.at("vocab").get<int64_t>();
+    m.ffn = model.at("ffn").get<int>();
+    m.params = model.at("params").get<int64_t>();
+    const json& plan = s.at("kv_plan");
+    m.kv_owner = plan.at("owner").get<std::vector<int>>();
+    m.kv_heads = plan.at("kv_heads").get<int>();
+    m.rope_shared_keys = plan.at("rope_shared_keys").get<bool>();
+    TrainState& st = m.state;
+    st.step = s.at("step").get<int64_t>();
+    st.adam_t = s.at("adam_t").get<int64_t>();
+    const std::string rng = s.at("rng_state").get<std::string>();
+    if (rng.empty() || rng.size() > 16 || rng.find_first_not_of("0123456789abcdef") != std::string::npos)
+      throw CheckpointError(path + ": rng_state \"" + rng + "\" is not a 64-bit hex number");
+    st.rng_state = std::stoull(rng, nullptr, 16);
+    st.sampler.epoch = s.at("sampler").at("epoch").get<uint64_t>();
+    st.sampler.next_sample = s.at("sampler").at("next_sample").get<uint64_t>();
+    st.tokens_seen = s.at("tokens_seen").get<int64_t>();
+    st.last_val_loss = s.at("last_val_loss").is_null() ? NAN : s.at("last_val_loss").get<double>();
+    st.consecutive_bad = s.at("consecutive_bad").get<int64_t>();
+    st.dp = s.value("dp", 1);
+    st.tp = s.value("tp", 1);
+    st.global_batch = s.value("global_batch", int64_t{0});
+    if (st.step < 0 || st.adam_t < 0 || st.tokens_seen < 0 || st.consecutive_bad < 0 || st.dp < 1 || st.tp < 1 ||
+        st.global_batch < 0)
+      throw CheckpointError(path + ": negative step, counter or layout in the manifest");
+  } catch (const json::exception& e) {
+    throw CheckpointError(path + ": corrupt manifest: " + e.what());
   }
-  for (const auto& [step, path] : step_dirs(dir)) {
-    const std::string problem = complete(path);
-    if (problem.empty()) return path;
-    log::warn("skipping incomplete checkpoint " + path + ": " + problem);
-  }
+  return m;
+}
+
+void verify_checkpoint(const std::string& step_dir, bool with_optimizer) { (void)verify(step_dir, with_optimizer); }
+
+std::optional<std::string> find_latest(const std::string& dir) {
+  std::vector<std::string> skipped;
+  if (auto v = find_whole(dir, true, skipped)) return v->dir;
   return std::nullopt;
+}
+
+std::vector<std::string> checkpoint_dirs(const std::string& dir) {
+  std::vector<std::string> out;
+  for (const auto& [step, path] : step_dirs(dir)) out.push_back(path);
+  return out;
+}
+
+void check_resume_batch(const CheckpointData& c, int64_t run_global_batch, bool allow) {
+  const TrainSection& t = c.config.train;
+  const int64_t written = c.state.global_batch > 0 ? c.state.global_batch
+                                                   : int64_t{t.micro_batch} * t.grad_accum * c.state.dp;
+  if (written == run_global_batch) return;
+  std::ostringstream what;
+  what << c.dir << " was written with a global batch of " << written << " sequences per step (micro_batch "
+       << t.micro_batch << " x grad_accum " << t.grad_accum << " x dp " << c.state.dp << "); this run's is "
+       << run_global_batch;
+  if (!allow) {
+    throw ConfigError(what.str() + ". Resuming would change the tokens of every remaining step under a schedule "
+                      "planned in steps. Keep micro_batch x grad_accum x dp equal (with fewer ranks, raise "
+                      "train.grad_accum), or set train.allow_batch_change = true to resume anyway.");
+  }
+  log::warn("GLOBAL BATCH CHANGED on resume: " + what.str() + " (train.allow_batch_change = true)");
 }
 
 void check_compatible(const Config& checkpoint, const Config& run, const std::string& where) {

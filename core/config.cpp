@@ -138,6 +138,7 @@ const std::vector<Key>& schema() {
     k.push_back(MLKV_KEY(train, eval_batches, "Global batches per validation pass.").min(1));
     k.push_back(MLKV_KEY(train, max_bad_steps, "Consecutive non-finite steps before stopping.").min(1));
     k.push_back(MLKV_KEY(train, threads, "CPU backend threads; 0 = all cores.").min(0).max(4096));
+    k.push_back(MLKV_KEY(train, allow_batch_change, "Resume a checkpoint written with another global batch (micro_batch · grad_accum · dp); false refuses such a resume (exit 2)."));
     // [optim]
     k.push_back(MLKV_KEY(optim, lr, "Peak learning rate.").min(0).max(1));
     k.push_back(MLKV_KEY(optim, min_lr_ratio, "Final learning rate as a fraction of the peak.").min(0).max(1));

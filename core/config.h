@@ -49,6 +49,7 @@ struct TrainSection {
   int64_t eval_batches = 8;         // global batches per validation pass
   int max_bad_steps = 5;            // consecutive non-finite steps before stopping
   int threads = 0;                  // CPU backend threads (0 = all cores)
+  bool allow_batch_change = false;  // resume a checkpoint written with another global batch
   bool operator==(const TrainSection&) const = default;
 };
 

@@ -1,12 +1,16 @@
 // Progress line, metrics.jsonl and TensorBoard scalars (see metrics.h).
 #include "core/metrics.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <vector>
 
@@ -30,6 +34,8 @@ double unix_time() {
 // Keeps the lines of metrics.jsonl whose step is <= start_step (and any line it cannot parse, so
 // nothing unknown is thrown away), via a temporary file and a rename.
 void truncate_after(const std::string& path, int64_t start_step) {
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec)) return;  // absent (or a device: nothing to keep)
   std::ifstream in(path);
   if (!in) return;
   std::vector<std::string> kept;
@@ -111,15 +117,60 @@ MetricsWriter::MetricsWriter(const std::string& log_dir, bool tensorboard, int64
     : jsonl_path_(log_dir + "/metrics.jsonl") {
   std::filesystem::create_directories(log_dir);
   truncate_after(jsonl_path_, start_step);
-  jsonl_.open(jsonl_path_, std::ios::app);
-  if (!jsonl_) throw IoError(jsonl_path_ + ": cannot open for writing: " + std::strerror(errno));
+  jsonl_fd_ = ::open(jsonl_path_.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  if (jsonl_fd_ < 0) throw IoError(jsonl_path_ + ": cannot open for writing: " + std::strerror(errno));
+  last_whole_step_ = start_step;
   if (tensorboard) {
     events_ = std::make_unique<tensorboard::EventWriter>(log_dir);
     if (start_step > 0) events_->add_session_start(start_step);
   }
 }
 
-MetricsWriter::~MetricsWriter() = default;
+MetricsWriter::~MetricsWriter() {
+  if (jsonl_fd_ >= 0) ::close(jsonl_fd_);
+}
+
+void MetricsWriter::fail(const std::string& why) {
+  if (failed()) return;
+  failure_ = why;
+  log::error("metrics: " + why + "; nothing more is written to " + jsonl_path_ + " (whole up to step " +
+             std::to_string(last_whole_step_) + ") or to TensorBoard. Free space in log.dir; the run checkpoints "
+             "and stops with exit code 1, and --resume auto continues it");
+}
+
+// One write(2) per line, on an O_APPEND descriptor. A short or failed write is undone with
+// ftruncate, so a reader never meets a half line.
+void MetricsWriter::append_line(const std::string& line, int64_t step) {
+  if (failed()) return;
+  const off_t before = ::lseek(jsonl_fd_, 0, SEEK_END);
+  size_t done = 0;
+  while (done < line.size()) {
+    const ssize_t n = ::write(jsonl_fd_, line.data() + done, line.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      const std::string why = n < 0 ? std::strerror(errno) : "no progress";
+      if (done > 0 && (before < 0 || ::ftruncate(jsonl_fd_, before) != 0)) {
+        fail(jsonl_path_ + ": write failed (" + why + ") and the partial line could not be removed (" +
+             std::strerror(errno) + ")");
+      } else {
+        fail(jsonl_path_ + ": write failed at step " + std::to_string(step) + ": " + why);
+      }
+      return;
+    }
+    done += static_cast<size_t>(n);
+  }
+  last_whole_step_ = step;
+}
+
+template <typename Fn>
+void MetricsWriter::to_events(Fn&& fn) {
+  if (!events_ || failed()) return;
+  try {
+    fn(*events_);
+  } catch (const Error& e) {
+    fail(std::string("TensorBoard: ") + e.what());
+  }
+}
 
 void MetricsWriter::log_step(const StepMetrics& m) {
   log::info(progress_line(m));
@@ -131,14 +182,14 @@ void MetricsWriter::log_step(const StepMetrics& m) {
       {"mfu", m.mfu},             {"peak_flops", m.peak_flops},   {"peak", m.peak_label},
       {"mem_bytes", m.mem_bytes}, {"eta_s", m.eta_s},             {"tokens", m.tokens},
       {"bad_steps", m.bad_steps}, {"time", unix_time()}};
-  jsonl_ << j.dump() << '\n';
-  if (events_) {
-    if (std::isfinite(m.loss)) events_->add_scalar("train/loss", m.loss, m.step);
-    events_->add_scalar("train/lr", m.lr, m.step);
-    if (std::isfinite(m.grad_norm)) events_->add_scalar("train/grad_norm", m.grad_norm, m.step);
-    events_->add_scalar("train/tokens_per_s", m.tokens_per_s, m.step);
-    events_->add_scalar("train/mfu", m.mfu, m.step);
-  }
+  append_line(j.dump() + '\n', m.step);
+  to_events([&](tensorboard::EventWriter& ev) {
+    if (std::isfinite(m.loss)) ev.add_scalar("train/loss", m.loss, m.step);
+    ev.add_scalar("train/lr", m.lr, m.step);
+    if (std::isfinite(m.grad_norm)) ev.add_scalar("train/grad_norm", m.grad_norm, m.step);
+    ev.add_scalar("train/tokens_per_s", m.tokens_per_s, m.step);
+    ev.add_scalar("train/mfu", m.mfu, m.step);
+  });
   flush();
 }
 
@@ -149,17 +200,16 @@ void MetricsWriter::log_eval(const EvalMetrics& m) {
   nlohmann::ordered_json j = {
       {"step", m.step}, {"val_loss", num(m.val_loss)}, {"val_ppl", num(m.val_ppl)}, {"val_tokens", m.tokens},
       {"time", unix_time()}};
-  jsonl_ << j.dump() << '\n';
-  if (events_) {
-    if (std::isfinite(m.val_loss)) events_->add_scalar("val/loss", m.val_loss, m.step);
-    if (std::isfinite(m.val_ppl)) events_->add_scalar("val/ppl", m.val_ppl, m.step);
-  }
+  append_line(j.dump() + '\n', m.step);
+  to_events([&](tensorboard::EventWriter& ev) {
+    if (std::isfinite(m.val_loss)) ev.add_scalar("val/loss", m.val_loss, m.step);
+    if (std::isfinite(m.val_ppl)) ev.add_scalar("val/ppl", m.val_ppl, m.step);
+  });
   flush();
 }
 
 void MetricsWriter::flush() {
-  jsonl_.flush();
-  if (events_) events_->flush();
+  to_events([](tensorboard::EventWriter& ev) { ev.flush(); });
 }
 
 }  // namespace mlkv

@@ -6,7 +6,6 @@
 // The line always names the peak it assumed.
 #pragma once
 #include <cstdint>
-#include <fstream>
 #include <memory>
 #include <string>
 
@@ -52,22 +51,38 @@ std::string progress_line(const StepMetrics& m);
 // Peak resident set size of this process (VmHWM), for backends that do not count their memory.
 double peak_rss_bytes();
 
+// A write that fails (a full disk, a quota, a file-size limit, an I/O error) never throws and never
+// leaves half a line: metrics.jsonl is cut back to its last whole line, the failure is logged once
+// as an error naming the file and the reason, nothing more is written, and failed() turns true so
+// the trainer checkpoints and stops (exit 1) instead of training on unrecorded.
 class MetricsWriter {
  public:
   // Opens log_dir/metrics.jsonl for appending, first dropping lines with a step > start_step
   // (a resume re-does them; a fresh start at step 0 drops them all), and a TensorBoard event file
-  // when `tensorboard` (marking the restart at start_step). Only rank 0 constructs one.
+  // when `tensorboard` (marking the restart at start_step). Only rank 0 constructs one. Throws
+  // IoError when they cannot be opened.
   MetricsWriter(const std::string& log_dir, bool tensorboard, int64_t start_step);
   ~MetricsWriter();
+  MetricsWriter(const MetricsWriter&) = delete;
+  MetricsWriter& operator=(const MetricsWriter&) = delete;
 
   void log_step(const StepMetrics& m);   // progress line + JSONL + TensorBoard
   void log_eval(const EvalMetrics& m);
   void flush();
   const std::string& jsonl_path() const { return jsonl_path_; }
+  bool failed() const { return !failure_.empty(); }
+  const std::string& failure() const { return failure_; }  // what failed, and why
 
  private:
+  void append_line(const std::string& line, int64_t step);
+  template <typename Fn>
+  void to_events(Fn&& fn);
+  void fail(const std::string& why);
+
   std::string jsonl_path_;
-  std::ofstream jsonl_;
+  int jsonl_fd_ = -1;
+  int64_t last_whole_step_ = -1;  // of the last line written whole
+  std::string failure_;
   std::unique_ptr<tensorboard::EventWriter> events_;
 };
 

@@ -1,8 +1,10 @@
 // The training loop (see trainer.h for the shape of one step).
 #include "core/trainer.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <csignal>
 #include <exception>
 
 #include "core/backend.h"
@@ -94,6 +96,8 @@ class Run {
   void init_state();
   bool run_step();  // false once the run must stop
   void log_interval(bool force);
+  bool log_dir_failed();  // collective: metrics could not be written on rank 0
+  [[noreturn]] void stop_on_data_error(std::exception_ptr own_error);
   void validate();
   void write_checkpoint(const char* why);
   TrainResult finish(int exit_code);
@@ -110,6 +114,7 @@ class Run {
   Rng rng_;
   int64_t start_step_ = 0, last_ckpt_step_ = -1, global_batch_ = 0;
   bool converted_start_ = false;  // weights from train.init_from: validate them before step 1
+  bool resumed_after_bad_steps_ = false;  // the checkpoint stopped at train.max_bad_steps
   double flops_per_token_ = 0;
   std::string last_ckpt_path_;
   TrainResult result_;
@@ -125,17 +130,14 @@ class Run {
 
 void Run::setup() {
   if (opt_.install_signal_handlers) signals::install();
+  // A file-size limit (ulimit -f) must be a write error we handle (a checkpoint, a clear message),
+  // not a SIGXFSZ that ends the process on the spot.
+  std::signal(SIGXFSZ, SIG_IGN);
   backend_ = make_backend(cfg_.train, parallel::local_rank());
   ctx_ = parallel::make_context(cfg_, *backend_);
   const auto& topo = ctx_->topo();
   log::set_rank(topo.world_rank);
   const ModelSpec spec = cfg_.spec();
-
-  // Unwritable output directories stop the run here, before any training (issue 4).
-  on_root(*ctx_, [&] {
-    probe_writable_dir(cfg_.checkpoint.dir, "checkpoint.dir");
-    probe_writable_dir(cfg_.log.dir, "log.dir");
-  });
 
   model_ = std::make_unique<Model>(spec, *backend_, cfg_.train.micro_batch, cfg_.train.seq_len,
                                    parse_recompute(cfg_.train.recompute), ctx_->model_parallel());
@@ -154,12 +156,21 @@ void Run::setup() {
   val_src_ = make(src);
   if (!val_src_) log::info("no validation data (data.val_path / data.val_fraction): validation is off");
 
+  // Unwritable output directories stop the run here, before any training (issue 4), and only
+  // after every input (config, checkpoint, data) passed its checks, so that a run refused for
+  // bad input leaves no empty directories behind.
+  on_root(*ctx_, [&] {
+    probe_writable_dir(cfg_.checkpoint.dir, "checkpoint.dir");
+    probe_writable_dir(cfg_.log.dir, "log.dir");
+  });
+
   if (ctx_->is_root()) metrics_ = std::make_unique<MetricsWriter>(cfg_.log.dir, cfg_.log.tensorboard, start_step_);
   log::info(log::cat("model ", cfg_.model.name, ": ", spec.layers, " layers, d ", spec.d_model, ", ", spec.heads,
                      " heads, ", spec.kv.name(spec.heads), ", ", format_count(static_cast<double>(model_->layout().total_params())),
                      " params | backend ", backend_->name(), " | ", topo.describe()));
   log::info(log::cat("batch ", cfg_.train.micro_batch, " x ", cfg_.train.seq_len, " tokens x ", cfg_.train.grad_accum,
-                     " accum x ", topo.dp, " dp = ", global_batch_ * cfg_.train.seq_len, " tokens/step | steps ",
+                     " accum x ", topo.dp, " dp = global batch ", global_batch_, " sequences, ",
+                     global_batch_ * cfg_.train.seq_len, " tokens/step | steps ",
                      start_step_, " -> ", cfg_.train.steps, " | checkpoints in ", cfg_.checkpoint.dir, " | logs in ",
                      cfg_.log.dir));
 }
@@ -167,21 +178,26 @@ void Run::setup() {
 // Weights, optimizer and counters: a resume, a converted model (train.init_from), or Pythia's init.
 void Run::init_state() {
   std::optional<CheckpointData> ckpt;
-  std::string ckpt_path;
+  std::string ckpt_source;  // a step directory, or a run directory (its newest whole checkpoint)
+  const std::vector<std::string> existing = checkpoint_dirs(cfg_.checkpoint.dir);
   if (opt_.resume == "auto") {
-    if (auto latest = find_latest(cfg_.checkpoint.dir)) ckpt_path = *latest;
+    // Step directories but none whole is an error (load_checkpoint lists why), never a fresh
+    // start that would prune them.
+    if (!existing.empty()) ckpt_source = cfg_.checkpoint.dir;
     else log::info("--resume auto: no checkpoint in " + cfg_.checkpoint.dir + ", starting fresh");
   } else if (!opt_.resume.empty()) {
-    ckpt_path = opt_.resume;
-  } else if (auto existing = find_latest(cfg_.checkpoint.dir); existing && ctx_->is_root()) {
+    ckpt_source = opt_.resume;
+  } else if (!existing.empty() && ctx_->is_root()) {
     // Not an error (restarting on purpose is legitimate), but its checkpoints will be replaced
     // step by step and pruned by checkpoint.keep_last.
-    log::warn("starting fresh although " + cfg_.checkpoint.dir + " holds checkpoints (newest " + *existing +
+    log::warn("starting fresh although " + cfg_.checkpoint.dir + " holds checkpoints (newest " + existing.front() +
               "); use --resume auto to continue that run");
   }
-  if (!ckpt_path.empty()) {
-    ckpt = load_checkpoint(ckpt_path);
+  if (!ckpt_source.empty()) {
+    ckpt = load_checkpoint(ckpt_source);
+    const std::string ckpt_path = ckpt->dir;
     check_compatible(ckpt->config, cfg_, ckpt_path);
+    check_resume_batch(*ckpt, global_batch_, cfg_.train.allow_batch_change);
     if (ckpt->state.step > cfg_.train.steps)
       throw ConfigError(ckpt_path + " is at step " + std::to_string(ckpt->state.step) + ", beyond train.steps = " +
                         std::to_string(cfg_.train.steps));
@@ -196,6 +212,7 @@ void Run::init_state() {
     rng_.set_state(st_.rng_state);
     last_ckpt_step_ = st_.step;
     last_ckpt_path_ = ckpt_path;
+    resumed_after_bad_steps_ = st_.consecutive_bad >= cfg_.train.max_bad_steps;
     log::info(log::cat("resumed from ", ckpt_path, " at step ", st_.step, " (", format_count(static_cast<double>(st_.tokens_seen)),
                        " tokens seen)"));
   } else {
@@ -220,7 +237,13 @@ void Run::init_state() {
 bool Run::run_step() {
   const auto t0 = Clock::now();
   const int64_t T = cfg_.train.seq_len, B = cfg_.train.micro_batch;
-  train_src_->next(rows_);
+  std::exception_ptr data_error;  // damaged data found mid-run: checkpoint, then report it
+  try {
+    train_src_->next(rows_);
+  } catch (const DataError&) {
+    data_error = std::current_exception();
+    rows_.assign(static_cast<size_t>(B * cfg_.train.grad_accum * (T + 1)), 0);
+  }
   const int64_t n_rows = static_cast<int64_t>(rows_.size()) / (T + 1);
   if (n_rows != B * cfg_.train.grad_accum)
     throw Error(log::cat("data source gave ", n_rows, " rows, expected ", B * cfg_.train.grad_accum));
@@ -232,7 +255,9 @@ bool Run::run_step() {
   // of the global mean loss, whatever the accumulation and DP split.
   int64_t local_count = 0;
   for (int32_t t : targets_) local_count += t >= 0;
-  const double global_count = ctx_->all_reduce_sum(static_cast<double>(local_count));
+  // A rank whose data failed adds NaN, so every rank learns of it in the reduction it makes anyway.
+  const double global_count = ctx_->all_reduce_sum(data_error ? NAN : static_cast<double>(local_count));
+  if (std::isnan(global_count)) stop_on_data_error(data_error);
   const float dloss = global_count > 0 ? static_cast<float>(1.0 / global_count) : 0.0f;
 
   model_->zero_grads();
@@ -299,6 +324,18 @@ void Run::log_interval(bool force) {
   iv_ = Interval{};
 }
 
+bool Run::log_dir_failed() { return ctx_->any_rank_true(metrics_ && metrics_->failed()); }
+
+void Run::stop_on_data_error(std::exception_ptr own_error) {
+  // The steps done since the last checkpoint are kept; the checkpoint's sampler state is the
+  // failed batch, so a resume after the data is repaired reads it again.
+  log::error(log::cat("data error at step ", st_.step + 1, ": checkpointing the ", st_.step - last_ckpt_step_,
+                      " steps done since the last checkpoint before stopping"));
+  if (st_.step > start_step_) write_checkpoint("data error");
+  if (own_error) std::rethrow_exception(own_error);
+  throw DataError("stopped: another rank's training data failed (its log names the shard and offset)");
+}
+
 void Run::validate() {
   if (!val_src_) return;
   const EvalResult r = evaluate(*model_, *val_src_, cfg_.train.eval_batches, *ctx_);
@@ -320,6 +357,7 @@ void Run::write_checkpoint(const char* why) {
   d.state.sampler = train_src_->state();
   d.state.dp = ctx_->topo().dp;
   d.state.tp = ctx_->topo().tp;
+  d.state.global_batch = global_batch_;
   std::string path;
   on_root(*ctx_, [&] {
     const auto t0 = Clock::now();
@@ -348,6 +386,17 @@ TrainResult Run::go() {
     log::info(log::cat("already at step ", st_.step, " of ", total, ": nothing to do"));
     return finish(kExitOk);
   }
+  if (resumed_after_bad_steps_) {
+    // Another step from here is most likely bad too, and would cost one more checkpoint to
+    // checkpoint.keep_last: stop before it.
+    const std::vector<std::string> dirs = checkpoint_dirs(cfg_.checkpoint.dir);
+    const auto earlier = std::find_if(dirs.begin(), dirs.end(), [&](const std::string& d) { return d != last_ckpt_path_; });
+    log::error(log::cat(last_ckpt_path_, " was written after ", st_.consecutive_bad, " non-finite steps in a row ",
+                        "(train.max_bad_steps = ", cfg_.train.max_bad_steps, "): not training on from it. Resume from an ",
+                        "earlier checkpoint", earlier != dirs.end() ? " (--resume " + *earlier + ")" : std::string(),
+                        ", lower optim.lr, or raise train.max_bad_steps."));
+    return finish(kExitBadSteps);
+  }
   run_t0_ = Clock::now();
   // The loss of a converted model before any uptraining is the baseline the run is judged by.
   if (converted_start_) validate();
@@ -355,6 +404,10 @@ TrainResult Run::go() {
     run_step();
     const bool last = st_.step == total;
     log_interval(last);
+    if ((last || st_.step % cfg_.log.interval == 0) && log_dir_failed()) {
+      write_checkpoint("log.dir failed");
+      return finish(kExitFailure);
+    }
     if (st_.consecutive_bad >= cfg_.train.max_bad_steps) {
       log::error(log::cat(st_.consecutive_bad, " non-finite steps in a row (train.max_bad_steps = ", cfg_.train.max_bad_steps,
                           "): stopping at step ", st_.step, ". Lower optim.lr, check the data, or resume from an "
@@ -362,7 +415,13 @@ TrainResult Run::go() {
       write_checkpoint("bad steps");
       return finish(kExitBadSteps);
     }
-    if (!last && cfg_.train.eval_interval > 0 && st_.step % cfg_.train.eval_interval == 0) validate();
+    if (!last && cfg_.train.eval_interval > 0 && st_.step % cfg_.train.eval_interval == 0) {
+      validate();
+      if (log_dir_failed()) {
+        write_checkpoint("log.dir failed");
+        return finish(kExitFailure);
+      }
+    }
     if (!last && cfg_.checkpoint.interval > 0 && st_.step % cfg_.checkpoint.interval == 0) write_checkpoint("interval");
     const int signo = signals::stop_requested();
     if (ctx_->any_rank_true(signo != 0 || st_.step == opt_.stop_after_step)) {
@@ -375,6 +434,7 @@ TrainResult Run::go() {
   }
   validate();
   write_checkpoint("final");
+  if (log_dir_failed()) return finish(kExitFailure);  // checkpoint kept; metrics.jsonl says where it stops
   if (ctx_->is_root()) {
     const double mean_last = result_.losses.empty() ? NAN : result_.losses.back();
     std::string summary = log::cat("done: ", st_.step, " steps in ", format_duration(seconds_since(run_t0_)), " | final loss ");
