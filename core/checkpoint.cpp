@@ -614,7 +614,7 @@ CheckpointManifest parse_manifest(const std::string& text, const std::string& pa
     st.dp = s.value("dp", 1);
     st.tp = s.value("tp", 1);
     st.global_batch = s.value("global_batch", int64_t{0});
-    if (st.step < 0 || st.adam_t < 0 || st.tokens_seen < 0 || st.consecutive_bad < 0 || st.dp < 1 || st.tp < 1 ||
+    if (st.step < 0 || st.tokens_seen < 0 || st.consecutive_bad < 0 || st.dp < 1 || st.tp < 1 ||
         st.global_batch < 0)
       throw CheckpointError(path + ": negative step, counter or layout in the manifest");
   } catch (const json::exception& e) {

@@ -1,6 +1,9 @@
 // Checkpoints: CRC-32 check values, a bit-exact save/load round trip, the directory layout and
 // `latest`, retention, incomplete or damaged checkpoints never taken, foreign models refused with
-// the reason, and unwritable directories reported before anything is written.
+// the reason, and unwritable directories reported before anything is written. And the faults
+// around a resume (issue 17): --resume auto takes the newest WHOLE checkpoint, a changed global
+// batch is refused, a run stopped by non-finite steps is not stepped again, damaged data mid-run
+// and a failing log.dir cost no checkpoint, and a refused run creates no output directories.
 #include "core/checkpoint.h"
 
 #include <gtest/gtest.h>
@@ -14,6 +17,7 @@
 #include "core/errors.h"
 #include "core/param_layout.h"
 #include "core/rng.h"
+#include "core/trainer.h"
 #include "trainer_test_util.h"
 
 namespace mlkv {
@@ -39,6 +43,7 @@ CheckpointData random_checkpoint(const Config& cfg, int64_t step, uint64_t seed)
   d.state.tokens_seen = 1000 * step;
   d.state.last_val_loss = 2.5;
   d.state.consecutive_bad = 1;
+  d.state.global_batch = int64_t{cfg.train.micro_batch} * cfg.train.grad_accum;
   return d;
 }
 
@@ -240,13 +245,27 @@ TEST_F(CheckpointTest, RefusesAnotherModelOrKvPlanWithTheReason) {
   wrong.model.d_model = 64;
   std::ofstream(path + "/config.toml", std::ios::trunc) << config_to_toml(wrong);
   EXPECT_NE(expect_checkpoint_error([&] { load_checkpoint(path); }).find("config.toml: CRC-32"), std::string::npos);
-  // ... and with a manifest that agrees with the edited config, the tensor shapes give it away.
-  auto manifest = nlohmann::json::parse(test::read_text(path + "/state.json"));
+  // ... a manifest edited to agree with it fails its own CRC (state_crc32) ...
+  auto manifest = nlohmann::ordered_json::parse(test::read_text(path + "/state.json"));
   manifest["files"]["config.toml"]["bytes"] = fs::file_size(path + "/config.toml");
   char crc[9];
   std::snprintf(crc, sizeof crc, "%08x", crc32_file(path + "/config.toml"));
   manifest["files"]["config.toml"]["crc32"] = crc;
-  std::ofstream(path + "/state.json", std::ios::trunc) << manifest.dump();
+  std::ofstream(path + "/state.json", std::ios::trunc) << manifest.dump(2);
+  EXPECT_NE(expect_checkpoint_error([&] { load_checkpoint(path); }).find("state.json was changed"), std::string::npos);
+  // ... as a version-1 manifest (no state_crc32) its model block contradicts config.toml ...
+  manifest.erase("state_crc32");
+  manifest["format_version"] = 1;
+  std::ofstream(path + "/state.json", std::ios::trunc) << manifest.dump(2);
+  const std::string contradiction = expect_checkpoint_error([&] { load_checkpoint(path); });
+  EXPECT_NE(contradiction.find("describe different models"), std::string::npos) << contradiction;
+  EXPECT_NE(contradiction.find("model.d_model 32 in state.json, 64 in config.toml"), std::string::npos) << contradiction;
+  // ... and with the model block edited too, the tensor shapes give it away.
+  const ModelSpec ws = wrong.spec();
+  manifest["model"]["d_model"] = ws.d_model;
+  manifest["model"]["ffn"] = ws.ffn;
+  manifest["model"]["params"] = ParamLayout(ws).total_params();
+  std::ofstream(path + "/state.json", std::ios::trunc) << manifest.dump(2);
   EXPECT_NE(expect_checkpoint_error([&] { load_checkpoint(path); }).find("has shape"), std::string::npos);
 }
 
@@ -265,6 +284,224 @@ TEST_F(CheckpointTest, UnwritableDirectoryIsReportedUpFront) {
     EXPECT_THROW(probe_writable_dir(ckpt_dir, "checkpoint.dir"), ConfigError);
     fs::permissions(ckpt_dir, fs::perms::owner_all);
   }
+}
+
+// Overwrites one byte of a file in place (same size: only a checksum can tell).
+void flip_byte(const std::string& path, std::streamoff from_end) {
+  std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+  f.seekg(-from_end, std::ios::end);
+  const char c = static_cast<char>(f.get());
+  f.seekp(-from_end, std::ios::end);
+  f.put(static_cast<char>(c ^ 0x20));
+}
+
+// Replaces the first `from` in a text file by `to` of the same length.
+void edit_text(const std::string& path, const std::string& from, const std::string& to) {
+  std::string text = test::read_text(path);
+  const size_t at = text.find(from);
+  ASSERT_NE(at, std::string::npos) << from;
+  text.replace(at, from.size(), to);
+  std::ofstream(path, std::ios::trunc | std::ios::binary) << text;
+}
+
+TEST_F(CheckpointTest, ResumeAutoTakesTheNewestWholeCheckpoint) {
+  for (int64_t s : {10, 20, 30, 40}) save_checkpoint(ckpt_dir, random_checkpoint(cfg, s, s), 0);
+  const std::string s10 = ckpt_dir + "/step-00000010", s20 = ckpt_dir + "/step-00000020",
+                    s30 = ckpt_dir + "/step-00000030", s40 = ckpt_dir + "/step-00000040";
+  // A flipped byte in the optimizer file of the newest: only its CRC tells, and the choice checks it.
+  flip_byte(s40 + "/optim.safetensors", 5);
+  EXPECT_EQ(*find_latest(ckpt_dir), s30);
+  EXPECT_EQ(load_checkpoint(ckpt_dir).state.step, 30);
+  // A changed value in state.json that still parses: its own CRC (state_crc32) tells.
+  edit_text(s30 + "/state.json", "\"tokens_seen\": 30000", "\"tokens_seen\": 30001");
+  EXPECT_EQ(*find_latest(ckpt_dir), s20);
+  // A state.json that contradicts config.toml (a mixed-up copy), with a self-consistent CRC:
+  // step-10's manifest in step-20 names step-10's file CRCs, so the files give it away too; the
+  // model block of an edited one is checked against config.toml (RefusesAnotherModel... below).
+  fs::copy_file(s10 + "/state.json", s20 + "/state.json", fs::copy_options::overwrite_existing);
+  EXPECT_EQ(*find_latest(ckpt_dir), s10);
+  const CheckpointData c = load_checkpoint(ckpt_dir);
+  EXPECT_EQ(c.state.step, 10);
+  EXPECT_EQ(c.dir, s10);
+
+  // An explicit path to a damaged checkpoint is an error naming the file, never a fallback.
+  const std::string why = expect_checkpoint_error([&] { load_checkpoint(s40); });
+  EXPECT_NE(why.find(s40 + "/optim.safetensors: CRC-32"), std::string::npos) << why;
+  EXPECT_NE(expect_checkpoint_error([&] { load_checkpoint(s30); }).find("state.json was changed"), std::string::npos);
+
+  // None whole: the error lists every reason.
+  flip_byte(s10 + "/model.safetensors", 9);
+  EXPECT_FALSE(find_latest(ckpt_dir).has_value());
+  const std::string none = expect_checkpoint_error([&] { load_checkpoint(ckpt_dir); });
+  for (const std::string& d : {s10, s20, s30, s40}) EXPECT_NE(none.find(d), std::string::npos) << none;
+}
+
+// Resume tests run the real trainer on the tiny config with an in-memory learnable stream.
+TrainerOptions resume_options(const test::TempDir& dir, const std::vector<std::string>& overrides = {}) {
+  TrainerOptions o;
+  o.config = load_config(test::tiny_config(dir), overrides);
+  o.install_signal_handlers = false;
+  o.make_source = [](const SourceSpec& s) { return make_repeating_source(128, 23, 5, s); };
+  return o;
+}
+
+template <typename E>
+std::string expect_error(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const E& e) {
+    EXPECT_EQ(e.exit_code(), kExitBadInput);
+    return e.what();
+  }
+  ADD_FAILURE() << "no error of the expected type";
+  return "";
+}
+
+TEST_F(CheckpointTest, ResumeAutoNeverStartsOverOnDamagedCheckpoints) {
+  TrainerOptions o = resume_options(dir, {"train.steps=10", "train.eval_interval=0"});
+  ASSERT_EQ(train(o).exit_code, kExitOk);  // checkpoints at 5 and 10
+  flip_byte(ckpt_dir + "/step-00000010/model.safetensors", 3);
+  o.config.train.steps = 12;
+  o.resume = "auto";
+  const TrainResult r = train(o);  // falls back to step 5
+  EXPECT_EQ(r.losses.size(), 7u);
+  // Every checkpoint damaged: refused (exit 2), not a fresh start that would prune them.
+  for (const std::string& d : checkpoint_dirs(ckpt_dir)) flip_byte(d + "/config.toml", 2);
+  const std::string why = expect_error<CheckpointError>([&] { train(o); });
+  EXPECT_NE(why.find("no complete checkpoint"), std::string::npos) << why;
+  // An explicit --resume PATH to a damaged checkpoint: exit 2 naming the file.
+  o.resume = checkpoint_dirs(ckpt_dir).front();
+  EXPECT_NE(expect_error<CheckpointError>([&] { train(o); }).find("config.toml: CRC-32"), std::string::npos);
+}
+
+TEST_F(CheckpointTest, ResumeWithAnotherGlobalBatchIsRefusedUnlessAllowed) {
+  // A dp 2 checkpoint (global batch 2 x 4 x 2 = 16) resumed on one rank with the same micro_batch
+  // and grad_accum (global batch 8).
+  CheckpointData d = random_checkpoint(cfg, 5, 1);
+  d.state.dp = 2;
+  d.state.global_batch = 16;
+  d.state.sampler = {0, 80};
+  d.state.consecutive_bad = 0;
+  const std::string path = save_checkpoint(ckpt_dir, d, 0);
+  TrainerOptions o = resume_options(dir, {"train.steps=6"});
+  o.resume = path;
+  const std::string why = expect_error<ConfigError>([&] { train(o); });
+  EXPECT_NE(why.find("global batch of 16 sequences"), std::string::npos) << why;
+  EXPECT_NE(why.find("this run's is 8"), std::string::npos) << why;
+  EXPECT_NE(why.find("train.allow_batch_change"), std::string::npos) << why;
+  // A checkpoint from before global_batch was recorded is judged by its config and dp.
+  d.state.global_batch = 0;
+  o.resume = save_checkpoint(ckpt_dir, d, 0);
+  EXPECT_NE(expect_error<ConfigError>([&] { train(o); }).find("global batch of 16"), std::string::npos);
+  // Asked for: it resumes (with a warning).
+  o.config.train.allow_batch_change = true;
+  EXPECT_EQ(train(o).step, 6);
+}
+
+TEST_F(CheckpointTest, AfterTooManyBadStepsResumeAutoStopsBeforeAnotherStep) {
+  CheckpointData bad = random_checkpoint(cfg, 4, 3);
+  save_checkpoint(ckpt_dir, random_checkpoint(cfg, 2, 2), 0);
+  bad.state.consecutive_bad = cfg.train.max_bad_steps;  // what an exit 4 leaves
+  save_checkpoint(ckpt_dir, bad, 2);
+  TrainerOptions o = resume_options(dir);
+  o.resume = "auto";
+  const TrainResult r = train(o);
+  EXPECT_EQ(r.exit_code, kExitBadSteps);
+  EXPECT_TRUE(r.losses.empty()) << "no step was spent";
+  EXPECT_EQ(checkpoint_dirs(ckpt_dir), (std::vector<std::string>{ckpt_dir + "/step-00000004", ckpt_dir + "/step-00000002"}))
+      << "nothing written, nothing pruned";
+  // Raising the limit is the way on.
+  o.config.train.max_bad_steps = cfg.train.max_bad_steps + 5;
+  o.config.train.steps = 6;
+  EXPECT_EQ(train(o).losses.size(), 2u);
+}
+
+// A learnable stream whose `fail_at`-th batch (1-based) raises the DataError a damaged shard gives.
+class FailingSource final : public TokenSource {
+ public:
+  FailingSource(const SourceSpec& s, int fail_at) : inner_(make_repeating_source(128, 23, 5, s)), fail_at_(fail_at) {}
+  void next(std::vector<int32_t>& rows) override {
+    if (++calls_ == fail_at_) throw DataError("shard-00003.h5: chunk 7 fails its CRC-32 (test)");
+    inner_->next(rows);
+  }
+  data::SamplerState state() const override { return inner_->state(); }
+  void restore(const data::SamplerState& s) override { inner_->restore(s); }
+
+ private:
+  std::unique_ptr<TokenSource> inner_;
+  int fail_at_, calls_ = 0;
+};
+
+TEST_F(CheckpointTest, DataErrorMidRunCheckpointsTheStepsDoneFirst) {
+  TrainerOptions o = resume_options(dir, {"train.steps=20", "train.eval_interval=0"});
+  o.make_source = [](const SourceSpec& s) -> std::unique_ptr<TokenSource> {
+    if (s.validation) return nullptr;
+    return std::make_unique<FailingSource>(s, 8);
+  };
+  const std::string why = expect_error<DataError>([&] { train(o); });
+  EXPECT_NE(why.find("shard-00003.h5"), std::string::npos) << why;
+  const CheckpointData c = load_checkpoint(ckpt_dir);
+  EXPECT_EQ(c.state.step, 7) << "the 2 steps after the interval checkpoint at 5 are kept";
+  EXPECT_EQ(c.state.sampler.next_sample, 7u * 8u) << "the failed batch is read again on resume";
+  // Once the data is fixed, --resume auto continues from there.
+  TrainerOptions again = resume_options(dir, {"train.steps=20", "train.eval_interval=0"});
+  again.resume = "auto";
+  EXPECT_EQ(train(again).losses.size(), 13u);
+}
+
+TEST_F(CheckpointTest, FullLogDirStopsWithTheCheckpointAndWholeLines) {
+  // metrics.jsonl on a device that is always full: every write fails with ENOSPC.
+  fs::create_directories(dir / "log");
+  fs::create_symlink("/dev/full", dir / "log/metrics.jsonl");
+  TrainerOptions o = resume_options(dir, {"train.steps=20", "checkpoint.interval=0", "log.tensorboard=false"});
+  const TrainResult r = train(o);
+  EXPECT_EQ(r.exit_code, kExitFailure) << "a run whose metrics are lost must not look like success";
+  EXPECT_EQ(r.step, 5) << "stopped at the first log line (log.interval = 5)";
+  EXPECT_EQ(load_checkpoint(ckpt_dir).state.step, 5);
+}
+
+// mlkv-train under a file-size limit (ulimit -f, in KiB): writes past it fail with EFBIG (the
+// trainer ignores SIGXFSZ). The tiny 1-layer model's checkpoint files stay under the limit.
+int run_with_file_limit(const test::TempDir& dir, int kib, const std::vector<std::string>& sets, std::string& out) {
+  std::string cmd = "ulimit -f " + std::to_string(kib) + " && exec " + test::bin("mlkv-train") + " " +
+                    test::tiny_config(dir);
+  for (const std::string& s :
+       {"train.steps=2000", "model.layers=1", "model.d_model=16", "model.heads=2", "kv.kv_heads=1", "log.interval=1",
+        "checkpoint.interval=0", "train.eval_interval=0", "train.micro_batch=1", "train.grad_accum=1"})
+    cmd += " --set " + s;
+  for (const std::string& s : sets) cmd += " --set " + s;
+  return test::run({"/bin/bash", "-c", cmd}, out);
+}
+
+TEST_F(CheckpointTest, FileSizeLimitInLogDirNeverCutsALineNorCostsTheCheckpoint) {
+  if (!fs::exists(test::bin("mlkv-train"))) GTEST_SKIP() << "mlkv-train not built";
+  test::make_tiny_data(dir);
+  std::string out;
+  // metrics.jsonl reaches the limit (TensorBoard off).
+  EXPECT_EQ(run_with_file_limit(dir, 96, {"log.tensorboard=false"}, out), kExitFailure) << out;
+  EXPECT_NE(out.find("metrics.jsonl: write failed"), std::string::npos) << out;
+  const auto rows = test::metrics_rows(dir / "log/metrics.jsonl");  // throws on a cut line
+  ASSERT_FALSE(rows.empty());
+  const int64_t stopped = load_checkpoint(ckpt_dir).state.step;
+  EXPECT_EQ(stopped, rows.back()["step"].get<int64_t>() + 1) << "checkpoint at the step whose line failed";
+
+  // The TensorBoard file reaches it (metrics.jsonl on /dev/null, which has no size).
+  fs::remove_all(dir / "log");
+  fs::remove_all(ckpt_dir);
+  fs::create_directories(dir / "log");
+  fs::create_symlink("/dev/null", dir / "log/metrics.jsonl");
+  EXPECT_EQ(run_with_file_limit(dir, 96, {"log.tensorboard=true"}, out), kExitFailure) << out;
+  EXPECT_NE(out.find("TensorBoard"), std::string::npos) << out;
+  EXPECT_GT(load_checkpoint(ckpt_dir).state.step, 0) << out;
+}
+
+TEST_F(CheckpointTest, RefusedRunCreatesNoOutputDirectories) {
+  TrainerOptions o;
+  o.config = load_config(test::tiny_config(dir), {"data.path=" + dir / "no-such-data"});
+  o.install_signal_handlers = false;
+  EXPECT_THROW(train(o), DataError);
+  EXPECT_FALSE(fs::exists(ckpt_dir));
+  EXPECT_FALSE(fs::exists(dir / "log"));
 }
 
 }  // namespace
