@@ -28,6 +28,8 @@
 #endif
 
 #include "core/errors.h"
+#include "core/logging.h"
+#include "core/optimizer.h"
 
 namespace mlkv {
 namespace {
@@ -68,6 +70,7 @@ struct Key {
   Bounds bounds;
   std::vector<std::string> choices;  // string keys: the allowed values (empty = free text)
   bool is_required = false;
+  bool is_f32 = false;  // read as a 32-bit float by the kernels: its range is checked as that float
 
   Key(std::string n, FieldRef f, std::string d) : name(std::move(n)), field(f), doc(std::move(d)) {}
   Key min(double v) && { bounds.lo = v; return std::move(*this); }
@@ -76,6 +79,7 @@ struct Key {
   Key below(double v) && { bounds.hi = v; bounds.hi_open = true; return std::move(*this); }
   Key one_of(std::vector<std::string> c) && { choices = std::move(c); return std::move(*this); }
   Key required() && { is_required = true; return std::move(*this); }
+  Key f32() && { is_f32 = true; return std::move(*this); }
 
   std::string section() const { return name.substr(0, name.find('.')); }
   std::string leaf() const { return name.substr(name.find('.') + 1); }
@@ -113,9 +117,9 @@ const std::vector<Key>& schema() {
     k.push_back(MLKV_KEY(model, heads, "Query heads; head dim = d_model / heads.").min(1).max(1024).required());
     k.push_back(MLKV_KEY(model, vocab_size, "Padded vocabulary: 50304 (Pythia 70M–2.8B), 50432 (6.9B), 50688 (12B).").min(2).max(INT32_MAX));
     k.push_back(MLKV_KEY(model, max_seq_len, "Longest sequence the rotary tables are built for.").min(1).max(1 << 20));
-    k.push_back(MLKV_KEY(model, rotary_pct, "Fraction of each head's dims that get rotary; head_dim·rotary_pct must be even.").min(0).max(1));
-    k.push_back(MLKV_KEY(model, rotary_base, "Rotary base θ.").above(0));
-    k.push_back(MLKV_KEY(model, ln_eps, "LayerNorm epsilon.").above(0).below(1));
+    k.push_back(MLKV_KEY(model, rotary_pct, "Fraction of each head's dims that get rotary; head_dim·rotary_pct must be even.").min(0).max(1).f32());
+    k.push_back(MLKV_KEY(model, rotary_base, "Rotary base θ.").above(0).f32());
+    k.push_back(MLKV_KEY(model, ln_eps, "LayerNorm epsilon.").above(0).below(1).f32());
     k.push_back(MLKV_KEY(model, ffn, "MLP hidden width; 0 = 4·d_model.").min(0).max(1 << 22));
     // [kv]
     k.push_back(MLKV_KEY(kv, kv_heads, "KV heads of every KV layer; must divide `model.heads`; 0 = model.heads.").min(0).max(1024));
@@ -140,22 +144,23 @@ const std::vector<Key>& schema() {
     k.push_back(MLKV_KEY(train, threads, "CPU backend threads; 0 = all cores.").min(0).max(4096));
     k.push_back(MLKV_KEY(train, allow_batch_change, "Resume a checkpoint written with another global batch (micro_batch · grad_accum · dp); false refuses such a resume (exit 2)."));
     // [optim]
-    k.push_back(MLKV_KEY(optim, lr, "Peak learning rate.").min(0).max(1));
+    k.push_back(MLKV_KEY(optim, lr, "Peak learning rate.").min(0).max(1).f32());
     k.push_back(MLKV_KEY(optim, min_lr_ratio, "Final learning rate as a fraction of the peak.").min(0).max(1));
     k.push_back(MLKV_KEY(optim, warmup_fraction, "Linear warmup as a fraction of `train.steps`.").min(0).max(1));
     k.push_back(MLKV_KEY(optim, warmup_steps, "Warmup steps; >= 0 overrides `optim.warmup_fraction`, -1 = use the fraction.").min(-1));
     k.push_back(MLKV_KEY(optim, schedule, "Decay after warmup, down to lr · min_lr_ratio.").one_of({"cosine", "constant", "linear"}));
-    k.push_back(MLKV_KEY(optim, beta1, "Adam β1.").min(0).below(1));
-    k.push_back(MLKV_KEY(optim, beta2, "Adam β2.").min(0).below(1));
-    k.push_back(MLKV_KEY(optim, eps, "Adam epsilon.").above(0).max(1));
-    k.push_back(MLKV_KEY(optim, weight_decay, "Decoupled weight decay (not on biases or LayerNorm).").min(0).max(10));
-    k.push_back(MLKV_KEY(optim, grad_clip, "Global gradient-norm clip; 0 = off.").min(0));
+    k.push_back(MLKV_KEY(optim, beta1, "Adam β1.").min(0).below(1).f32());
+    k.push_back(MLKV_KEY(optim, beta2, "Adam β2.").min(0).below(1).f32());
+    k.push_back(MLKV_KEY(optim, eps, "Adam epsilon.").above(0).max(1).f32());
+    k.push_back(MLKV_KEY(optim, weight_decay, "Decoupled weight decay (not on biases or LayerNorm).").min(0).max(10).f32());
+    k.push_back(MLKV_KEY(optim, grad_clip, "Global gradient-norm clip; 0 = off.").min(0).f32());
     // [data]
     k.push_back(MLKV_KEY(data, path, "Training shards: a directory, file or glob. Needed by mlkv-train."));
     k.push_back(MLKV_KEY(data, val_path, "Held-out shards; empty = use `data.val_fraction`."));
     k.push_back(MLKV_KEY(data, val_fraction, "Fraction of `data.path` held out for validation when `data.val_path` is empty.").min(0).below(1));
     k.push_back(MLKV_KEY(data, shuffle, "Shuffle the sample order (a pure function of seed and epoch)."));
     k.push_back(MLKV_KEY(data, prefetch, "Batches read ahead by the background reader.").min(1).max(1024));
+    k.push_back(MLKV_KEY(data, verify, "When every shard chunk is checked (CRC-32, ids, max_token_id): `full` before step 1, `lazy` as each chunk is first read (a failure checkpoints, then stops with exit 2), `auto` = full up to 2^27 tokens, else lazy.").one_of({"auto", "full", "lazy"}));
     // [checkpoint]
     k.push_back(MLKV_KEY(checkpoint, dir, "Directory of step checkpoints and the `latest` pointer."));
     k.push_back(MLKV_KEY(checkpoint, interval, "Steps between checkpoints; 0 = only at the end.").min(0));
@@ -326,6 +331,7 @@ class Loader {
   void load_text(const std::string& text, const fs::path& name);
   void apply_override(const std::string& arg);
   Config build(const std::string& source) const;
+  void warn_conflicts(const Config& c) const;
 
  private:
   void take(toml::table& doc, const fs::path& file);
@@ -478,6 +484,15 @@ void read_into(double& out, const Key& k, const Setting& s) {
   else if (const auto* f = s.value->as_floating_point()) out = f->get();
   else fail(s.value_at, k.name, "expected a number, got " + node_type_name(*s.value));
   check_bounds(k, s.value_at, out, format_number(out));
+  if (k.is_f32) {
+    // 1e-300 is > 0 as a double but 0 as the float the kernels compute with (rotary_base: NaN at
+    // step 1), and 1e39 is inf: the float must be finite and within the bounds too.
+    const float f = static_cast<float>(out);
+    if (!std::isfinite(f) || !k.bounds.contains(f))
+      fail(s.value_at, k.name, "value " + format_number(out) + " becomes " + format_number(f) +
+                                   " as the 32-bit float the kernels use, which is out of range: allowed " +
+                                   (k.bounds.any() ? k.bounds.text() : std::string("finite")));
+  }
 }
 void read_into(bool& out, const Key& k, const Setting& s) {
   const auto* b = s.value->as_boolean();
@@ -553,6 +568,25 @@ void check_relations(const Config& c, const std::function<std::string(const std:
   }
 }
 
+// Settings that are legal but contradict each other, or a run that cannot do what it says: a
+// warning at the key that loses. Only for configs a user wrote (load_config), not for the resolved
+// copy inside a checkpoint, which spells out every key.
+void Loader::warn_conflicts(const Config& c) const {
+  auto set = [this](const std::string& key) { return settings_.count(key) > 0; };
+  if (set("kv.kv_layers") && !c.kv.owners.empty())
+    log::warn(at("kv.kv_layers") + ": kv.kv_layers = " + std::to_string(c.kv.kv_layers) +
+              " is ignored: kv.owners is set (" + at("kv.owners") + ")");
+  if (c.data.val_fraction > 0 && !c.data.val_path.empty())
+    log::warn(at("data.val_fraction") + ": data.val_fraction = " + format_number(c.data.val_fraction) +
+              " is ignored: data.val_path is set (" + at("data.val_path") + "), all of data.path trains");
+  const int64_t warm = warmup_steps(c.optim, c.train.steps);
+  if (warm >= c.train.steps && c.optim.lr > 0) {
+    const std::string key = c.optim.warmup_steps >= 0 ? "optim.warmup_steps" : "optim.warmup_fraction";
+    log::warn(at(key) + ": warmup of " + std::to_string(warm) + " steps is not shorter than the run (train.steps = " +
+              std::to_string(c.train.steps) + "): the learning rate never reaches optim.lr and never decays");
+  }
+}
+
 Config Loader::build(const std::string& source) const {
   Config c;
   for (const Key& k : schema()) {
@@ -600,7 +634,9 @@ Config load_config(const std::string& file, const std::vector<std::string>& over
   Loader l;
   l.load_file(file, "");
   for (const std::string& o : overrides) l.apply_override(o);
-  return l.build(file);
+  Config c = l.build(file);
+  l.warn_conflicts(c);
+  return c;
 }
 
 Config config_from_toml_string(const std::string& toml, const std::string& source_name) {

@@ -73,6 +73,7 @@ struct DataSection {
   double val_fraction = 0.0;
   bool shuffle = true;
   int prefetch = 4;
+  std::string verify = "auto";  // auto | full | lazy: when shard chunks are checked
   bool operator==(const DataSection&) const = default;
 };
 

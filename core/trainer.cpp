@@ -474,6 +474,7 @@ std::unique_ptr<TokenSource> make_config_source(const Config& cfg, const SourceS
   o.seed = cfg.train.seed;
   o.prefetch = cfg.data.prefetch;
   o.vocab_limit = cfg.model.vocab_size;
+  o.verify = cfg.data.verify;
   if (!spec.validation) {
     if (cfg.data.path.empty()) throw ConfigError("data.path is required for training (a shard directory, file or glob)");
     o.path = cfg.data.path;

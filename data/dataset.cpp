@@ -92,7 +92,9 @@ DatasetSummary validate_dataset(const std::string& path, int64_t vocab_size, int
                       "; it cannot give one sample (samples do not cross shards): merge it "
                       "into another shard or lower seq_len");
     }
-    int64_t limit = vocab_size > 0 ? vocab_size : shard.vocab_size;
+    // The model's vocab, and never more than the shard's own: an id >= its vocab_size attribute
+    // is damage (or a mislabelled shard), whatever the model could embed.
+    int64_t limit = vocab_size > 0 ? std::min(vocab_size, shard.vocab_size) : shard.vocab_size;
     if (shard.has_max_token_id && shard.max_token_id < limit) continue;
     int64_t max_id = -1;
     int64_t bad = find_token_at_or_above(shard.path, limit, max_id);

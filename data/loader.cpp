@@ -36,6 +36,9 @@ void check_options(const LoaderOptions& o) {
   }
   if (o.stride < 0) fail("stride must be >= 0");
   if (o.max_open_shards < 1) fail("max_open_shards must be >= 1");
+  if (o.verify != "auto" && o.verify != "full" && o.verify != "lazy") {
+    fail("verify must be 'auto', 'full' or 'lazy', not '" + o.verify + "'");
+  }
 }
 
 }  // namespace
@@ -76,7 +79,51 @@ Loader::Loader(const LoaderOptions& options) : options_(options), order_(1, 0, f
     }
   }
   order_ = SampleOrder(split_size_, options_.seed, options_.shuffle);
+  verified_blocks_.resize(shards_.size());
+  if (options_.verify == "full" ||
+      (options_.verify == "auto" && summary.total_tokens <= kVerifyAtStartTokens)) {
+    verify_all();
+  }
   start_worker();
+}
+
+int64_t Loader::id_limit(size_t shard) const {
+  return std::min(vocab_limit_, shards_[shard].vocab_size);
+}
+
+// Every token of every shard, before step 1: the chunk checksums (when the shard has them), the
+// id limit, and max_token_id (which the start-up check trusts, so a stale one must not pass).
+void Loader::verify_all() {
+  std::vector<int32_t> tokens;
+  for (size_t i = 0; i < shards_.size(); ++i) {
+    ShardReader r(shards_[i].path, &verified_blocks_[i]);
+    const ShardInfo& info = r.info();
+    const int64_t block = info.crc_block_tokens > 0 ? info.crc_block_tokens
+                                                    : std::max<int64_t>(info.chunk_tokens, int64_t{1} << 20);
+    const int64_t limit = id_limit(i);
+    int64_t max_id = -1;
+    for (int64_t start = 0; start < info.num_tokens; start += block) {
+      const int64_t n = std::min(block, info.num_tokens - start);
+      tokens.resize(static_cast<size_t>(n));
+      r.read(start, n, tokens.data());
+      for (int64_t k = 0; k < n; ++k) {
+        const int64_t id = static_cast<uint32_t>(tokens[static_cast<size_t>(k)]);
+        max_id = std::max(max_id, id);
+        if (id >= limit) {
+          throw DataError(info.path + ": token id " + std::to_string(id) + " at token offset " +
+                          std::to_string(start + k) + " is >= " +
+                          (limit == shards_[i].vocab_size ? "the shard's vocab_size " : "the model's vocab_size ") +
+                          std::to_string(limit));
+        }
+      }
+    }
+    if (info.has_max_token_id && info.max_token_id != max_id) {
+      throw DataError(info.path + ": attribute max_token_id = " + std::to_string(info.max_token_id) +
+                      " but the largest id is " + std::to_string(max_id) +
+                      " (the file was changed after writing)");
+    }
+  }
+  verified_at_start_ = true;
 }
 
 Loader::~Loader() { stop_worker(); }
@@ -102,7 +149,8 @@ ShardReader& Loader::reader(size_t shard) {
     }
   }
   if (static_cast<int>(open_readers_.size()) >= options_.max_open_shards) open_readers_.pop_back();
-  open_readers_.emplace_front(shard, std::make_unique<ShardReader>(shards_[shard].path));
+  open_readers_.emplace_front(
+      shard, std::make_unique<ShardReader>(shards_[shard].path, &verified_blocks_[shard]));
   return *open_readers_.front().second;
 }
 
@@ -127,12 +175,14 @@ void Loader::fill(const SamplerState& at, std::vector<int32_t>& tokens) {
     int64_t offset = static_cast<int64_t>(global - first_sample_[shard]) * stride_;
     int32_t* out = tokens.data() + row * window;
     reader(shard).read(offset, window, out);
+    const int64_t limit = id_limit(shard);
     for (int64_t i = 0; i < window; ++i) {
-      if (static_cast<uint32_t>(out[i]) >= static_cast<uint64_t>(vocab_limit_)) {
+      if (static_cast<uint32_t>(out[i]) >= static_cast<uint64_t>(limit)) {
         throw DataError(shards_[shard].path + ": token id " +
                         std::to_string(static_cast<uint32_t>(out[i])) + " at token offset " +
-                        std::to_string(offset + i) + " is >= vocab_size " +
-                        std::to_string(vocab_limit_));
+                        std::to_string(offset + i) + " is >= " +
+                        (limit == shards_[shard].vocab_size ? "the shard's vocab_size " : "vocab_size ") +
+                        std::to_string(limit));
       }
     }
     if (++position == split_size_) {

@@ -52,7 +52,16 @@ struct LoaderOptions {
   int64_t vocab_limit = 0;    // ids must be < this (the model's vocab); 0: shards' vocab_size
   int max_open_shards = 16;   // open-file cache of the reader thread (each compressed shard
                               // also keeps an 8 MiB chunk cache)
+  // When every chunk is checked (chunk CRC-32, every id < the limit, max_token_id true):
+  //   full  in the constructor, before step 1 (reads the whole dataset once);
+  //   lazy  each checksum block the first time a window touches it (ids per window);
+  //   auto  full for datasets of at most kVerifyAtStartTokens tokens, else lazy.
+  std::string verify = "auto";
 };
+
+// auto verifies datasets up to this size up front: 2^27 tokens is ~0.3 s of reading uncompressed
+// and a few seconds with gzip (data/README.md, Benchmark).
+inline constexpr int64_t kVerifyAtStartTokens = int64_t{1} << 27;
 
 class Loader {
  public:
@@ -79,6 +88,7 @@ class Loader {
   int64_t stride() const { return stride_; }
   int64_t rows_per_rank() const { return options_.global_batch / options_.dp_size; }
   int64_t num_shards() const { return static_cast<int64_t>(shards_.size()); }
+  bool verified_at_start() const { return verified_at_start_; }
   // Where sample `index` (in [0, num_samples)) lives: shard path and token offset.
   std::pair<std::string, int64_t> locate(uint64_t index) const;
   // Sample index at stream position (epoch, position): the sampler alone, no I/O.
@@ -90,6 +100,8 @@ class Loader {
     SamplerState after;
   };
   void fill(const SamplerState& at, std::vector<int32_t>& tokens);
+  void verify_all();
+  int64_t id_limit(size_t shard) const;  // ids must be below: the model's and the shard's vocab
   SamplerState advance(const SamplerState& at) const;
   ShardReader& reader(size_t shard);
   void start_worker();
@@ -104,6 +116,8 @@ class Loader {
   int64_t vocab_size_ = 0, vocab_limit_ = 0;
   int32_t eod_id_ = -1;
   SampleOrder order_;
+  bool verified_at_start_ = false;
+  std::vector<std::vector<uint8_t>> verified_blocks_;  // per shard: checksum blocks checked
 
   // Reader thread state (only the worker touches the readers).
   std::list<std::pair<size_t, std::unique_ptr<ShardReader>>> open_readers_;  // LRU, front = newest

@@ -11,6 +11,10 @@ inline constexpr int64_t kFormatVersion = 1;
 // Datasets.
 inline constexpr const char* kTokensDataset = "tokens";            // 1-D uint16 | uint32
 inline constexpr const char* kDocOffsetsDataset = "doc_offsets";   // 1-D uint64, optional
+// CRC-32 of each block of `crc_block_tokens` tokens, over the tokens as stored (little-endian
+// uint16/uint32 elements, i.e. after any decompression); the last block may be shorter. Optional:
+// shards written before it are read without it (README: "Chunk checksums").
+inline constexpr const char* kChunkCrcDataset = "chunk_crc32";     // 1-D uint32
 
 // Root-group attributes.
 inline constexpr const char* kAttrFormatVersion = "format_version";  // int64, required
@@ -22,6 +26,7 @@ inline constexpr const char* kAttrMaxTokenId = "max_token_id";       // int64, -
 inline constexpr const char* kAttrSequenceLength = "sequence_length";  // int64, 0 = free text
 inline constexpr const char* kAttrFirstDocContinues = "first_doc_continues";  // int64 0/1
 inline constexpr const char* kAttrSource = "source";                 // string, provenance
+inline constexpr const char* kAttrCrcBlockTokens = "crc_block_tokens";  // int64, with chunk_crc32
 
 // Chunking: 1 Mi tokens (2 MiB as uint16) keeps the chunk index tiny and lets uncompressed
 // reads of one window skip HDF5's chunk cache. Compressed chunks are smaller because a random
@@ -58,6 +63,10 @@ struct ShardInfo {
   bool first_doc_continues = false;
   int64_t chunk_tokens = 0;
   int deflate_level = 0;          // 0: uncompressed
+  int64_t crc_block_tokens = 0;   // 0: no /chunk_crc32 (a shard from before checksums)
+  int64_t num_crc_blocks() const {
+    return crc_block_tokens > 0 ? (num_tokens + crc_block_tokens - 1) / crc_block_tokens : 0;
+  }
 };
 
 }  // namespace mlkv::data

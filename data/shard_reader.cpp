@@ -2,9 +2,11 @@
 #include "data/shard_reader.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <filesystem>
 #include <system_error>
 
+#include "core/crc32.h"
 #include "core/errors.h"
 
 namespace mlkv::data {
@@ -19,11 +21,16 @@ std::string file_size_text(const std::string& path) {
 
 }  // namespace
 
-ShardReader::ShardReader(const std::string& path) {
+ShardReader::ShardReader(const std::string& path, std::vector<uint8_t>* verified_blocks)
+    : verified_(verified_blocks ? verified_blocks : &own_verified_) {
   h5::quiet_errors();
   info_.path = path;
   std::error_code ec;
   if (!std::filesystem::exists(path, ec)) throw DataError(path + ": shard file does not exist");
+  // Datasets whose elements must be stored in the file cannot hold more than the file's bytes: a
+  // bound on what a damaged header can make us allocate.
+  const auto file_bytes = std::filesystem::file_size(path, ec);
+  const uint64_t max_stored = ec ? 0 : static_cast<uint64_t>(file_bytes);
   if (H5Fis_hdf5(path.c_str()) <= 0) {
     h5::last_error();
     throw DataError(path + ": not an HDF5 file (byte offset 0: no HDF5 signature; " +
@@ -125,25 +132,50 @@ ShardReader::ShardReader(const std::string& path) {
                     " tokens but the header says " + std::to_string(recorded_tokens) +
                     " (file truncated or rewritten?)");
   }
-  if (H5Lexists(root, kDocOffsetsDataset, H5P_DEFAULT) > 0) {
-    h5::Handle offsets(H5Dopen2(root, kDocOffsetsDataset, H5P_DEFAULT));
-    h5::Handle space(offsets.valid() ? H5Dget_space(offsets.get()) : H5I_INVALID_HID);
+  // Length of a 1-D dataset of `element_bytes` elements, checked against the file's size.
+  auto stored_length = [&](const char* name, size_t element_bytes) -> hsize_t {
+    h5::Handle dset(H5Dopen2(root, name, H5P_DEFAULT));
+    h5::Handle space(dset.valid() ? H5Dget_space(dset.get()) : H5I_INVALID_HID);
     hsize_t count = 0;
-    if (!space.valid() || H5Sget_simple_extent_dims(space.get(), &count, nullptr) != 1) {
-      throw DataError(path + ": unreadable /doc_offsets " + h5::last_error());
+    if (!space.valid() || H5Sget_simple_extent_ndims(space.get()) != 1 ||
+        H5Sget_simple_extent_dims(space.get(), &count, nullptr) != 1) {
+      throw DataError(path + ": unreadable /" + name + " " + h5::last_error());
     }
+    if (count > max_stored / element_bytes) {
+      throw DataError(path + ": /" + name + " claims " + std::to_string(count) +
+                      " elements, more than the file's " + std::to_string(max_stored) +
+                      " bytes can hold (damaged header)");
+    }
+    return count;
+  };
+  if (H5Lexists(root, kDocOffsetsDataset, H5P_DEFAULT) > 0) {
+    const hsize_t count = stored_length(kDocOffsetsDataset, sizeof(uint64_t));
     info_.num_doc_pieces = count > 0 ? static_cast<int64_t>(count) - 1 : 0;
+  }
+  if (H5Lexists(root, kChunkCrcDataset, H5P_DEFAULT) > 0) {
+    if (!h5::read_int_attribute(root, kAttrCrcBlockTokens, info_.crc_block_tokens, path) ||
+        info_.crc_block_tokens <= 0) {
+      throw DataError(path + ": /chunk_crc32 without a positive attribute 'crc_block_tokens'");
+    }
+    const hsize_t count = stored_length(kChunkCrcDataset, sizeof(uint32_t));
+    if (static_cast<int64_t>(count) != info_.num_crc_blocks()) {
+      throw DataError(path + ": /chunk_crc32 holds " + std::to_string(count) +
+                      " checksums, but " + std::to_string(info_.num_tokens) + " tokens in blocks of " +
+                      std::to_string(info_.crc_block_tokens) + " need " +
+                      std::to_string(info_.num_crc_blocks()) + " (file truncated or rewritten?)");
+    }
+    crcs_.resize(count);
+    h5::Handle dset(H5Dopen2(root, kChunkCrcDataset, H5P_DEFAULT));
+    if (count > 0 && H5Dread(dset.get(), H5T_NATIVE_UINT32, H5S_ALL, H5S_ALL, H5P_DEFAULT,
+                             crcs_.data()) < 0) {
+      throw DataError(path + ": cannot read /chunk_crc32: " + h5::last_error());
+    }
+    if (verified_->size() != count) verified_->assign(count, 0);
   }
   h5::last_error();
 }
 
-void ShardReader::read_raw(int64_t start, int64_t count, void* out) {
-  if (start < 0 || count < 0 || start + count > info_.num_tokens) {
-    throw DataError(info_.path + ": read of tokens [" + std::to_string(start) + ", " +
-                    std::to_string(start + count) + ") is outside /tokens (length " +
-                    std::to_string(info_.num_tokens) + ")");
-  }
-  if (count == 0) return;
+void ShardReader::read_hyperslab(int64_t start, int64_t count, void* out) {
   hsize_t s = static_cast<hsize_t>(start), c = static_cast<hsize_t>(count);
   H5Sselect_hyperslab(file_space_.get(), H5S_SELECT_SET, &s, nullptr, &c, nullptr);
   h5::Handle mem_space(H5Screate_simple(1, &c, nullptr));
@@ -154,6 +186,40 @@ void ShardReader::read_raw(int64_t start, int64_t count, void* out) {
                     std::to_string(start) + " (count " + std::to_string(count) +
                     "; corrupt chunk?): " + h5::last_error());
   }
+}
+
+void ShardReader::verify_block(int64_t block) {
+  if (crcs_.empty() || (*verified_)[static_cast<size_t>(block)]) return;
+  const int64_t first = block * info_.crc_block_tokens;
+  const int64_t count = std::min(info_.crc_block_tokens, info_.num_tokens - first);
+  const size_t bytes = static_cast<size_t>(count) * (info_.dtype == TokenType::kUint16 ? 2 : 4);
+  block_buffer_.resize(bytes);
+  read_hyperslab(first, count, block_buffer_.data());
+  const uint32_t crc = crc32_update(0, block_buffer_.data(), bytes);
+  if (crc != crcs_[static_cast<size_t>(block)]) {
+    char text[64];
+    std::snprintf(text, sizeof text, "CRC-32 %08x, /chunk_crc32 records %08x", crc,
+                  crcs_[static_cast<size_t>(block)]);
+    throw DataError(info_.path + ": tokens [" + std::to_string(first) + ", " +
+                    std::to_string(first + count) + ") (checksum block " + std::to_string(block) +
+                    ") fail their checksum: " + text +
+                    " (the file was changed or damaged after writing)");
+  }
+  (*verified_)[static_cast<size_t>(block)] = 1;
+}
+
+void ShardReader::read_raw(int64_t start, int64_t count, void* out) {
+  if (start < 0 || count < 0 || start > info_.num_tokens || count > info_.num_tokens - start) {
+    throw DataError(info_.path + ": read of tokens [" + std::to_string(start) + ", " +
+                    std::to_string(start + count) + ") is outside /tokens (length " +
+                    std::to_string(info_.num_tokens) + ")");
+  }
+  if (count == 0) return;
+  if (!crcs_.empty()) {
+    for (int64_t b = start / info_.crc_block_tokens; b <= (start + count - 1) / info_.crc_block_tokens; ++b)
+      verify_block(b);
+  }
+  read_hyperslab(start, count, out);
 }
 
 void ShardReader::read(int64_t start, int64_t count, int32_t* out) {

@@ -5,12 +5,51 @@
 #include <cstdio>
 #include <filesystem>
 
+#include <bit>
+
+#include "core/crc32.h"
 #include "core/errors.h"
 #include "data/h5.h"
 
 namespace mlkv::data {
 
 namespace fs = std::filesystem;
+
+// The checksums are over little-endian elements, which is what this host stores in memory.
+static_assert(std::endian::native == std::endian::little, "chunk CRCs assume a little-endian host");
+
+namespace {
+
+// CRC-32 of consecutive blocks of `block_bytes` bytes of one shard's token stream, fed in order.
+struct BlockCrcs {
+  size_t block_bytes = 0;
+  size_t filled = 0;  // bytes of the current block so far
+  uint32_t current = 0;
+  std::vector<uint32_t> done;
+
+  void feed(const void* data, size_t bytes) {
+    const auto* p = static_cast<const uint8_t*>(data);
+    while (bytes > 0) {
+      const size_t n = std::min(bytes, block_bytes - filled);
+      current = crc32_update(current, p, n);
+      filled += n;
+      p += n;
+      bytes -= n;
+      if (filled == block_bytes) {
+        done.push_back(current);
+        current = 0;
+        filled = 0;
+      }
+    }
+  }
+  std::vector<uint32_t> finish() const {
+    std::vector<uint32_t> all = done;
+    if (filled > 0) all.push_back(current);
+    return all;
+  }
+};
+
+}  // namespace
 
 struct ShardWriter::OpenShard {
   std::string final_path;
@@ -23,6 +62,7 @@ struct ShardWriter::OpenShard {
   int64_t max_token = -1;
   std::vector<uint64_t> doc_offsets;
   bool first_doc_continues = false;
+  BlockCrcs crcs;  // of the tokens written so far, per chunk-sized block
 
   int64_t size() const { return written + static_cast<int64_t>(pending.size()); }
 };
@@ -35,9 +75,10 @@ std::string shard_name(const ShardWriterOptions& options, int index) {
   return (fs::path(options.out_dir) / (options.prefix + suffix)).string();
 }
 
-// Appends `count` tokens to the /tokens dataset, converting to the shard's element type.
+// Appends `count` tokens to the /tokens dataset, converting to the shard's element type, and
+// feeds the stored elements to the shard's chunk checksums.
 void write_block(h5::Handle& dataset, TokenType dtype, int64_t offset,
-                 const uint32_t* data, int64_t count, const std::string& path) {
+                 const uint32_t* data, int64_t count, const std::string& path, BlockCrcs& crcs) {
   if (count == 0) return;
   hsize_t new_size = static_cast<hsize_t>(offset + count);
   if (H5Dset_extent(dataset.get(), &new_size) < 0) {
@@ -53,9 +94,11 @@ void write_block(h5::Handle& dataset, TokenType dtype, int64_t offset,
     std::vector<uint16_t> narrow(data, data + count);
     status = H5Dwrite(dataset.get(), H5T_NATIVE_UINT16, mem_space.get(), file_space.get(),
                       H5P_DEFAULT, narrow.data());
+    crcs.feed(narrow.data(), narrow.size() * sizeof(uint16_t));
   } else {
     status = H5Dwrite(dataset.get(), H5T_NATIVE_UINT32, mem_space.get(), file_space.get(),
                       H5P_DEFAULT, data);
+    crcs.feed(data, static_cast<size_t>(count) * sizeof(uint32_t));
   }
   if (status < 0) {
     throw IoError(path + ": cannot write /tokens at offset " + std::to_string(offset) + " " +
@@ -125,6 +168,8 @@ void ShardWriter::open_next_shard() {
     throw IoError(shard->partial_path + ": cannot create /tokens " + h5::last_error());
   }
   shard->pending.reserve(static_cast<size_t>(options_.chunk_tokens));
+  shard->crcs.block_bytes = static_cast<size_t>(options_.chunk_tokens) *
+                            (shard->dtype == TokenType::kUint16 ? 2 : 4);
   current_ = std::move(shard);
 }
 
@@ -172,7 +217,7 @@ void ShardWriter::append_checked(const uint32_t* tokens, int64_t count) {
       shard.pending.push_back(token);
       if (static_cast<int64_t>(shard.pending.size()) == options_.chunk_tokens) {
         write_block(shard.tokens, shard.dtype, shard.written, shard.pending.data(),
-                    options_.chunk_tokens, shard.partial_path);
+                    options_.chunk_tokens, shard.partial_path, shard.crcs);
         shard.written += options_.chunk_tokens;
         shard.pending.clear();
       }
@@ -198,7 +243,7 @@ void ShardWriter::append_checked(const uint32_t* tokens, int64_t count) {
 void ShardWriter::close_shard(OpenShard& shard) {
   const std::string& path = shard.partial_path;
   write_block(shard.tokens, shard.dtype, shard.written, shard.pending.data(),
-              static_cast<int64_t>(shard.pending.size()), path);
+              static_cast<int64_t>(shard.pending.size()), path, shard.crcs);
   shard.written += static_cast<int64_t>(shard.pending.size());
   shard.pending.clear();
   hid_t root = shard.file.get();
@@ -215,6 +260,20 @@ void ShardWriter::close_shard(OpenShard& shard) {
                                   offsets.data()) < 0) {
       throw IoError(path + ": cannot write /doc_offsets " + h5::last_error());
     }
+  }
+  {
+    const std::vector<uint32_t> crcs = shard.crcs.finish();
+    hsize_t n = crcs.size();
+    h5::Handle space(H5Screate_simple(1, &n, nullptr));
+    h5::Handle dcpl(H5Pcreate(H5P_DATASET_CREATE));
+    H5Pset_obj_track_times(dcpl.get(), false);
+    h5::Handle dset(H5Dcreate2(root, kChunkCrcDataset, H5T_STD_U32LE, space.get(), H5P_DEFAULT,
+                               dcpl.get(), H5P_DEFAULT));
+    if (!dset.valid() || (n > 0 && H5Dwrite(dset.get(), H5T_NATIVE_UINT32, H5S_ALL, H5S_ALL,
+                                            H5P_DEFAULT, crcs.data()) < 0)) {
+      throw IoError(path + ": cannot write /" + kChunkCrcDataset + " " + h5::last_error());
+    }
+    h5::write_int_attribute(root, kAttrCrcBlockTokens, options_.chunk_tokens, path);
   }
   h5::write_int_attribute(root, kAttrFormatVersion, kFormatVersion, path);
   h5::write_int_attribute(root, kAttrVocabSize, options_.vocab_size, path);
@@ -255,7 +314,7 @@ std::vector<std::string> ShardWriter::finish() {
       }
       into.pending.insert(into.pending.end(), block.begin(), block.end());
       write_block(into.tokens, into.dtype, into.written, into.pending.data(),
-                  static_cast<int64_t>(into.pending.size()), into.partial_path);
+                  static_cast<int64_t>(into.pending.size()), into.partial_path, into.crcs);
       into.written += static_cast<int64_t>(into.pending.size());
       into.pending.clear();
     }

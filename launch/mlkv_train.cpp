@@ -60,10 +60,12 @@ int main(int argc, char** argv) {
       overrides.push_back(value("--set"));
     } else if (a.rfind("--set=", 0) == 0) {
       overrides.push_back(a.substr(6));
-    } else if (a == "--resume") {
-      resume = value("--resume");
-    } else if (a.rfind("--resume=", 0) == 0) {
-      resume = a.substr(9);
+    } else if (a == "--resume" || a.rfind("--resume=", 0) == 0) {
+      const std::string r = a == "--resume" ? value("--resume") : a.substr(9);
+      // The last one wins, as with --set; two different ones are most likely a mistake.
+      if (!resume.empty() && r != resume)
+        mlkv::log::warn("--resume given twice (" + resume + ", then " + r + "): using " + r);
+      resume = r;
     } else if (a == "--print-config") {
       print_config = true;
     } else if (a == "--config-doc") {
