@@ -132,6 +132,8 @@ void parse_header(const std::string& text, uint64_t data_bytes, const std::strin
   } catch (const json::parse_error& e) {
     throw CheckpointError(where + ": header is not valid JSON (at header byte " + std::to_string(e.byte) +
                           ", file offset " + std::to_string(8 + e.byte) + "): " + e.what());
+  } catch (const json::exception& e) {  // e.g. out_of_range: a number too large for a double
+    throw CheckpointError(where + ": header is not valid JSON: " + e.what());
   }
   if (!duplicate.empty()) throw CheckpointError(where + ": header names '" + duplicate + "' twice");
   if (!h.is_object()) throw CheckpointError(where + ": header is not a JSON object");

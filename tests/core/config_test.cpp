@@ -342,7 +342,7 @@ TEST(ConfigRoundTrip, ResolvedTomlReadsBackEqual) {
     if (!kFragments.count(f)) configs.push_back(load_shipped(f));
   configs.push_back(load_shipped("tiny/tiny_mlkv.toml",
                                  {"model.name=\"quote \\\" back\\\\slash tab\\t é\"", "kv.owners=[0, 1, 3]",
-                                  "optim.lr=0.1", "optim.eps=3e-300", "optim.min_lr_ratio=0.123456789012345678", "log.peak_flops=989e12", "train.seed=18446744",
+                                  "optim.lr=0.1", "optim.eps=3e-30", "optim.min_lr_ratio=0.123456789012345678", "log.peak_flops=989e12", "train.seed=18446744",
                                   "model.rotary_base=1e4", "kv.rope_shared_keys=false", "data.val_fraction=0.3"}));
   for (const Config& c : configs) {
     const std::string toml = mlkv::config_to_toml(c);

@@ -269,6 +269,7 @@ TEST(Loader, ReaderThreadErrorsReachTheCaller) {
   test::write_raw_shard(dir / "lying.h5", tokens, H5T_STD_U16LE, 50277, 1, 10);
   auto o = options_for(dir / "lying.h5");
   o.shuffle = false;
+  o.verify = "lazy";  // not checked up front (a large dataset)
   Loader loader(o);
   std::vector<int32_t> batch;
   expect_data_error([&] {
@@ -277,6 +278,10 @@ TEST(Loader, ReaderThreadErrorsReachTheCaller) {
                     {"lying.h5", "token id 60000", "token offset 123"});
   // It stays failed rather than hanging.
   EXPECT_THROW(loader.next(batch), DataError);
+  // A small dataset is verified before step 1 (data.verify = auto): the stale max_token_id
+  // does not hide the bad id.
+  o.verify = "auto";
+  expect_data_error([&] { Loader again(o); }, {"lying.h5", "token id 60000", "token offset 123"});
 }
 
 }  // namespace
