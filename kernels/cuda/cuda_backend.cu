@@ -288,8 +288,9 @@ class CudaBackend final : public Backend {
                        int64_t N, int IC, int OC, bool accumulate_din) override {
     MLKV_PROFILE(shape("matmul_backward", N, IC, OC));
     if (din) gemm_->backward_input(B(din), B(dout), B(w), N, IC, OC, accumulate_din);
-    if (dw) gemm_->backward_weight(dw, B(dout), B(in), N, IC, OC);
-    if (dbias) bias_grad(dbias, B(dout), N, OC, *scratch_, stream_);
+    // The bias gradient rides on the weight gradient's epilogue where cuBLASLt has one.
+    const bool dbias_done = dw && gemm_->backward_weight(dw, dbias, B(dout), B(in), N, IC, OC);
+    if (dbias && !dbias_done) bias_grad(dbias, B(dout), N, OC, *scratch_, stream_);
   }
 
   // ---- elementwise
