@@ -11,10 +11,12 @@
 namespace mlkv {
 
 void Backend::select_attention(const std::string& impl) {
-  if (impl != "flash")
+  if (impl != "flash" && impl != "auto")
     throw ConfigError("train.attention = \"" + impl + "\" is not available on backend " + name() +
-                      " (it has only \"flash\")");
+                      " (it has one attention: \"auto\" or \"flash\")");
 }
+
+std::string Backend::attention_plan(int) { return "flash (the one attention of this backend)"; }
 
 bool cuda_available() {
 #ifdef MLKV_HAVE_CUDA

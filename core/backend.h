@@ -107,9 +107,12 @@ class Backend {
                                   const void* v, const void* out, const float* lse, int B, int T, int H, int KVH,
                                   int hd) = 0;
 
-  // Which attention implementation the two calls above use: train.attention, "flash" (ours) or
-  // "cudnn". This default takes "flash" only; throws ConfigError for what the backend lacks.
+  // Which attention implementation the two calls above use: train.attention, "auto" (the
+  // faster measured path per head dim), "flash" (ours) or "cudnn". This default has one
+  // attention and takes "auto" and "flash"; throws ConfigError for what the backend lacks.
   virtual void select_attention(const std::string& impl);
+  // The implementation attention at head dim hd uses and why, for the start-up line.
+  virtual std::string attention_plan(int hd);
 
   // ---- softmax cross-entropy over V columns. losses[N] = -log softmax(logits[n])[targets[n]],
   // 0 where targets[n] < 0 (ignored). With compute_grad, logits is overwritten in place by

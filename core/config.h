@@ -42,7 +42,7 @@ struct TrainSection {
   int seq_len = 2048;
   uint64_t seed = 1234;
   std::string backend = "auto";     // auto | cpu | cuda
-  std::string attention = "flash";  // flash (ours) | cudnn
+  std::string attention = "auto";   // auto (faster measured per head dim) | flash (ours) | cudnn
   std::string recompute = "none";   // none | attention | block
   std::string init_from;            // checkpoint dir to start from (step 0), e.g. from mlkv-convert
   int64_t eval_interval = 0;        // steps between validation passes (0 = only at the end)

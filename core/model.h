@@ -100,6 +100,13 @@ class Model {
   // Logits [B, T, V] as fp32 on the host (for parity checks and mlkv-eval dumps).
   std::vector<float> forward_logits(const int32_t* tokens);
 
+  // The LM head and its cross-entropy run over this many rows at a time (see head_loss), so the
+  // full [B·T, V] logits never exist; 0 = all rows at once (the unfused path, for tests). Only
+  // before the first forward: the chunk's logits buffer is allocated there.
+  static constexpr int64_t kDefaultHeadChunkRows = 4096;
+  void set_head_chunk_rows(int64_t rows);
+  int64_t head_chunk_rows() const;  // the rows one chunk takes at this micro-batch
+
   size_t activation_bytes() const { return activation_bytes_; }  // 0 until the first forward
 
  private:
@@ -117,7 +124,9 @@ class Model {
   void forward(const int32_t* tokens_dev);
   void layer_forward(int l, LayerActs& a);
   void layer_backward(int l, LayerActs& a);
-  LossSum loss(const int32_t* targets, float dloss, bool compute_grad);
+  LossSum head_loss(const int32_t* targets, float dloss, bool compute_grad);
+  void chunk_cross_entropy(int64_t r0, int64_t n, float dloss, bool compute_grad);
+  void* act_row(void* base, int64_t row, int64_t width);  // &base[row, 0] of an act [*, width]
   void allocate_activations();
   void* alloc_act(int64_t elems);
   float* alloc_f32(int64_t elems);
@@ -137,12 +146,13 @@ class Model {
   Backend& be_;
   int B_, T_;
   Recompute recompute_;
+  int64_t head_chunk_rows_ = kDefaultHeadChunkRows;
   int64_t buffer_elems_ = 0;
   std::function<void(const float*)> master_listener_;
   std::function<void(int64_t)> grad_ready_;
   std::function<void(int64_t, int64_t)> params_needed_;
   std::vector<int32_t> local_tokens_;  // tp > 1: token ids relative to this rank's vocab rows
-  float *ce_max_ = nullptr, *ce_sums_ = nullptr;  // tp > 1: vocab-parallel cross-entropy stats
+  float *ce_max_ = nullptr, *ce_sums_ = nullptr;  // tp > 1: vocab-parallel cross-entropy stats (one chunk)
   std::vector<void*> allocations_;
   size_t activation_bytes_ = 0;
 
@@ -155,7 +165,7 @@ class Model {
   std::vector<void*> resid_;                // x_0 … x_L, act [N, d]
   std::vector<std::unique_ptr<LayerActs>> layer_acts_;  // per layer, or one shared (recompute)
   std::vector<void*> k_, v_;                // per owner layer: act [B, KVH, T, hd]
-  void *lnf_out_ = nullptr, *logits_ = nullptr;
+  void *lnf_out_ = nullptr, *logits_ = nullptr;  // logits_: one head chunk [head_chunk_rows(), local V]
   float *lnf_mean_ = nullptr, *lnf_rstd_ = nullptr, *losses_ = nullptr;
   // backward scratch
   void *dresid_ = nullptr, *dln1_ = nullptr, *dln2_ = nullptr, *dqkv_ = nullptr, *dq_ = nullptr,

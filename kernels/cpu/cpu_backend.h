@@ -52,7 +52,7 @@ class CpuBackend final : public Backend {
   void attention_backward(void* dq, float* dk, float* dv, const void* dout, const void* q, const void* k,
                           const void* v, const void* out, const float* lse, int B, int T, int H, int KVH,
                           int hd) override;
-  // One reference attention serves both "flash" and "cudnn": a CUDA config runs unchanged here.
+  // One reference attention serves "auto", "flash" and "cudnn": a CUDA config runs unchanged here.
   void select_attention(const std::string& impl) override {
     if (impl != "cudnn") Backend::select_attention(impl);
   }

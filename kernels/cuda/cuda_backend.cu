@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "core/errors.h"
+#include "core/logging.h"
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/backend_ops.cuh"
 #include "kernels/cuda/cuda_backend.h"
@@ -287,8 +288,9 @@ class CudaBackend final : public Backend {
                        int64_t N, int IC, int OC, bool accumulate_din) override {
     MLKV_PROFILE(shape("matmul_backward", N, IC, OC));
     if (din) gemm_->backward_input(B(din), B(dout), B(w), N, IC, OC, accumulate_din);
-    if (dw) gemm_->backward_weight(dw, B(dout), B(in), N, IC, OC);
-    if (dbias) bias_grad(dbias, B(dout), N, OC, *scratch_, stream_);
+    // The bias gradient rides on the weight gradient's epilogue where cuBLASLt has one.
+    const bool dbias_done = dw && gemm_->backward_weight(dw, dbias, B(dout), B(in), N, IC, OC);
+    if (dbias && !dbias_done) bias_grad(dbias, B(dout), N, OC, *scratch_, stream_);
   }
 
   // ---- elementwise
@@ -326,43 +328,46 @@ class CudaBackend final : public Backend {
     cuda::rope_backward_accumulate(dx, dout, BH, T, hd, rot, base, stream_);
   }
 
-  // ---- attention: the MLKV flash kernels (kernels/cuda/attention.h), or cuDNN's fused SDPA
-  // (kernels/cuda/cudnn_attention.h) when train.attention = "cudnn"
+  // ---- attention: the MLKV flash kernels (kernels/cuda/attention.h) or cuDNN's fused SDPA
+  // (kernels/cuda/cudnn_attention.h), per train.attention; "auto" chooses per head dim
+  // (auto_choice) and falls back to ours where cuDNN fails (run_cudnn).
   void attention_forward(void* out, float* lse, const void* q, const void* k, const void* v, int Bn, int T, int H,
                          int KVH, int hd) override {
-#ifdef MLKV_HAVE_CUDNN
-    if (cudnn_attention_) {
-      MLKV_PROFILE("attention_forward_cudnn");
-      return cuda::cudnn_attention_forward(out, lse, q, k, v, Bn, T, H, KVH, hd, stream_);
-    }
-#endif
+    if (run_cudnn("attention_forward_cudnn", Bn, T, H, KVH, hd,
+                  [&] { cuda::cudnn_attention_forward(out, lse, q, k, v, Bn, T, H, KVH, hd, stream_); }))
+      return;
     MLKV_PROFILE("attention_forward");
     cuda::attention_forward(out, lse, q, k, v, Bn, T, H, KVH, hd, stream_);
   }
+  // out and lse may come from either forward (the same quantities), so a backward that falls
+  // back to ours after cuDNN's forward is still exact.
   void attention_backward(void* dq, float* dk, float* dv, const void* dout, const void* q, const void* k,
                           const void* v, const void* out, const float* lse, int Bn, int T, int H, int KVH,
                           int hd) override {
-#ifdef MLKV_HAVE_CUDNN
-    if (cudnn_attention_) {
-      MLKV_PROFILE("attention_backward_cudnn");
-      return cuda::cudnn_attention_backward(dq, dk, dv, dout, q, k, v, out, lse, Bn, T, H, KVH, hd, stream_);
-    }
-#endif
+    if (run_cudnn("attention_backward_cudnn", Bn, T, H, KVH, hd, [&] {
+          cuda::cudnn_attention_backward(dq, dk, dv, dout, q, k, v, out, lse, Bn, T, H, KVH, hd, stream_);
+        }))
+      return;
     MLKV_PROFILE("attention_backward");
     cuda::attention_backward(dq, dk, dv, dout, q, k, v, out, lse, Bn, T, H, KVH, hd, stream_);
   }
   void select_attention(const std::string& impl) override {
+    if (impl == "auto") attention_mode_ = AttentionMode::automatic;
+    else if (impl == "flash") attention_mode_ = AttentionMode::flash;
 #ifdef MLKV_HAVE_CUDNN
-    if (impl == "cudnn" || impl == "flash") {
-      cudnn_attention_ = impl == "cudnn";
-      return;
-    }
+    else if (impl == "cudnn") attention_mode_ = AttentionMode::cudnn;
 #else
-    if (impl == "cudnn")
+    else if (impl == "cudnn")
       throw ConfigError("train.attention = \"cudnn\": cuDNN was not found when this build was configured "
                         "(kernels/cuda/CMakeLists.txt looks for cudnn.h and libcudnn)");
 #endif
-    Backend::select_attention(impl);
+    else Backend::select_attention(impl);
+  }
+  std::string attention_plan(int hd) override {
+    if (attention_mode_ == AttentionMode::flash) return "flash (train.attention = \"flash\")";
+    if (attention_mode_ == AttentionMode::cudnn) return "cudnn (train.attention = \"cudnn\")";
+    const AutoChoice& c = auto_choice(hd);
+    return std::string(c.cudnn ? "cudnn" : "flash") + " (train.attention = \"auto\": " + c.why + ")";
   }
 
   // ---- loss, optimizer, reductions
@@ -395,7 +400,70 @@ class CudaBackend final : public Backend {
   std::unique_ptr<Scratch> scratch_;
   std::unique_ptr<Gemm> gemm_;
   std::unique_ptr<OpProfiler> prof_;
-  bool cudnn_attention_ = false;  // train.attention = "cudnn"
+  enum class AttentionMode { automatic, flash, cudnn };
+  // Until select_attention: our kernels. The executables select train.attention (default
+  // "auto") through make_backend(TrainSection); a backend made directly (the op and model
+  // tests) keeps testing our kernels unless it asks for another path.
+  AttentionMode attention_mode_ = AttentionMode::flash;
+  struct AutoChoice {
+    bool cudnn;
+    std::string why;
+  };
+  std::map<int, AutoChoice> auto_choices_;  // per head dim, decided at its first use
+
+  // train.attention = "auto" at head dim hd: cuDNN's SDPA where it measured faster than our
+  // kernels (every head dim scripts/bench_attention.sh covers: fwd+bwd 0.46-0.82x our time at hd
+  // 64, 80, 128 and 256, README's attention table and issue 15) or where ours has no kernel;
+  // ours otherwise, and in builds without cuDNN. Revisit the list when our kernel wins a shape.
+  AutoChoice& auto_choice(int hd) {
+    auto it = auto_choices_.find(hd);
+    if (it != auto_choices_.end()) return it->second;
+    const std::string at = "head dim " + std::to_string(hd);
+    AutoChoice c{false, "this build has no cuDNN"};
+#ifdef MLKV_HAVE_CUDNN
+    constexpr int kCudnnMeasuredFaster[] = {64, 80, 128, 256};
+    if (std::find(std::begin(kCudnnMeasuredFaster), std::end(kCudnnMeasuredFaster), hd) !=
+        std::end(kCudnnMeasuredFaster))
+      c = {true, "cuDNN measured faster than our kernels at " + at + " (scripts/bench_attention.sh); ours if cuDNN "
+                 "cannot run a shape"};
+    else if (!attention_supports_head_dim(hd)) c = {true, "our kernels have no " + at};
+    else c = {false, "no measurement shows cuDNN faster at " + at};
+#endif
+    return auto_choices_.emplace(hd, std::move(c)).first->second;
+  }
+
+  // Runs `cudnn` (profiled as `op`) when this shape takes cuDNN's path; false = the caller runs
+  // ours. Under "auto" a shape cuDNN does not take, or a cuDNN error (no engine config that
+  // builds a plan), moves this head dim to our kernels for good, with one warning that says why.
+  template <class F>
+  bool run_cudnn([[maybe_unused]] const char* op, [[maybe_unused]] int Bn, [[maybe_unused]] int T,
+                 [[maybe_unused]] int H, [[maybe_unused]] int KVH, int hd, [[maybe_unused]] F&& cudnn) {
+    if (attention_mode_ == AttentionMode::flash) return false;
+#ifdef MLKV_HAVE_CUDNN
+    if (attention_mode_ == AttentionMode::cudnn) {
+      MLKV_PROFILE(op);
+      cudnn();
+      return true;
+    }
+    AutoChoice& c = auto_choice(hd);
+    if (!c.cudnn) return false;
+    std::string failure = cuda::cudnn_attention_unsupported(Bn, T, H, KVH, hd);
+    if (failure.empty()) {
+      try {
+        MLKV_PROFILE(op);
+        cudnn();
+        return true;
+      } catch (const Error& e) {
+        failure = e.what();
+      }
+    }
+    c = {false, "cuDNN failed at head dim " + std::to_string(hd) + ", so our kernels: " + failure};
+    log::warn("attention: train.attention = \"auto\": " + c.why);
+    return false;
+#else
+    return false;
+#endif
+  }
 };
 
 }  // namespace

@@ -2,6 +2,7 @@
 //   forward:          out[N, OC] (=/+=) in[N, IC] · w[OC, IC]^T + bias   (BIAS epilogue, bf16 out)
 //   backward input:   din[N, IC] (=/+=) dout[N, OC] · w                   (bf16 out)
 //   backward weight:  dw[OC, IC] += dout^T · in                           (fp32 C = D, beta 1)
+//                     and dbias[OC] += Σ_n dout   (BGRADB epilogue into an fp32 vector, then added)
 // cuBLASLt is column-major: a row-major [R, C] buffer is the column-major C×R matrix, so each
 // row-major product is issued transposed (D^T = op(B)^T·op(A)^T), which needs no data movement.
 // Descriptors and the algorithm are chosen once per shape and cached: a training step repeats the
@@ -29,10 +30,19 @@ constexpr int kCandidates = 8;
 // Largest output copied aside to time an accumulating (beta = 1) GEMM without disturbing it.
 constexpr size_t kMaxTuneScratch = size_t{512} << 20;
 
-bool autotune_enabled() {
-  const char* e = std::getenv("MLKV_GEMM_AUTOTUNE");
-  return !(e && std::strcmp(e, "0") == 0);
+bool env_off(const char* name) {
+  const char* e = std::getenv(name);
+  return e && std::strcmp(e, "0") == 0;
 }
+bool autotune_enabled() { return !env_off("MLKV_GEMM_AUTOTUNE"); }
+// MLKV_GEMM_BGRAD=0: bias gradients by the separate column-sum pass (to measure the epilogue).
+bool bgrad_enabled() {
+  static const bool on = !env_off("MLKV_GEMM_BGRAD");
+  return on;
+}
+
+// What the epilogue adds: nothing, a bf16 bias vector, or the bias gradient (Σ over k of B).
+enum class Epi { none, bias, bgrad_b };
 
 // Largest power of two ≤ 16 dividing the address: the heuristic must know what it may assume.
 int alignment_of(const void* p) {
@@ -46,9 +56,9 @@ struct Key {
   cublasOperation_t ta, tb;
   int64_t m, n, k, lda, ldb, ldd;
   cudaDataType_t dtype;
-  bool bias;
+  Epi epi;
   int align_a, align_b, align_d;
-  auto tie() const { return std::tie(ta, tb, m, n, k, lda, ldb, ldd, dtype, bias, align_a, align_b, align_d); }
+  auto tie() const { return std::tie(ta, tb, m, n, k, lda, ldb, ldd, dtype, epi, align_a, align_b, align_d); }
   bool operator<(const Key& o) const { return tie() < o.tie(); }
 };
 
@@ -65,6 +75,9 @@ struct Gemm::Impl {
   cublasLtHandle_t handle = nullptr;
   void* workspace = nullptr;
   std::map<Key, Plan> plans;
+  std::map<Key, bool> unsupported;  // keys whose epilogue no algorithm takes (optional epilogues only)
+  float* bgrad = nullptr;           // the BGRADB epilogue's output, added into the caller's dbias
+  int64_t bgrad_elems = 0;
 
   explicit Impl(cudaStream_t s) : stream(s) {
     MLKV_CUBLAS_CHECK(cublasLtCreate(&handle));
@@ -78,20 +91,25 @@ struct Gemm::Impl {
       cublasLtMatrixLayoutDestroy(p.d);
     }
     cudaFreeAsync(workspace, stream);
+    if (bgrad) cudaFreeAsync(bgrad, stream);
     cublasLtDestroy(handle);
   }
 
-  // The plan for `key`; on first use the candidates are timed on these operands.
-  const Plan& plan(const Key& key, const void* A, const void* Bm, void* D, float beta, const void* bias) {
+  // The plan for `key`; on first use the candidates are timed on these operands. With
+  // `optional`, null when no algorithm takes the key's epilogue (remembered) instead of throwing.
+  const Plan* plan(const Key& key, const void* A, const void* Bm, void* D, float beta, const void* bias,
+                   bool optional) {
     auto it = plans.find(key);
-    if (it != plans.end()) return it->second;
+    if (it != plans.end()) return &it->second;
+    if (optional && unsupported.count(key)) return nullptr;
     Plan p;
     MLKV_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
     MLKV_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSA, &key.ta, sizeof(key.ta)));
     MLKV_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSB, &key.tb, sizeof(key.tb)));
-    if (key.bias) {
-      const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
-      const cudaDataType_t bt = CUDA_R_16BF;
+    if (key.epi != Epi::none) {
+      const bool grad = key.epi == Epi::bgrad_b;
+      const cublasLtEpilogue_t epi = grad ? CUBLASLT_EPILOGUE_BGRADB : CUBLASLT_EPILOGUE_BIAS;
+      const cudaDataType_t bt = grad ? CUDA_R_32F : CUDA_R_16BF;
       MLKV_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
       MLKV_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof(bt)));
       MLKV_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
@@ -121,12 +139,16 @@ struct Gemm::Impl {
       cublasLtMatrixLayoutDestroy(p.a);
       cublasLtMatrixLayoutDestroy(p.b);
       cublasLtMatrixLayoutDestroy(p.d);
+      if (optional) {
+        unsupported[key] = true;
+        return nullptr;
+      }
       throw Error("cuBLASLt: no algorithm for m=" + std::to_string(key.m) + " n=" + std::to_string(key.n) +
                   " k=" + std::to_string(key.k) + " (status " + std::to_string(static_cast<int>(st)) + ")");
     }
     p.algo = results[0].algo;
     if (found > 1 && autotune_enabled()) p.algo = fastest(p, results, found, key, A, Bm, D, beta);
-    return plans.emplace(key, p).first->second;
+    return &plans.emplace(key, p).first->second;
   }
 
   // Times each candidate (one warm-up, best of three) and returns the fastest. An accumulating
@@ -171,19 +193,34 @@ struct Gemm::Impl {
     return results[best].algo;
   }
 
-  // D = op(A)·op(B) (+ beta·D) (+ bias), D used as C too.
-  void run(cublasOperation_t ta, cublasOperation_t tb, int64_t m, int64_t n, int64_t k, const bf16* A, int64_t lda,
-           const bf16* Bm, int64_t ldb, void* D, int64_t ldd, cudaDataType_t dtype, float beta, const bf16* bias) {
-    if (m == 0 || n == 0) return;
-    const Key key{ta,   tb,   m,    n, k, lda, ldb, ldd, dtype, bias != nullptr, alignment_of(A), alignment_of(Bm),
-                  alignment_of(D)};
-    const Plan& p = plan(key, A, Bm, D, beta, bias);
+  // D = op(A)·op(B) (+ beta·D) (+ the epilogue's bias, or its bias gradient written to `bias`),
+  // D used as C too. False only for an optional epilogue that no algorithm takes (nothing ran).
+  bool run(cublasOperation_t ta, cublasOperation_t tb, int64_t m, int64_t n, int64_t k, const bf16* A, int64_t lda,
+           const bf16* Bm, int64_t ldb, void* D, int64_t ldd, cudaDataType_t dtype, float beta, const void* bias,
+           Epi epi = Epi::none) {
+    if (m == 0 || n == 0) return true;
+    if (bias && epi == Epi::none) epi = Epi::bias;
+    const Key key{ta, tb, m, n, k, lda, ldb, ldd, dtype, epi, alignment_of(A), alignment_of(Bm), alignment_of(D)};
+    const Plan* p = plan(key, A, Bm, D, beta, bias, epi == Epi::bgrad_b);
+    if (!p) return false;
     if (bias)
       MLKV_CUBLAS_CHECK(
-          cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+          cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
     const float alpha = 1.0f;
-    MLKV_CUBLAS_CHECK(cublasLtMatmul(handle, p.op, &alpha, A, p.a, Bm, p.b, &beta, D, p.d, D, p.d, &p.algo,
+    MLKV_CUBLAS_CHECK(cublasLtMatmul(handle, p->op, &alpha, A, p->a, Bm, p->b, &beta, D, p->d, D, p->d, &p->algo,
                                      workspace, kWorkspaceBytes, stream));
+    return true;
+  }
+
+  float* bgrad_buffer(int64_t elems) {
+    if (elems > bgrad_elems) {
+      if (bgrad) MLKV_CUDA_CHECK(cudaFreeAsync(bgrad, stream));
+      bgrad = nullptr;
+      bgrad_elems = 0;
+      MLKV_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&bgrad), elems * sizeof(float), stream));
+      bgrad_elems = elems;
+    }
+    return bgrad;
   }
 };
 
@@ -203,9 +240,20 @@ void Gemm::backward_input(bf16* din, const bf16* dout, const bf16* w, int64_t N,
              nullptr);
 }
 
-// dw^T (IC×OC) += in_cm (IC×N) · dout_cm^T (N×OC)
-void Gemm::backward_weight(float* dw, const bf16* dout, const bf16* in, int64_t N, int IC, int OC) {
+// dw^T (IC×OC) += in_cm (IC×N) · dout_cm^T (N×OC). B = dout_cm^T has OC columns and k = N rows,
+// so BGRADB's Σ over k is the bias gradient. The epilogue writes (not adds) it, into an fp32
+// vector that one small pass adds onto dbias, so the += contract holds across micro-batches.
+bool Gemm::backward_weight(float* dw, float* dbias, const bf16* dout, const bf16* in, int64_t N, int IC, int OC) {
+  if (dbias && bgrad_enabled() && N > 0) {
+    float* tmp = impl_->bgrad_buffer(OC);
+    if (impl_->run(CUBLAS_OP_N, CUBLAS_OP_T, IC, OC, N, in, IC, dout, OC, dw, IC, CUDA_R_32F, 1.0f, tmp,
+                   Epi::bgrad_b)) {
+      add_partial_rows(dbias, nullptr, tmp, nullptr, 1, OC, impl_->stream);
+      return true;
+    }
+  }
   impl_->run(CUBLAS_OP_N, CUBLAS_OP_T, IC, OC, N, in, IC, dout, OC, dw, IC, CUDA_R_32F, 1.0f, nullptr);
+  return !dbias;
 }
 
 }  // namespace mlkv::cuda

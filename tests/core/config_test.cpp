@@ -110,6 +110,7 @@ TEST(ConfigSpec, DefaultsResolve) {
   EXPECT_EQ(s.kv.kv_layers(), 12);
   EXPECT_TRUE(s.kv.rope_shared_keys);
   EXPECT_EQ(s.vocab, 50304);
+  EXPECT_EQ(c.train.attention, "auto");  // the faster measured path per head dim (issue 15)
   EXPECT_EQ(c.source, t.path() / "c.toml");
 }
 

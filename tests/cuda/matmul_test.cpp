@@ -1,6 +1,7 @@
 // CUDA (cuBLASLt, bf16 operands, fp32 accumulate) vs CPU fp32 linear layers: forward with and
 // without bias, assigning and accumulating; backward with din assigned/accumulated, dw and dbias
-// accumulated onto random pre-filled values. Shapes include unaligned leading dimensions.
+// accumulated onto random pre-filled values (dbias through the weight GEMM's epilogue, and alone).
+// Shapes include unaligned leading dimensions.
 #include "cuda_test_util.h"
 
 namespace mlkv::test {
@@ -60,6 +61,19 @@ TEST_P(Matmul, BackwardWithoutDinAndBias) {
     return read_f32(b, dw.p, size_t(OC) * IC);
   };
   EXPECT_LT(rel_err(run(*gpu), run(*cpu)), 1e-4);
+}
+
+// dbias without dw: no weight-gradient GEMM to carry the bias gradient in its epilogue, so the
+// column-sum pass makes it (with dw it rides on the BGRADB epilogue where cuBLASLt has one).
+TEST_P(Matmul, BiasGradientAlone) {
+  const auto [N, IC, OC] = GetParam();
+  const auto x = randn(N * IC), w = randn(int64_t{OC} * IC, 0.05f), dy = randn(N * OC), db0 = randn(OC);
+  auto run = [&](Backend& b) {
+    Buf in = act_buf(b, x), wb = act_buf(b, w), dout = act_buf(b, dy), db = f32_buf(b, db0);
+    b.matmul_backward(nullptr, nullptr, db.f(), dout.p, in.p, wb.p, N, IC, OC, false);
+    return read_f32(b, db.p, OC);
+  };
+  EXPECT_LT(rel_err(run(*gpu), run(*cpu)), 1e-5);
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, Matmul,

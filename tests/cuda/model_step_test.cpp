@@ -66,26 +66,35 @@ void expect_grads_close(const Model& a, const Model& b, const char* a_name, cons
   }
 }
 
-class ModelStep : public CudaVsCpu, public ::testing::WithParamInterface<StepCase> {};
+class ModelStep : public CudaVsCpu, public ::testing::WithParamInterface<StepCase> {
+ protected:
+  static constexpr int64_t kVocab = 1000;
+  static constexpr int B = 2, T = 128;  // one micro-batch
+  // a and b from the same bf16 weights, then one forward+backward each on one random batch of
+  // B·T tokens (target position `ignored` ignored when ≥ 0): their two loss sums.
+  std::pair<LossSum, LossSum> same_step(Model& a, Model& b, const ModelSpec& spec, int ignored) {
+    const auto params = bf16_params(a.layout(), spec, rng);
+    a.set_master(params);
+    b.set_master(params);
+    const size_t n = size_t(a.batch()) * a.seq_len();
+    tokens = randint(n, 0, spec.vocab);
+    auto targets = randint(n, 0, spec.vocab);
+    if (ignored >= 0) targets[ignored] = -100;
+    const float dloss = 1.0f / float(n - (ignored >= 0));
+    a.zero_grads();
+    b.zero_grads();
+    const LossSum la = a.forward_backward(tokens.data(), targets.data(), dloss);
+    const LossSum lb = b.forward_backward(tokens.data(), targets.data(), dloss);
+    EXPECT_EQ(la.count, lb.count);
+    return {la, lb};
+  }
+  std::vector<int32_t> tokens;  // same_step's inputs
+};
 
 TEST_P(ModelStep, OneStepLossAndGradientsMatchCpu) {
-  const StepCase& c = GetParam();
-  const int64_t V = 1000;
-  const ModelSpec spec = spec_of(c, V);
-  const int B = 2, T = 128;
+  const ModelSpec spec = spec_of(GetParam(), kVocab);
   Model mc(spec, *cpu, B, T), mg(spec, *gpu, B, T);
-  const auto params = bf16_params(mc.layout(), spec, rng);
-  mc.set_master(params);
-  mg.set_master(params);
-  const auto tokens = randint(size_t(B) * T, 0, V);
-  auto targets = randint(size_t(B) * T, 0, V);
-  targets[5] = -100;
-  const float dloss = 1.0f / (B * T - 1);
-  mc.zero_grads();
-  mg.zero_grads();
-  const LossSum lc = mc.forward_backward(tokens.data(), targets.data(), dloss);
-  const LossSum lg = mg.forward_backward(tokens.data(), targets.data(), dloss);
-  ASSERT_EQ(lc.count, lg.count);
+  const auto [lc, lg] = same_step(mc, mg, spec, 5);
   EXPECT_NEAR(lg.sum / lg.count, lc.sum / lc.count, 1e-2);
   expect_grads_close(mc, mg, "cpu", "gpu");
 }
@@ -96,26 +105,58 @@ TEST_P(ModelStep, CudnnAttentionStepMatchesFlash) {
 #ifndef MLKV_HAVE_CUDNN
   GTEST_SKIP() << "built without cuDNN";
 #else
-  const StepCase& c = GetParam();
-  const int64_t V = 1000;
-  const ModelSpec spec = spec_of(c, V);
-  const int B = 2, T = 128;
+  const ModelSpec spec = spec_of(GetParam(), kVocab);
   auto gpu_cudnn = make_cuda_backend(0);
   gpu_cudnn->select_attention("cudnn");
   Model mf(spec, *gpu, B, T), mn(spec, *gpu_cudnn, B, T);
-  const auto params = bf16_params(mf.layout(), spec, rng);
-  mf.set_master(params);
-  mn.set_master(params);
-  const auto tokens = randint(size_t(B) * T, 0, V);
-  const auto targets = randint(size_t(B) * T, 0, V);
-  const float dloss = 1.0f / (B * T);
-  mf.zero_grads();
-  mn.zero_grads();
-  const LossSum lf = mf.forward_backward(tokens.data(), targets.data(), dloss);
-  const LossSum ln = mn.forward_backward(tokens.data(), targets.data(), dloss);
+  const auto [lf, ln] = same_step(mf, mn, spec, -1);
   EXPECT_NEAR(ln.sum / ln.count, lf.sum / lf.count, 5e-3);
   expect_grads_close(mf, mn, "flash", "cudnn");
 #endif
+}
+
+// The fused LM head on the GPU: in uneven chunks of 48 rows (bf16 chunk logits, fp32 d embed_out
+// summed over the chunks) against all 256 rows at once.
+TEST_P(ModelStep, HeadInChunksMatchesWholeHead) {
+  const ModelSpec spec = spec_of(GetParam(), kVocab);
+  Model whole(spec, *gpu, B, T), chunked(spec, *gpu, B, T);
+  whole.set_head_chunk_rows(0);
+  chunked.set_head_chunk_rows(48);
+  const auto [lw, lc] = same_step(whole, chunked, spec, 250);  // ignored: in the last, short chunk
+  EXPECT_NEAR(lc.sum / lc.count, lw.sum / lw.count, 1e-3);
+  expect_grads_close(whole, chunked, "whole head", "chunked head");
+  const auto logits_w = whole.forward_logits(tokens.data()), logits_c = chunked.forward_logits(tokens.data());
+  ASSERT_EQ(logits_c.size(), logits_w.size());
+  double worst = 0;
+  for (size_t i = 0; i < logits_w.size(); ++i) worst = std::max(worst, double(std::abs(logits_c[i] - logits_w[i])));
+  EXPECT_LE(worst, 0.05) << "eval logits, chunked against whole";
+}
+
+// train.attention = "auto" picks cuDNN's path where it measured faster (every head dim we train,
+// here 64) and says so; its forward is then cuDNN's, bit for bit.
+TEST_P(ModelStep, AutoAttentionTakesTheMeasuredFasterPath) {
+  const ModelSpec spec = spec_of(GetParam(), kVocab);
+  auto gpu_auto = make_cuda_backend(0);
+  gpu_auto->select_attention("auto");
+  const std::string plan = gpu_auto->attention_plan(spec.head_dim());
+#ifndef MLKV_HAVE_CUDNN
+  EXPECT_EQ(plan.rfind("flash (train.attention = \"auto\": this build has no cuDNN", 0), 0u) << plan;
+#else
+  EXPECT_EQ(plan.rfind("cudnn (train.attention = \"auto\": cuDNN measured faster", 0), 0u) << plan;
+  auto gpu_cudnn = make_cuda_backend(0);
+  gpu_cudnn->select_attention("cudnn");
+  EXPECT_EQ(gpu_cudnn->attention_plan(spec.head_dim()).rfind("cudnn (train.attention = \"cudnn\")", 0), 0u);
+  Model ma(spec, *gpu_auto, B, T), mn(spec, *gpu_cudnn, B, T);
+  const auto params = bf16_params(ma.layout(), spec, rng);
+  ma.set_master(params);
+  mn.set_master(params);
+  const auto tokens = randint(size_t(B) * T, 0, kVocab);
+  const auto targets = randint(size_t(B) * T, 0, kVocab);
+  EXPECT_EQ(ma.forward_loss(tokens.data(), targets.data()).sum, mn.forward_loss(tokens.data(), targets.data()).sum);
+  EXPECT_EQ(gpu_auto->attention_plan(spec.head_dim()), plan) << "auto fell back to our kernels";
+#endif
+  EXPECT_EQ(gpu->attention_plan(spec.head_dim()), "flash (train.attention = \"flash\")")
+      << "a backend made directly runs our kernels";
 }
 
 // 200 steps on a repeating stream of `period` random ids: learnable, but longer than what one step

@@ -14,11 +14,13 @@
 
 // train.attention reaches the backend through select_attention: the CPU backend takes both names
 // (one reference attention), a CUDA backend takes "cudnn" only when built with cuDNN, and both
-// refuse names they do not know with a ConfigError naming the key.
+// refuse names they do not know with a ConfigError naming the key. Both take "auto".
 TEST(SelectAttention, BackendsTakeWhatTheyHave) {
   auto cpu = mlkv::make_backend("cpu", 1);
   EXPECT_NO_THROW(cpu->select_attention("flash"));
   EXPECT_NO_THROW(cpu->select_attention("cudnn"));
+  EXPECT_NO_THROW(cpu->select_attention("auto"));
+  EXPECT_EQ(cpu->attention_plan(64), "flash (the one attention of this backend)");
   try {
     cpu->select_attention("fast");
     ADD_FAILURE() << "select_attention(\"fast\") did not throw";
@@ -28,6 +30,7 @@ TEST(SelectAttention, BackendsTakeWhatTheyHave) {
   if (!mlkv::cuda_available()) GTEST_SKIP() << "no CUDA device for the CUDA half";
   auto gpu = mlkv::make_backend("cuda");
   EXPECT_NO_THROW(gpu->select_attention("flash"));
+  EXPECT_NO_THROW(gpu->select_attention("auto"));
 #ifdef MLKV_HAVE_CUDNN
   EXPECT_NO_THROW(gpu->select_attention("cudnn"));
 #else

@@ -123,6 +123,9 @@ Trace distributed(const Config& cfg, int first, int steps, const Trace* from, bo
   const test::LoopConfig lc = loop_config();
   Model model(cfg.spec(), *g_backend, lc.micro_batch, lc.seq_len, Recompute::none,
               own_optimizer ? ModelParallel{} : ctx->model_parallel());
+  // The LM head in uneven chunks of 3 rows (Model::head_loss): the chunked vocab-parallel
+  // cross-entropy against the reference's all-rows-at-once head.
+  model.set_head_chunk_rows(3);
   auto opt = own_optimizer ? std::make_unique<AdamW>(*g_backend, model.layout(), cfg.optim)
                            : ctx->make_optimizer(model, cfg.optim);
   if (from) {
