@@ -34,6 +34,10 @@ void install() {
   sa.sa_flags = SA_RESTART;
   sigemptyset(&sa.sa_mask);
   for (int s : kStopSignals) sigaction(s, &sa, nullptr);
+  // A launcher may start us with these blocked (the mask survives exec): one that arrived before
+  // now is pending, and is delivered to the handler here instead of being held forever.
+  const sigset_t set = stop_set();
+  pthread_sigmask(SIG_UNBLOCK, &set, nullptr);
 }
 
 int stop_requested() { return g_stop_signal; }

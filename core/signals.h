@@ -7,7 +7,9 @@
 
 namespace mlkv::signals {
 
-// Installs the handlers (idempotent). SA_RESTART keeps interrupted reads and writes going.
+// Installs the handlers and unblocks the stop signals in the calling thread (idempotent; main()
+// calls it first thing, so a signal during start-up is recorded, not fatal). SA_RESTART keeps
+// interrupted reads and writes going.
 void install();
 // The first stop signal received so far (0: none). Async-signal-safe to read.
 int stop_requested();

@@ -17,6 +17,7 @@
 #include "core/config_print.h"
 #include "core/errors.h"
 #include "core/logging.h"
+#include "core/signals.h"
 #include "core/trainer.h"
 #include "parallel/context.h"
 
@@ -44,6 +45,9 @@ constexpr const char* kUsage =
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Before anything else: a SIGTERM/SIGUSR1 while the config, data or a checkpoint is still being
+  // read is then a stop request that the first step honours (checkpoint, exit 3), not a silent kill.
+  mlkv::signals::install();
   std::string config_file, resume;
   std::vector<std::string> overrides;
   bool print_config = false, config_doc = false;

@@ -11,18 +11,23 @@
 #   OMP_NUM_THREADS         CPU threads per rank (the CPU backend; default 1 per rank)
 # plus anything named in MLKV_MPI_EXPORT (space-separated variable names), e.g. NCCL_IB_HCA.
 # Extra mpirun flags go in MLKV_MPIRUN_FLAGS (e.g. "--hostfile hosts --map-by ppr:8:node").
+# The binary: MLKV_BIN, else build/bin/mlkv-train of this repository.
+# Stopping: SIGTERM, SIGINT (Ctrl-C) or SIGUSR1 to this script make every rank finish its step,
+# checkpoint and exit 3 (so does this script). Open MPI's mpirun would kill the ranks ~2 s after
+# a SIGTERM/SIGINT of its own; it forwards SIGUSR1 untouched, so that is what it gets from here.
 # Binding: one core range per rank (--map-by slot:PE=k), k = cores / ranks, so the data loader
 # and the CPU side of each rank do not fight over cores. Root (containers) needs
 # --allow-run-as-root, added automatically.
 set -euo pipefail
 if [ $# -lt 2 ]; then
-  sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 fi
 NP=$1
 shift
 HERE=$(cd "$(dirname "$0")/.." && pwd)
-BIN=${MLKV_TRAIN:-$HERE/build/bin/mlkv-train}
+BIN=${MLKV_BIN:-$HERE/build/bin/mlkv-train}
+[ -x "$BIN" ] || { echo "mpirun.sh: $BIN is not an executable (build it, or set MLKV_BIN)" >&2; exit 2; }
 
 flags=(-np "$NP")
 [ "$(id -u)" -eq 0 ] && flags+=(--allow-run-as-root)
@@ -35,4 +40,25 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 for v in NCCL_NVLS_ENABLE NCCL_DEBUG OMP_NUM_THREADS ${MLKV_MPI_EXPORT:-}; do flags+=(-x "$v"); done
 # shellcheck disable=SC2206
 extra=(${MLKV_MPIRUN_FLAGS:-})
-exec mpirun "${flags[@]}" "${extra[@]}" "$BIN" "$@"
+# mpirun gets a process group of its own (set -m), so a Ctrl-C in the terminal reaches only this
+# script, which passes it on as SIGUSR1; mpirun reads no terminal input (--stdin none).
+child=0
+pending=0
+forward() {
+  pending=1
+  [ "$child" -ne 0 ] && kill -USR1 "$child" 2>/dev/null
+  return 0
+}
+trap forward TERM INT USR1 HUP
+set -m
+mpirun --stdin none "${flags[@]}" "${extra[@]}" "$BIN" "$@" &
+child=$!
+set +m
+[ "$pending" -eq 1 ] && kill -USR1 "$child" 2>/dev/null
+# `wait` returns early (128 + n) when a trapped signal arrives: wait again while mpirun runs.
+while :; do
+  rc=0
+  wait "$child" || rc=$?
+  kill -0 "$child" 2>/dev/null || break
+done
+exit "$rc"
