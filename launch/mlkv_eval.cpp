@@ -2,13 +2,16 @@
 //
 //   mlkv-eval --ckpt PATH --data DIR [--batches N] [--val-fraction F] [--backend B] [--threads N]
 //   mlkv-eval --ckpt PATH --dump-logits FILE --tokens "1,2,3"
+//   mlkv-eval --ckpt PATH --choice TASK.jsonl --tokenizer tokenizer.json [--json]
 //
 // The loss is computed by the trainer's own evaluate() on the same rows its validation reads
 // (DIR in file order, unshuffled; batches of micro_batch·grad_accum·dp sequences of the run that
 // wrote the checkpoint; N defaults to its train.eval_batches), so it equals the trainer's last
 // validation loss on that data. --val-fraction F reads the held-out tail of DIR instead, as
 // data.val_fraction = F does. Logits go to FILE as .npy (fp32 [T, V]) or, for any other
-// extension, safetensors ("logits" F32 [1, T, V] and "tokens" I32 [1, T]).
+// extension, safetensors ("logits" F32 [1, T, V] and "tokens" I32 [1, T]). --choice scores a
+// zero-shot multiple-choice task as lm-eval does (core/choice_task.h): acc and length-normalised acc.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -19,6 +22,7 @@
 
 #include "core/backend.h"
 #include "core/checkpoint.h"
+#include "core/choice_task.h"
 #include "core/errors.h"
 #include "core/logging.h"
 #include "core/model.h"
@@ -33,6 +37,7 @@ constexpr const char* kUsage =
     "usage: mlkv-eval --ckpt PATH --data DIR [--batches N] [--val-fraction F] [--backend cpu|cuda|auto]\n"
     "                 [--threads N] [--json]\n"
     "       mlkv-eval --ckpt PATH --dump-logits FILE(.npy|.safetensors) --tokens \"1,2,3\"\n"
+    "       mlkv-eval --ckpt PATH --choice TASK.jsonl --tokenizer tokenizer.json [--json]\n"
     "\n"
     "  --ckpt PATH        a checkpoint step directory, or a run's checkpoint directory (newest)\n"
     "  --data DIR         token shards (directory, file or glob), read in order\n"
@@ -40,6 +45,9 @@ constexpr const char* kUsage =
     "  --val-fraction F   evaluate the held-out tail of DIR, as data.val_fraction = F does\n"
     "  --json             print the result as one JSON object\n"
     "  --dump-logits FILE write the logits of --tokens to FILE\n"
+    "  --choice FILE      score a multiple-choice task, one JSON object a line:\n"
+    "                     {\"context\": str, \"choices\": [str, ...], \"gold\": index}\n"
+    "  --tokenizer FILE   the HF tokenizer.json that --choice texts are encoded with\n"
     "exit codes: 0 ok | 1 runtime failure | 2 bad input\n";
 
 [[noreturn]] void usage_error(const std::string& why) {
@@ -86,7 +94,7 @@ void write_npy(const std::string& path, const std::vector<float>& data, int64_t 
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string ckpt, data_dir, dump_path, tokens_arg, backend_name;
+  std::string ckpt, data_dir, dump_path, tokens_arg, backend_name, choice_path, tokenizer_path;
   int64_t batches = -1;
   double val_fraction = 0;
   int threads = -1;
@@ -114,11 +122,15 @@ int main(int argc, char** argv) {
     else if (a == "--tokens") tokens_arg = value();
     else if (a == "--backend") backend_name = value();
     else if (a == "--threads") threads = static_cast<int>(number(value()));
+    else if (a == "--choice") choice_path = value();
+    else if (a == "--tokenizer") tokenizer_path = value();
     else if (a == "--json") as_json = true;
     else usage_error("unknown argument " + a);
   }
   if (ckpt.empty()) usage_error("--ckpt is required");
-  if (data_dir.empty() && dump_path.empty()) usage_error("give --data DIR and/or --dump-logits FILE --tokens ...");
+  if (data_dir.empty() && dump_path.empty() && choice_path.empty())
+    usage_error("give --data DIR, --choice FILE and/or --dump-logits FILE --tokens ...");
+  if (!choice_path.empty() && tokenizer_path.empty()) usage_error("--choice needs --tokenizer FILE");
   if (!dump_path.empty() && tokens_arg.empty()) usage_error("--dump-logits needs --tokens");
   if (batches == 0 || batches < -1) usage_error("--batches must be >= 1");
   if (val_fraction < 0 || val_fraction >= 1) usage_error("--val-fraction must be in [0, 1)");
@@ -165,6 +177,30 @@ int main(int argc, char** argv) {
         else
           std::snprintf(line, sizeof line, "loss %.6f | ppl %.4f | %lld tokens in %lld batches | step %lld\n", r.loss, r.ppl,
                         static_cast<long long>(r.tokens), static_cast<long long>(n), static_cast<long long>(ck.state.step));
+        std::cout << line << std::flush;
+      }
+    }
+
+    if (!choice_path.empty()) {
+      const std::vector<mlkv::ChoiceItem> items = mlkv::read_choice_jsonl(choice_path);
+      const auto tokenizer = mlkv::data::BpeTokenizer::load(tokenizer_path);
+      std::vector<std::vector<mlkv::EncodedChoice>> encoded;
+      for (const mlkv::ChoiceItem& item : items) encoded.push_back(mlkv::encode_choices(item, tokenizer));
+      // One model for every sequence: the longest input, rounded up to 64 tokens (the attention
+      // kernels' tile), at most the rotary tables' length.
+      const int64_t inputs = mlkv::longest_sequence(encoded) - 1;
+      const int window = static_cast<int>(std::min<int64_t>(spec.max_seq_len, std::max<int64_t>(64, (inputs + 63) / 64 * 64)));
+      mlkv::Model model(spec, *backend, 1, window);
+      model.set_master(ck.master);
+      const mlkv::ChoiceScore s = mlkv::score_choice_task(items, encoded, mlkv::model_logprob(model), window);
+      if (ctx->is_root()) {
+        char line[512];
+        if (as_json)
+          std::snprintf(line, sizeof line, "{\"acc\": %.17g, \"acc_norm\": %.17g, \"items\": %lld, \"step\": %lld}\n", s.acc,
+                        s.acc_norm, static_cast<long long>(s.items), static_cast<long long>(ck.state.step));
+        else
+          std::snprintf(line, sizeof line, "acc %.4f | acc_norm %.4f | %lld items | step %lld\n", s.acc, s.acc_norm,
+                        static_cast<long long>(s.items), static_cast<long long>(ck.state.step));
         std::cout << line << std::flush;
       }
     }
