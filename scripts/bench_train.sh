@@ -6,7 +6,7 @@
 # per run; the attention column is "asked: used".
 #   scripts/bench_train.sh [BIN_DIR]        default build/bin
 #   RUNS="config|settings|y-or-n ..." to choose rows; STEPS, WARMUP (default 5, 2) per run;
-#   TIMEOUT (default 150) seconds per run.
+#   TIMEOUT (default 300) seconds per run (2.8B and 6.9B spend minutes initialising on the host).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BIN=${1:-build/bin}/mlkv-bench
@@ -43,7 +43,7 @@ while IFS='|' read -r cfg extra ours; do
   [ "$extra" = "-" ] || for kv in $extra; do sets+=(--set "$kv"); done
   for att in auto $([ "$ours" = y ] && echo flash); do
     # Not `tee /dev/stderr`: with stderr redirected to a file, each tee reopens it and truncates it.
-    out=$(timeout "${TIMEOUT:-150}" "$BIN" train "$cfg" "${sets[@]}" --set train.attention=$att \
+    out=$(timeout "${TIMEOUT:-300}" "$BIN" train "$cfg" "${sets[@]}" --set train.attention=$att \
           --steps "$STEPS" --warmup "$WARMUP" 2>&1)
     printf '%s\n' "$out" >&2
     line=$(grep '^RESULT' <<<"$out")

@@ -101,8 +101,9 @@ class Gemm {
   // din[N, IC] (=, or +=) dout[N, OC] · w[OC, IC]
   void backward_input(bf16* din, const bf16* dout, const bf16* w, int64_t N, int IC, int OC, bool accumulate);
   // dw[OC, IC] (fp32) += dout^T · in, and with dbias, dbias[OC] += Σ_n dout through the GEMM's
-  // BGRADB epilogue (the colsum pass's read of dout saved). False when dbias was given but this
-  // shape has no such algorithm (or MLKV_GEMM_BGRAD=0): then dw is done and the caller sums dbias.
+  // BGRADB epilogue when MLKV_GEMM_BGRAD=1 (the colsum pass's read of dout saved). False when dbias
+  // was given but the epilogue is off or this shape has no such algorithm: then dw is done and the
+  // caller sums dbias.
   bool backward_weight(float* dw, float* dbias, const bf16* dout, const bf16* in, int64_t N, int IC, int OC);
 
  private:

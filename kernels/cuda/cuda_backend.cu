@@ -288,7 +288,7 @@ class CudaBackend final : public Backend {
                        int64_t N, int IC, int OC, bool accumulate_din) override {
     MLKV_PROFILE(shape("matmul_backward", N, IC, OC));
     if (din) gemm_->backward_input(B(din), B(dout), B(w), N, IC, OC, accumulate_din);
-    // The bias gradient rides on the weight gradient's epilogue where cuBLASLt has one.
+    // With MLKV_GEMM_BGRAD=1 the bias gradient rides on the weight gradient's epilogue.
     const bool dbias_done = dw && gemm_->backward_weight(dw, dbias, B(dout), B(in), N, IC, OC);
     if (dbias && !dbias_done) bias_grad(dbias, B(dout), N, OC, *scratch_, stream_);
   }
