@@ -225,12 +225,15 @@ TEST_F(Executables, BadInputsExit2WithTheReasonAndLoseNothing) {
   EXPECT_NE(out.find("corrupt manifest"), std::string::npos) << out;
   EXPECT_EQ(test::run({test::bin("mlkv-eval"), "--ckpt", dir / "corrupt", "--data", dir / "x"}, out), kExitBadInput);
 
-  // An unwritable checkpoint directory: refused before any training.
+  // An unwritable checkpoint directory: refused before any training. The data must exist here,
+  // since every input is checked before any output directory is touched.
+  test::make_tiny_data(dir);
   std::ofstream(dir / "a-file") << "x";
   EXPECT_EQ(test::run({test::bin("mlkv-train"), config, "--set", "checkpoint.dir=" + dir / "a-file/ckpt"}, out),
             kExitBadInput);
   EXPECT_NE(out.find("checkpoint.dir"), std::string::npos) << out;
   EXPECT_EQ(out.find("step 1/"), std::string::npos) << "training started: " << out;
+  fs::remove_all(dir / "data");  // the checks below need the data paths missing again
   if (::geteuid() != 0) {  // a read-only directory holding checkpoints (permissions do not bind root)
     fs::permissions(dir / "ckpt", fs::perms::owner_read | fs::perms::owner_exec);
     EXPECT_EQ(test::run({test::bin("mlkv-train"), config, "--resume", "auto"}, out), kExitBadInput);
