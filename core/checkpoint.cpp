@@ -20,6 +20,8 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
+#include <type_traits>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -561,13 +563,31 @@ const CheckpointManifest::File* CheckpointManifest::find(const std::string& name
   return nullptr;
 }
 
+// A JSON integer that fits T; anything else (a float, 1e300, a string) is a CheckpointError, never
+// nlohmann's float-to-int conversion, which is undefined behaviour out of range (fuzz finding).
+template <typename T>
+T integer(const json& j, const std::string& path) {
+  if (!j.is_number_integer()) throw CheckpointError(path + ": corrupt manifest: " + j.dump() + " is not an integer");
+  if (j.is_number_unsigned() ? j.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<T>::max())
+                             : (j.get<int64_t>() < static_cast<int64_t>(std::numeric_limits<T>::min()) ||
+                                (std::is_signed_v<T> && j.get<int64_t>() > static_cast<int64_t>(std::numeric_limits<T>::max()))))
+    throw CheckpointError(path + ": corrupt manifest: " + j.dump() + " is out of range");
+  return j.is_number_unsigned() ? static_cast<T>(j.get<uint64_t>()) : static_cast<T>(j.get<int64_t>());
+}
+static std::vector<int> integers(const json& j, const std::string& path) {
+  if (!j.is_array()) throw CheckpointError(path + ": corrupt manifest: " + j.dump() + " is not a list");
+  std::vector<int> out;
+  for (const json& x : j) out.push_back(integer<int>(x, path));
+  return out;
+}
+
 CheckpointManifest parse_manifest(const std::string& text, const std::string& path) {
   CheckpointManifest m;
   try {
     json s = json::parse(text);
     if (!s.is_object() || !s.contains("format") || s["format"] != "mlkv-checkpoint")
       throw CheckpointError(path + ": not an mlkv checkpoint manifest (format is not \"mlkv-checkpoint\")");
-    const int version = s.at("format_version").get<int>();
+    const int version = integer<int>(s.at("format_version"), path);
     if (version < 1 || version > kCheckpointFormatVersion)
       throw CheckpointError(path + ": format_version " + std::to_string(version) + ", this build reads 1.." +
                             std::to_string(kCheckpointFormatVersion));
@@ -585,35 +605,35 @@ CheckpointManifest parse_manifest(const std::string& text, const std::string& pa
     for (const auto& [name, entry] : s.at("files").items()) {
       if (name.find('/') != std::string::npos || name.empty() || name[0] == '.')
         throw CheckpointError(path + ": bad file name \"" + name + "\" in the manifest");
-      m.files.push_back({name, entry.at("bytes").get<uint64_t>(),
+      m.files.push_back({name, integer<uint64_t>(entry.at("bytes"), path),
                          parse_hex32(entry.at("crc32").get<std::string>(), path + ": files." + name + ".crc32")});
     }
     const json& model = s.at("model");
-    m.layers = model.at("layers").get<int>();
-    m.d_model = model.at("d_model").get<int>();
-    m.heads = model.at("heads").get<int>();
-    m.vocab = model.at("vocab").get<int64_t>();
-    m.ffn = model.at("ffn").get<int>();
-    m.params = model.at("params").get<int64_t>();
+    m.layers = integer<int>(model.at("layers"), path);
+    m.d_model = integer<int>(model.at("d_model"), path);
+    m.heads = integer<int>(model.at("heads"), path);
+    m.vocab = integer<int64_t>(model.at("vocab"), path);
+    m.ffn = integer<int>(model.at("ffn"), path);
+    m.params = integer<int64_t>(model.at("params"), path);
     const json& plan = s.at("kv_plan");
-    m.kv_owner = plan.at("owner").get<std::vector<int>>();
-    m.kv_heads = plan.at("kv_heads").get<int>();
+    m.kv_owner = integers(plan.at("owner"), path);
+    m.kv_heads = integer<int>(plan.at("kv_heads"), path);
     m.rope_shared_keys = plan.at("rope_shared_keys").get<bool>();
     TrainState& st = m.state;
-    st.step = s.at("step").get<int64_t>();
-    st.adam_t = s.at("adam_t").get<int64_t>();
+    st.step = integer<int64_t>(s.at("step"), path);
+    st.adam_t = integer<int64_t>(s.at("adam_t"), path);
     const std::string rng = s.at("rng_state").get<std::string>();
     if (rng.empty() || rng.size() > 16 || rng.find_first_not_of("0123456789abcdef") != std::string::npos)
       throw CheckpointError(path + ": rng_state \"" + rng + "\" is not a 64-bit hex number");
     st.rng_state = std::stoull(rng, nullptr, 16);
-    st.sampler.epoch = s.at("sampler").at("epoch").get<uint64_t>();
-    st.sampler.next_sample = s.at("sampler").at("next_sample").get<uint64_t>();
-    st.tokens_seen = s.at("tokens_seen").get<int64_t>();
+    st.sampler.epoch = integer<uint64_t>(s.at("sampler").at("epoch"), path);
+    st.sampler.next_sample = integer<uint64_t>(s.at("sampler").at("next_sample"), path);
+    st.tokens_seen = integer<int64_t>(s.at("tokens_seen"), path);
     st.last_val_loss = s.at("last_val_loss").is_null() ? NAN : s.at("last_val_loss").get<double>();
-    st.consecutive_bad = s.at("consecutive_bad").get<int64_t>();
-    st.dp = s.value("dp", 1);
-    st.tp = s.value("tp", 1);
-    st.global_batch = s.value("global_batch", int64_t{0});
+    st.consecutive_bad = integer<int64_t>(s.at("consecutive_bad"), path);
+    st.dp = s.contains("dp") ? integer<int>(s["dp"], path) : 1;
+    st.tp = s.contains("tp") ? integer<int>(s["tp"], path) : 1;
+    st.global_batch = s.contains("global_batch") ? integer<int64_t>(s["global_batch"], path) : 0;
     if (st.step < 0 || st.tokens_seen < 0 || st.consecutive_bad < 0 || st.dp < 1 || st.tp < 1 ||
         st.global_batch < 0)
       throw CheckpointError(path + ": negative step, counter or layout in the manifest");
