@@ -219,7 +219,7 @@ wait_for "$out" "resumed from ckpt/step-$(printf %08d "$s1") at step $s1" 300
 say "restart resumed from step $s1 after $(($(date +%s) - t_requeue)) s"
 wait_for "$out" "step $((s1 + 4))/24" 120
 scontrol requeue "$job" || fail "scontrol requeue $job"
-s2=$(check_stop "$out" 2 "SIGTERM\\|SIGUSR1") || exit 1
+s2=$(check_stop "$out" 2 "SIG[A-Z0-9]*") || exit 1
 [ "$s2" -gt "$s1" ] || fail "second stop at step $s2, not after the first ($s1)"
 say "stopped at step $s2 by scontrol requeue, exit 3; waiting for the restart"
 wait_for "$out" "resumed from ckpt/step-$(printf %08d "$s2") at step $s2" 300
