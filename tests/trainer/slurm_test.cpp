@@ -110,7 +110,7 @@ TEST(SlurmScript, Usr1CheckpointsRequeuesAndTheRestartResumesExactly) {
   const int64_t stop_step = load_checkpoint(*stopped).state.step;
   EXPECT_GT(stop_step, 0);
   EXPECT_LT(stop_step, 30);
-  EXPECT_NE(log.find("requeued job 4242: it resumes from the checkpoint (step " + std::to_string(stop_step) + " of 30"),
+  EXPECT_NE(log.find("requeueing job 4242: it resumes from the checkpoint (step " + std::to_string(stop_step) + " of 30"),
             std::string::npos) << log;
 
   // The requeued start: resumes and finishes; no second requeue.
