@@ -114,6 +114,25 @@ class Backend {
   // The implementation attention at head dim hd uses and why, for the start-up line.
   virtual std::string attention_plan(int hd);
 
+  // ---- decoding with a KV cache (core/decode.h). A cache holds, per owner layer, k/v[B, KVH, C, hd]
+  // in the compute dtype (C = the context it was sized for; each sequence's valid prefix is its own).
+  // cache[b, g, t, :] = src[b, g, t, :] for t < T: a prefill's K and V into positions 0 … T-1.
+  virtual void kv_cache_store(void* k_cache, void* v_cache, const void* k, const void* v, int B, int KVH, int T,
+                              int C, int hd) = 0;
+  // One new token per sequence at position pos[b] (device int32[B]): qkv[B, (H + 2·KVH)·hd] →
+  // q[B, H, hd] rotated at pos[b]; k (rotated when rotate_k) and v appended to the cache at
+  // [b, g, pos[b], :]. KVH = 0 in reader layers (the caches are then untouched and may be null).
+  virtual void qkv_rope_append(void* q, void* k_cache, void* v_cache, const void* qkv, const int32_t* pos, int B,
+                               int H, int KVH, int hd, int C, int rot, float base, bool rotate_k) = 0;
+  // out[B, H·hd] = softmax(q·Kᵀ/sqrt(hd))·V for the query of sequence b at position pos[b],
+  // over the cached keys 0 … pos[b]; q[B, H, hd], query head h reads KV head h / (H / KVH).
+  // rot_k > 0 rotates each key by its own position while reading it (the owner layer in
+  // rope_shared_keys = false mode, whose cache holds the un-rotated K the readers need).
+  virtual void decode_attention(void* out, const void* q, const void* k_cache, const void* v_cache,
+                                const int32_t* pos, int B, int H, int KVH, int hd, int C, int rot_k, float base) = 0;
+  // ids[N] = argmax over the V columns of logits[N, V] (act), the lowest index among ties.
+  virtual void argmax_rows(int32_t* ids, const void* logits, int64_t N, int64_t V) = 0;
+
   // ---- softmax cross-entropy over V columns. losses[N] = -log softmax(logits[n])[targets[n]],
   // 0 where targets[n] < 0 (ignored). With compute_grad, logits is overwritten in place by
   // dloss · (softmax − onehot) (zero rows where ignored).

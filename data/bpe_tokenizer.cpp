@@ -327,8 +327,11 @@ void BpeTokenizer::encode_word(std::string_view word, std::vector<int32_t>& ids)
 
 std::string BpeTokenizer::decode(std::span<const int32_t> ids) const {
   std::string text;
-  for (int32_t id : ids) {
-    if (id < 0 || id >= vocab_size()) continue;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    const int32_t id = ids[i];
+    if (id < 0 || id >= vocab_size())
+      throw DataError(path_ + ": token id " + std::to_string(id) + " at position " + std::to_string(i) +
+                      " is not in the vocabulary [0, " + std::to_string(vocab_size()) + ")");
     const std::string& token = id_to_token_[size_t(id)];
     if (id_is_added_[size_t(id)]) {
       text += token;

@@ -25,6 +25,9 @@ class BpeTokenizer {
   // invalid UTF-8. Not thread-safe (it caches BPE results per word).
   void encode(std::string_view text, std::vector<int32_t>& ids) const;
   std::vector<int32_t> encode(std::string_view text) const;
+  // The text of `ids`: the inverse of encode up to NFC (byte-level BPE is lossless). Tokens are
+  // concatenated byte-wise, so a UTF-8 character split across tokens comes out whole once all
+  // its tokens are decoded together. Throws DataError for an id outside the vocabulary.
   std::string decode(std::span<const int32_t> ids) const;
 
   // One past the largest id of the vocabulary and the added tokens.

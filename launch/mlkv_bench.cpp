@@ -3,6 +3,9 @@
 //   mlkv-bench train CONFIG [--set section.key=value ...] [--steps N] [--warmup N]
 //   mlkv-bench ops   CONFIG [--set ...]   every backend op at the config's shapes, alone: median
 //                                          µs and TFLOP/s (matmuls) or GB/s (minimal bytes moved)
+//   mlkv-bench decode CONFIG_OR_CKPT [--memory-budget-gib G] [--context 2048] [--steps N] [--csv FILE]
+//                                          decode throughput against batch with the shared KV cache
+//                                          (issue 13): see bench_decode below
 //
 // Builds the config's model (its KV plan, micro_batch, grad_accum, seq_len, recompute) on the
 // config's backend with Pythia's initialisation, then times full optimizer steps — grad_accum
@@ -16,12 +19,16 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "core/backend.h"
+#include "core/checkpoint.h"
 #include "core/config.h"
+#include "core/decode.h"
 #include "core/errors.h"
 #include "core/model.h"
 #include "core/optimizer.h"
@@ -32,17 +39,24 @@ namespace {
 
 constexpr const char* kUsage =
     "usage: mlkv-bench train CONFIG [--set section.key=value ...] [--steps N] [--warmup N]\n"
-    "       mlkv-bench ops CONFIG [--set section.key=value ...]\n";
+    "       mlkv-bench ops CONFIG [--set section.key=value ...]\n"
+    "       mlkv-bench decode CONFIG_OR_CKPT [--set ...] [--memory-budget-gib G] [--context T] [--steps N]\n"
+    "                  [--warmup N] [--max-batch B] [--csv FILE]\n";
 
 struct Args {
   std::string command;
   std::string config;
   std::vector<std::string> sets;
   int steps = 5, warmup = 2;
+  double budget_gib = 16;  // decode: weights + cache + workspace must fit
+  int context = 2048, max_batch = 1 << 22;
+  std::string csv;
 };
 
 Args parse_args(int argc, char** argv) {
-  if (argc < 3 || (std::strcmp(argv[1], "train") != 0 && std::strcmp(argv[1], "ops") != 0)) throw ConfigError(kUsage);
+  if (argc < 3 || (std::strcmp(argv[1], "train") != 0 && std::strcmp(argv[1], "ops") != 0 &&
+                   std::strcmp(argv[1], "decode") != 0))
+    throw ConfigError(kUsage);
   Args a;
   a.command = argv[1];
   a.config = argv[2];
@@ -56,9 +70,16 @@ Args parse_args(int argc, char** argv) {
     else if (s.rfind("--set=", 0) == 0) a.sets.push_back(s.substr(6));
     else if (s == "--steps") a.steps = std::stoi(value());
     else if (s == "--warmup") a.warmup = std::stoi(value());
+    else if (s == "--memory-budget-gib") a.budget_gib = std::stod(value());
+    else if (s == "--context") a.context = std::stoi(value());
+    else if (s == "--max-batch") a.max_batch = std::stoi(value());
+    else if (s == "--csv") a.csv = value();
     else throw ConfigError("unknown argument '" + s + "'\n" + kUsage);
   }
   if (a.steps < 1 || a.warmup < 0) throw ConfigError("--steps must be >= 1 and --warmup >= 0");
+  if (!(a.budget_gib > 0) || a.context < a.steps + a.warmup + 2 || a.max_batch < 1)
+    throw ConfigError("--memory-budget-gib must be > 0, --context must exceed --steps + --warmup + 1, "
+                      "--max-batch >= 1");
   return a;
 }
 
@@ -342,12 +363,141 @@ int bench_ops(const Args& a) {
   return kExitOk;
 }
 
+// ---- decode (issue 13): for batches 1, 2, 4, … and the largest that fits, sequences of
+// --context tokens whose last steps+warmup+1 are decoded (the cache is taken as prefilled with
+// the rest: step time depends on the lengths, not on the cached values). The largest batch is the
+// one whose weights + KV cache + workspace (decoder_memory, what the Decoder allocates, plus the
+// backend's scratch allowance) fit in --memory-budget-gib. Per batch: ms per decode step (every
+// layer, final LayerNorm, LM head and device argmax), tokens/s = batch / step time, and the decode
+// attention of one layer timed alone with the HBM bytes it must read (K and V of every cached
+// position of every KV head, q and out), as GB/s. Random weights: speed does not depend on them.
+constexpr size_t kBackendAllowance = size_t{96} << 20;  // cuBLAS workspace, scratch, attention partials
+
+int bench_decode(const Args& a) {
+  Config cfg;
+  std::vector<float> master;
+  const bool from_ckpt = std::filesystem::is_directory(a.config);
+  if (from_ckpt) {
+    CheckpointData ck = load_checkpoint_weights(a.config);
+    cfg = ck.config;
+    master = std::move(ck.master);
+  } else {
+    cfg = load_config(a.config, a.sets);
+  }
+  ModelSpec spec = cfg.spec();
+  spec.max_seq_len = std::max(spec.max_seq_len, a.context);
+  auto be = make_backend(cfg.train);
+  const int ab = be->act_bytes();
+  if (!from_ckpt) {  // small uniform weights, drawn fast (1B parameters)
+    master.resize(ParamLayout(spec).total());
+    Rng rng(cfg.train.seed);
+    for (auto& x : master) x = static_cast<float>((rng.next_u64() >> 40) * (1.0 / (1 << 24)) - 0.5) * 0.04f;
+  }
+  const size_t budget = static_cast<size_t>(a.budget_gib * double(1 << 30));
+  DecoderSize size;
+  size.max_ctx = a.context;
+  const auto fits = [&](int B) {
+    DecoderSize z = size;
+    z.max_batch = B;
+    return decoder_memory(spec, ab, z).total() + kBackendAllowance <= budget;
+  };
+  if (!fits(1)) throw ConfigError("decode bench: batch 1 does not fit in " + std::to_string(a.budget_gib) + " GiB");
+  int lo = 1, hi = 2;
+  while (hi <= a.max_batch && fits(hi)) lo = hi, hi *= 2;
+  hi = std::min(hi, a.max_batch + 1);
+  while (hi - lo > 1) {
+    const int mid = lo + (hi - lo) / 2;
+    (fits(mid) ? lo : hi) = mid;
+  }
+  size.max_batch = lo;
+  std::vector<int> batches;
+  for (int b = 1; b < lo; b *= 2) batches.push_back(b);
+  batches.push_back(lo);
+
+  Decoder dec(spec, *be, master, size);
+  master.clear();
+  master.shrink_to_fit();
+  const DecoderMemory& mem = dec.memory();
+  const int64_t kv_tok = spec.kv_cache_bytes_per_token(ab);
+  const std::string plan = spec.kv.name(spec.heads);
+  std::printf("mlkv-bench decode %s\n  model %s, %s, KV cache %lld bytes/token (%s), context %d, budget %.1f GiB\n"
+              "  largest batch %d: weights %.2f GiB + cache %.2f GiB + workspace %.2f GiB; backend %s\n",
+              a.config.c_str(), cfg.model.name.c_str(), plan.c_str(), static_cast<long long>(kv_tok),
+              ab == 2 ? "bf16" : "fp32", a.context, a.budget_gib, lo, mem.weights / double(1 << 30),
+              mem.cache / double(1 << 30), mem.workspace / double(1 << 30), be->name().c_str());
+  std::printf("  %8s %10s %12s %12s %12s\n", "batch", "ms/step", "tokens/s", "attn us", "attn GB/s");
+  std::fflush(stdout);
+
+  std::ofstream csv;
+  if (!a.csv.empty()) {
+    const bool fresh = !std::filesystem::exists(a.csv) || std::filesystem::file_size(a.csv) == 0;
+    csv.open(a.csv, std::ios::app);
+    if (!csv) throw IoError(a.csv + ": cannot open for writing");
+    if (fresh)
+      csv << "impl,config,plan,kv_bytes_per_token,budget_gib,context,batch,largest_batch,weights_gib,cache_gib,"
+             "workspace_gib,ms_per_step,tokens_per_s,attn_us,attn_gb_s,device\n";
+  }
+  const int prompt = a.context - a.steps - a.warmup - 1;
+  const int H = spec.heads, KVH = spec.kv.kv_heads, hd = spec.head_dim();
+  const int owner = spec.kv.owners()[0];
+  void* q = be->alloc(size_t(lo) * H * hd * ab);
+  void* out = be->alloc(size_t(lo) * H * hd * ab);
+  auto* pos = static_cast<int32_t*>(be->alloc(size_t(lo) * 4));
+  const std::vector<int32_t> pos_host(lo, a.context - 1);
+  be->upload(pos, pos_host.data(), pos_host.size() * 4);
+  for (int B : batches) {
+    dec.assume_prefilled(B, prompt);
+    std::vector<int32_t> next(B, 1);
+    for (int i = 0; i < a.warmup; ++i) {
+      dec.step(next);
+      next = dec.argmax();
+    }
+    be->synchronize();
+    const double t0 = now_s();
+    for (int i = 0; i < a.steps; ++i) {
+      dec.step(next);
+      next = dec.argmax();  // the device argmax, and its [B] ids back to the host: a real step
+    }
+    const double step_s = (now_s() - t0) / a.steps;
+    // decode attention of one layer at the full context, timed alone (median of 5)
+    std::vector<double> us;
+    for (int i = 0; i < 6; ++i) {
+      be->synchronize();
+      const double s0 = now_s();
+      be->decode_attention(out, q, dec.k_cache(owner), dec.v_cache(owner), pos, B, H, KVH, hd, a.context, 0,
+                           static_cast<float>(spec.rotary_base));
+      be->synchronize();
+      if (i > 0) us.push_back(1e6 * (now_s() - s0));
+    }
+    std::sort(us.begin(), us.end());
+    const double attn_us = us[us.size() / 2];
+    const double bytes = double(B) * (2.0 * KVH * a.context * hd * ab + 2.0 * H * hd * ab);
+    const double tok_s = B / step_s, gbs = bytes / attn_us / 1e3;
+    std::printf("  %8d %10.3f %12.0f %12.1f %12.0f\n", B, 1e3 * step_s, tok_s, attn_us, gbs);
+    std::fflush(stdout);
+    if (csv)
+      csv << "mlkv," << a.config << "," << plan << "," << kv_tok << "," << a.budget_gib << "," << a.context << ","
+          << B << "," << lo << "," << mem.weights / double(1 << 30) << "," << mem.cache / double(1 << 30) << ","
+          << mem.workspace / double(1 << 30) << "," << 1e3 * step_s << "," << tok_s << "," << attn_us << "," << gbs
+          << ",\"" << be->name() << "\"\n";
+  }
+  be->release(q);
+  be->release(out);
+  be->release(pos);
+  std::printf("RESULT decode config=%s plan=\"%s\" kv_bytes_per_token=%lld budget_gib=%.1f largest_batch=%d "
+              "peak_mem_gib=%.2f\n",
+              a.config.c_str(), plan.c_str(), static_cast<long long>(kv_tok), a.budget_gib, lo,
+              be->peak_memory_bytes() / double(1 << 30));
+  return kExitOk;
+}
+
 }  // namespace
 }  // namespace mlkv
 
 int main(int argc, char** argv) {
   try {
     const mlkv::Args a = mlkv::parse_args(argc, argv);
+    if (a.command == "decode") return mlkv::bench_decode(a);
     return a.command == "ops" ? mlkv::bench_ops(a) : mlkv::bench_train(a);
   } catch (const mlkv::Error& e) {
     std::fprintf(stderr, "mlkv-bench: %s\n", e.what());

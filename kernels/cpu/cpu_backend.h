@@ -52,6 +52,13 @@ class CpuBackend final : public Backend {
   void attention_backward(void* dq, float* dk, float* dv, const void* dout, const void* q, const void* k,
                           const void* v, const void* out, const float* lse, int B, int T, int H, int KVH,
                           int hd) override;
+  void kv_cache_store(void* k_cache, void* v_cache, const void* k, const void* v, int B, int KVH, int T, int C,
+                      int hd) override;
+  void qkv_rope_append(void* q, void* k_cache, void* v_cache, const void* qkv, const int32_t* pos, int B, int H,
+                       int KVH, int hd, int C, int rot, float base, bool rotate_k) override;
+  void decode_attention(void* out, const void* q, const void* k_cache, const void* v_cache, const int32_t* pos,
+                        int B, int H, int KVH, int hd, int C, int rot_k, float base) override;
+  void argmax_rows(int32_t* ids, const void* logits, int64_t N, int64_t V) override;
   // One reference attention serves "auto", "flash" and "cudnn": a CUDA config runs unchanged here.
   void select_attention(const std::string& impl) override {
     if (impl != "cudnn") Backend::select_attention(impl);

@@ -8,40 +8,12 @@
 #include <vector>
 
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/rope_table.h"
 
 namespace mlkv {
 
-namespace {
-
-struct RopeTable {
-  int half;
-  std::vector<float> cos, sin;  // [T, half]
-  RopeTable(int T, int rot, float base) : half(rot / 2), cos(size_t(T) * half), sin(size_t(T) * half) {
-    for (int i = 0; i < half; ++i) {
-      // Computed in fp32 the way the HF reference does, so parity holds to the last bits we can.
-      const float inv_freq = 1.0f / std::pow(base, static_cast<float>(2 * i) / static_cast<float>(rot));
-      for (int t = 0; t < T; ++t) {
-        const float a = static_cast<float>(t) * inv_freq;
-        cos[size_t(t) * half + i] = std::cos(a);
-        sin[size_t(t) * half + i] = std::sin(a);
-      }
-    }
-  }
-};
-
-// Rotates one head vector x (length hd, in place on dst) at position t; sign = -1 inverts.
-template <typename Src>
-inline void rotate(float* dst, const Src* x, int hd, const RopeTable& rt, int t, float sign) {
-  for (int e = 0; e < hd; ++e) dst[e] = static_cast<float>(x[e]);
-  for (int i = 0; i < rt.half; ++i) {
-    const float c = rt.cos[size_t(t) * rt.half + i], s = sign * rt.sin[size_t(t) * rt.half + i];
-    const float a = static_cast<float>(x[i]), b = static_cast<float>(x[i + rt.half]);
-    dst[i] = a * c - b * s;
-    dst[i + rt.half] = b * c + a * s;
-  }
-}
-
-}  // namespace
+using cpu_rope::RopeTable;
+using cpu_rope::rotate;
 
 void CpuBackend::qkv_split_rope_forward(void* q_, void* k_, void* v_, const void* qkv_, int B, int T, int H,
                                         int KVH, int hd, int rot, float base, bool rotate_k) {

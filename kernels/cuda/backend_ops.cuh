@@ -73,6 +73,13 @@ __device__ __forceinline__ void store8(bf16* p, const float (&f)[8]) {
   for (int i = 0; i < 4; ++i) x.h[i] = __floats2bfloat162_rn(f[2 * i], f[2 * i + 1]);
   *reinterpret_cast<Bf16x8*>(p) = x;
 }
+// cos/sin of the rotary angle t·inv_freq[i], i < rot/2, with inv_freq = 1/base^(2i/rot) computed
+// in fp32 as the CPU reference and HF compute it (parity to the last bits). rope.cu and the
+// decode ops (decode.cu) rotate with it, so a cached key equals the full forward's.
+__device__ __forceinline__ void rope_angle(int t, int i, int rot, float base, float& c, float& s) {
+  const float inv_freq = 1.0f / powf(base, static_cast<float>(2 * i) / static_cast<float>(rot));
+  sincosf(static_cast<float>(t) * inv_freq, &s, &c);
+}
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -156,6 +163,17 @@ void adamw_update(float* master, bf16* act_params, const float* grad, float* m, 
 
 // ---- reduce.cu: Σ x² or Σ x in double, deterministic; blocks on the stream.
 double reduce_sum(const float* x, int64_t n, bool squares, Scratch& scratch, cudaStream_t s);
+
+// ---- decode.cu: the KV-cache ops of core/backend.h ("decoding"), shapes as documented there.
+void kv_cache_store(bf16* k_cache, bf16* v_cache, const bf16* k, const bf16* v, int B, int KVH, int T, int C, int hd,
+                    cudaStream_t s);
+void qkv_rope_append(bf16* q, bf16* k_cache, bf16* v_cache, const bf16* qkv, const int32_t* pos, int B, int H,
+                     int KVH, int hd, int C, int rot, float base, bool rotate_k, cudaStream_t s);
+void decode_attention(bf16* out, const bf16* q, const bf16* k_cache, const bf16* v_cache, const int32_t* pos, int B,
+                      int H, int KVH, int hd, int C, int rot_k, float base, Scratch& scratch, cudaStream_t s);
+// Context splits decode_attention uses for B sequences × KVH heads over a cache of C positions.
+int decode_attention_splits(int B, int KVH, int C);
+void argmax_rows(int32_t* ids, const bf16* logits, int64_t N, int64_t V, cudaStream_t s);
 
 // ---- cast.cu
 void cast_f32_to_bf16(bf16* out, const float* in, int64_t n, cudaStream_t s);

@@ -370,6 +370,28 @@ class CudaBackend final : public Backend {
     return std::string(c.cudnn ? "cudnn" : "flash") + " (train.attention = \"auto\": " + c.why + ")";
   }
 
+  // ---- decoding (kernels/cuda/decode.cu)
+  void kv_cache_store(void* k_cache, void* v_cache, const void* k, const void* v, int Bn, int KVH, int T, int C,
+                      int hd) override {
+    MLKV_PROFILE("kv_cache_store");
+    cuda::kv_cache_store(B(k_cache), B(v_cache), B(k), B(v), Bn, KVH, T, C, hd, stream_);
+  }
+  void qkv_rope_append(void* q, void* k_cache, void* v_cache, const void* qkv, const int32_t* pos, int Bn, int H,
+                       int KVH, int hd, int C, int rot, float base, bool rotate_k) override {
+    MLKV_PROFILE("qkv_rope_append");
+    cuda::qkv_rope_append(B(q), B(k_cache), B(v_cache), B(qkv), pos, Bn, H, KVH, hd, C, rot, base, rotate_k, stream_);
+  }
+  void decode_attention(void* out, const void* q, const void* k_cache, const void* v_cache, const int32_t* pos,
+                        int Bn, int H, int KVH, int hd, int C, int rot_k, float base) override {
+    MLKV_PROFILE("decode_attention");
+    cuda::decode_attention(B(out), B(q), B(k_cache), B(v_cache), pos, Bn, H, KVH, hd, C, rot_k, base, *scratch_,
+                           stream_);
+  }
+  void argmax_rows(int32_t* ids, const void* logits, int64_t N, int64_t V) override {
+    MLKV_PROFILE("argmax_rows");
+    cuda::argmax_rows(ids, B(logits), N, V, stream_);
+  }
+
   // ---- loss, optimizer, reductions
   void cross_entropy(float* losses, void* logits, const int32_t* targets, int64_t N, int64_t V, float dloss,
                      bool compute_grad) override {

@@ -62,13 +62,6 @@ __device__ __forceinline__ void st(float* p, const float (&f)[VEC]) {
   for (int k = 0; k < VEC; ++k) p[k] = f[k];
 }
 
-// cos/sin of the angles t·inv_freq[i], i < rot/2, with inv_freq = 1/base^(2i/rot) computed in
-// fp32 as the reference and HF compute it (parity to the last bits).
-__device__ __forceinline__ void angle(int t, int i, int rot, float base, float& c, float& s) {
-  const float inv_freq = 1.0f / powf(base, static_cast<float>(2 * i) / static_cast<float>(rot));
-  sincosf(static_cast<float>(t) * inv_freq, &s, &c);
-}
-
 // Rotates (lo, hi) in place: lo holds x[i0 .. i0+VEC), hi holds x[i0+half ..); cs[i] = (cos, sin).
 template <int VEC>
 __device__ __forceinline__ void rotate(float (&lo)[VEC], float (&hi)[VEC], const float2* cs, int i0, bool inverse) {
@@ -105,7 +98,7 @@ constexpr int kMaxHalf = 512;  // rot/2 ≤ hd/2; head dims up to 1024
 
 // Fills cs[i] = (cos, sin) of position t for i < rot/2 (block-wide, then a barrier).
 __device__ __forceinline__ void fill_angles(float2* cs, int t, int rot, float base) {
-  for (int i = threadIdx.x; i < rot / 2; i += blockDim.x) angle(t, i, rot, base, cs[i].x, cs[i].y);
+  for (int i = threadIdx.x; i < rot / 2; i += blockDim.x) rope_angle(t, i, rot, base, cs[i].x, cs[i].y);
   __syncthreads();
 }
 
@@ -167,7 +160,7 @@ __global__ void rope_plain_forward(bf16* out, const bf16* x, int64_t BH, int T, 
 #pragma unroll
       for (int k = 0; k < VEC; ++k) {
         float c, s;
-        angle(t, e + k, rot, base, c, s);
+        rope_angle(t, e + k, rot, base, c, s);
         const float x0 = lo[k], x1 = hi[k];
         lo[k] = x0 * c - x1 * s;
         hi[k] = x1 * c + x0 * s;
@@ -193,7 +186,7 @@ __global__ void rope_plain_backward_acc(float* dx, const float* dout, int64_t BH
     if (e >= half && e < rot) continue;
     if (e < half) {
       float c, s;
-      angle(static_cast<int>(row % T), e, rot, base, c, s);
+      rope_angle(static_cast<int>(row % T), e, rot, base, c, s);
       const float g0 = dout[row * hd + e], g1 = dout[row * hd + e + half];
       dx[row * hd + e] += g0 * c + g1 * s;
       dx[row * hd + e + half] += g1 * c - g0 * s;
