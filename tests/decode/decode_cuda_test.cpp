@@ -25,7 +25,7 @@ TEST_P(CudaDecodePlans, DecodeEqualsFullForward) {
   const ModelSpec probe = load_config(std::string(MLKV_SOURCE_DIR) + "/" + config).spec();
   const ModelSpec spec = shrunk_plan(config, shared, probe.head_dim(), 12, 1, 512);
   auto be = make_backend("cuda");
-  const DecodeErrors e = check_decode(spec, *be, {5, 17, 2, 33}, 8, 0.05);
+  const DecodeErrors e = check_decode(spec, *be, {5, 17, 2, 33}, 8, 0.05, 0.02);
   std::printf("[ decode   ] %s %s: worst relative error %.3g, near-tie token flips %d of %d\n", config.c_str(),
               shared ? "shared" : "paper", e.worst_rel, e.near_tie_mismatches, e.positions);
   EXPECT_LE(e.worst_rel, 3e-2) << spec.kv.name(spec.heads);
