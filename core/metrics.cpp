@@ -115,7 +115,8 @@ MetricsWriter::MetricsWriter(const std::string& log_dir, bool tensorboard, int64
   if (!jsonl_) throw IoError(jsonl_path_ + ": cannot open for writing: " + std::strerror(errno));
   if (tensorboard) {
     events_ = std::make_unique<tensorboard::EventWriter>(log_dir);
-    if (start_step > 0) events_->add_session_start(start_step);
+    // metrics.jsonl keeps steps <= start_step (above); TensorBoard must drop exactly the rest.
+    if (start_step > 0) events_->add_session_start(start_step + 1);
   }
 }
 
