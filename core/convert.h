@@ -12,6 +12,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "core/config.h"
@@ -167,18 +168,56 @@ struct OpenedCheckpoint {
 };
 OpenedCheckpoint open_checkpoint(const std::string& path);
 
+// ---- provenance: what import records about its HF source -----------------------------------------
+
+// CKPT/hf_source.json, written next to an imported checkpoint: the source directory, its token ids
+// (config.json) and its generation_config.json. An export of that checkpoint, or of a run trained
+// from it (found through the run's train.init_from), writes them back.
+struct HfProvenance {
+  std::string source;  // the imported HF directory; empty: no HF source found
+  int bos_token_id = 0, eos_token_id = 0;  // without a source: Pythia's <|endoftext|> = 0 for both
+  int pad_token_id = -1;                   // -1: none
+  std::string generation_config;           // the source's generation_config.json text, or empty
+};
+inline constexpr const char* kHfSourceFile = "hf_source.json";
+// Reads HFDIR/config.json (+ generation_config.json) and writes CKPT/hf_source.json. Throws
+// ConfigError for unreadable JSON, IoError when it cannot write.
+void record_hf_source(const std::string& ckpt, const std::string& hf_dir);
+// The provenance of an opened checkpoint: its own checkpoint directory's hf_source.json, else that of
+// train.init_from (followed through further init_from links). Default-constructed when none.
+HfProvenance find_hf_source(const std::string& step_dir, const Config& config);
+
+// ---- tokenizer files of an export -----------------------------------------------------------------
+
+// The tokenizer bundled with mlkv-train (data/tokenizer/gpt-neox-20b.json, embedded in the binary).
+inline constexpr const char* kBundledTokenizer = "gpt-neox-20b";
+
+// The tokenizer files an export writes, read and checked in memory (nothing written yet).
+struct TokenizerFiles {
+  std::string from;                                 // what they came from, for the summary
+  std::vector<std::pair<std::string, std::string>> files;  // (file name, text)
+};
+// `from` is kBundledTokenizer, a tokenizer.json file, or a directory with tokenizer.json (whose
+// tokenizer_config.json and special_tokens_map.json are copied when present, else written). Checks
+// that every token id is < spec.vocab and that `ids`' bos/eos (and pad) name tokens. Throws
+// ConfigError naming the file at fault.
+TokenizerFiles prepare_tokenizer(const std::string& from, const ModelSpec& spec, const HfProvenance& ids);
+
 // ---- export --------------------------------------------------------------------------------------
 
 struct ExportOptions {
   safetensors::DType dtype = safetensors::DType::F32;  // F32 or BF16
-  std::string tokenizer_from;  // optional dir whose tokenizer files are copied next to the model
+  std::string tokenizer_from;  // "" (no tokenizer files), kBundledTokenizer, a tokenizer.json or a dir
+  HfProvenance source;         // token ids and generation config (find_hf_source)
 };
 
-// Writes out_dir/{model.safetensors, config.json} and, for non-MHA plans, the custom-model files
-// (configuration_mlkv.py, modeling_mlkv.py; config.json's auto_map points at them). Returns a summary.
+// Writes out_dir/{model.safetensors, config.json}, for non-MHA plans the custom-model files
+// (configuration_mlkv.py, modeling_mlkv.py; config.json's auto_map points at them), the tokenizer
+// files and the source's generation_config.json. Everything that can be refused (options, tokenizer)
+// is checked before out_dir is created. Returns a summary.
 std::string export_hf(const TensorSource& src, const std::string& out_dir, const ExportOptions& opt);
 // config.json text for `spec` (plain GPTNeoXForCausalLM when every layer owns all heads).
-std::string hf_config_json(const ModelSpec& spec, safetensors::DType dtype);
+std::string hf_config_json(const ModelSpec& spec, safetensors::DType dtype, const HfProvenance& ids = {});
 bool exports_as_plain_gpt_neox(const ModelSpec& spec);
 
 // core/hf/*.py, embedded at build time (core/hf/embed.cmake). Empty when unknown.

@@ -146,7 +146,7 @@ bool exports_as_plain_gpt_neox(const ModelSpec& s) {
   return s.kv.kv_layers() == s.layers && s.kv.kv_heads == s.heads;
 }
 
-std::string hf_config_json(const ModelSpec& s, safetensors::DType dtype) {
+std::string hf_config_json(const ModelSpec& s, safetensors::DType dtype, const HfProvenance& ids) {
   const bool plain = exports_as_plain_gpt_neox(s);
   const char* dt = dtype == safetensors::DType::BF16 ? "bfloat16" : "float32";
   nlohmann::ordered_json j;
@@ -181,8 +181,10 @@ std::string hf_config_json(const ModelSpec& s, safetensors::DType dtype) {
   j["attention_dropout"] = 0.0;
   j["hidden_dropout"] = 0.0;
   j["initializer_range"] = 0.02;
-  j["bos_token_id"] = 0;  // Pythia's tokenizer: <|endoftext|> = 0 begins and ends documents
-  j["eos_token_id"] = 0;
+  // The source's ids; without one, Pythia's tokenizer: <|endoftext|> = 0 begins and ends documents.
+  j["bos_token_id"] = ids.bos_token_id;
+  j["eos_token_id"] = ids.eos_token_id;
+  if (ids.pad_token_id >= 0) j["pad_token_id"] = ids.pad_token_id;
   j["use_cache"] = true;
   j["dtype"] = dt;
   j["torch_dtype"] = dt;
@@ -207,6 +209,9 @@ std::string export_hf(const TensorSource& src, const std::string& out_dir, const
   const ModelSpec& s = src.spec();
   const ParamLayout layout(s);
   const bool plain = exports_as_plain_gpt_neox(s);
+  // Refusals first, so a bad --tokenizer-from leaves no partial directory behind.
+  const TokenizerFiles tokenizer =
+      opt.tokenizer_from.empty() ? TokenizerFiles{} : prepare_tokenizer(opt.tokenizer_from, s, opt.source);
   std::error_code ec;
   fs::create_directories(out_dir, ec);
   if (ec) throw IoError(out_dir + ": cannot create: " + ec.message());
@@ -252,7 +257,7 @@ std::string export_hf(const TensorSource& src, const std::string& out_dir, const
   }
   const fs::path dir(out_dir);
   w.write((dir / "model.safetensors").string());
-  write_text(dir / "config.json", hf_config_json(s, opt.dtype));
+  write_text(dir / "config.json", hf_config_json(s, opt.dtype, opt.source));
 
   std::string files = "model.safetensors, config.json";
   if (!plain) {
@@ -263,22 +268,21 @@ std::string export_hf(const TensorSource& src, const std::string& out_dir, const
       files += std::string(", ") + f;
     }
   }
-  if (!opt.tokenizer_from.empty()) {
-    int copied = 0;
-    for (const char* f : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt"}) {
-      const fs::path from = fs::path(opt.tokenizer_from) / f;
-      if (!fs::exists(from)) continue;
-      fs::copy_file(from, dir / f, fs::copy_options::overwrite_existing, ec);
-      if (ec) throw IoError((dir / f).string() + ": copy from " + from.string() + " failed: " + ec.message());
-      files += std::string(", ") + f;
-      ++copied;
-    }
-    if (copied == 0) throw ConfigError(opt.tokenizer_from + ": no tokenizer files (tokenizer.json, ...) to copy");
+  for (const auto& [name, text] : tokenizer.files) {
+    write_text(dir / name, text);
+    files += ", " + name;
+  }
+  if (!opt.source.generation_config.empty()) {
+    write_text(dir / "generation_config.json", opt.source.generation_config);
+    files += ", generation_config.json";
   }
   std::ostringstream o;
   o << "exported " << s.kv.name(s.heads) << " to " << out_dir << " as "
     << (plain ? "GPTNeoXForCausalLM (plain transformers)" : "MlkvNeoXForCausalLM (trust_remote_code=True)") << ", "
-    << (opt.dtype == DType::BF16 ? "bf16" : "fp32") << "\nfiles: " << files << "\n";
+    << (opt.dtype == DType::BF16 ? "bf16" : "fp32") << "\nfiles: " << files << "\n"
+    << "tokenizer: " << (tokenizer.from.empty() ? "none (--no-tokenizer)" : tokenizer.from) << "\n"
+    << "token ids: bos " << opt.source.bos_token_id << ", eos " << opt.source.eos_token_id
+    << (opt.source.source.empty() ? " (no HF source recorded: Pythia's)" : " (from " + opt.source.source + ")") << "\n";
   return o.str();
 }
 

@@ -122,7 +122,8 @@ MetricsWriter::MetricsWriter(const std::string& log_dir, bool tensorboard, int64
   last_whole_step_ = start_step;
   if (tensorboard) {
     events_ = std::make_unique<tensorboard::EventWriter>(log_dir);
-    if (start_step > 0) events_->add_session_start(start_step);
+    // metrics.jsonl keeps steps <= start_step (above); TensorBoard must drop exactly the rest.
+    if (start_step > 0) events_->add_session_start(start_step + 1);
   }
 }
 

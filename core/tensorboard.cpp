@@ -137,7 +137,7 @@ Event decode_event(Cursor c) {
         if ((k >> 3) == 1 && (k & 7) == 2) e.scalars.push_back(decode_value(summary.sub()));
         else summary.skip(static_cast<int>(k & 7));
       }
-    } else if (field == 6 && wire == 2) {
+    } else if (field == 7 && wire == 2) {
       Cursor log = c.sub();
       while (log.p < log.end) {
         const uint64_t k = log.varint();
@@ -211,7 +211,7 @@ void EventWriter::add_session_start(int64_t step) {
   put_key(log, 1, 0);
   put_varint(log, 1);  // SessionLog.START
   std::string e = event_header(now_seconds(), step);
-  put_bytes(e, 6, log);
+  put_bytes(e, 7, log);  // Event.session_log is field 7 (6 is the deprecated log_message)
   write_record(e);
 }
 

@@ -4,10 +4,10 @@
 //   record  = uint64 length | uint32 masked_crc32c(length bytes) | data | uint32 masked_crc32c(data)
 //   masked  = ((crc >> 15) | (crc << 17)) + 0xa282ead8          (all little-endian)
 //   Event   { double wall_time = 1; int64 step = 2; string file_version = 3; Summary summary = 5;
-//             SessionLog session_log = 6; }
+//             SessionLog session_log = 7; }     (6 is LogMessage log_message, which TensorBoard ignores)
 //   Summary { repeated Value value = 1; }   Value { string tag = 1; float simple_value = 2; }
-//   SessionLog { Status status = 1; }       START = 1 (TensorBoard then drops events of a previous
-//                                           run segment with a step >= this one: used on resume)
+//   SessionLog { SessionStatus status = 1; }  START = 1 (TensorBoard's EventAccumulator then drops
+//                                           every event read so far whose step >= this one: on resume)
 // The reader decodes exactly this subset, verifying both CRCs of every record; the test uses it.
 #pragma once
 #include <cstdint>
@@ -34,8 +34,8 @@ class EventWriter {
   EventWriter& operator=(const EventWriter&) = delete;
 
   void add_scalar(const std::string& tag, double value, int64_t step);
-  // Marks a restart at `step` (SessionLog START), so TensorBoard discards the stale tail of an
-  // interrupted run that a resume re-does.
+  // Marks a restart (SessionLog START): TensorBoard discards the points already read with a step
+  // >= `step`, the stale tail of an interrupted run that a resume re-does.
   void add_session_start(int64_t step);
   void flush();
   const std::string& path() const { return path_; }

@@ -2,7 +2,8 @@
 //
 //   mlkv-convert import --hf DIR --config TARGET.toml --out CKPT [--merge mean|paper|owner]
 //                       [--widen-mlp] [--compat paper] [--set section.key=value ...]
-//   mlkv-convert export --ckpt CKPT --out DIR [--dtype fp32|bf16] [--tokenizer-from HFDIR]
+//   mlkv-convert export --ckpt CKPT --out DIR [--dtype fp32|bf16] [--tokenizer-from FILE|DIR|gpt-neox-20b]
+//                       [--no-tokenizer]
 //
 // The work lives in core/convert.h; this file only parses the command line and prints.
 // Exit codes (core/errors.h): 0 done, 1 runtime failure, 2 bad input (command line, config, weights).
@@ -20,7 +21,7 @@ namespace {
 
 constexpr const char* kUsage =
     "usage: mlkv-convert import --hf DIR --config TARGET.toml --out CKPT [options]\n"
-    "       mlkv-convert export --ckpt CKPT --out DIR [--dtype fp32|bf16] [--tokenizer-from HFDIR]\n"
+    "       mlkv-convert export --ckpt CKPT --out DIR [--dtype fp32|bf16] [--tokenizer-from T | --no-tokenizer]\n"
     "\n"
     "import: an HF GPT-NeoX (Pythia) directory -> an MLKV checkpoint the trainer starts from (step 0)\n"
     "  --hf DIR          config.json + model.safetensors (or model.safetensors.index.json shards); fp32/fp16/bf16\n"
@@ -34,9 +35,13 @@ constexpr const char* kUsage =
     "\n"
     "export: a checkpoint -> an HF directory (transformers, lm-evaluation-harness)\n"
     "  --ckpt CKPT       a checkpoint step directory, or a run's checkpoint directory (its newest)\n"
-    "  --out DIR         model.safetensors + config.json (+ modeling files for MLKV plans)\n"
+    "  --out DIR         model.safetensors, config.json, tokenizer files (+ modeling files for MLKV plans;\n"
+    "                    + the source's generation_config.json for a model imported from HF)\n"
     "  --dtype T         fp32 (default) or bf16\n"
-    "  --tokenizer-from HFDIR  copy tokenizer files (tokenizer.json, ...) from an HF directory\n"
+    "  --tokenizer-from T  the tokenizer to ship: gpt-neox-20b (default: the bundled Pythia tokenizer),\n"
+    "                    a tokenizer.json file, or a directory holding one (its tokenizer_config.json and\n"
+    "                    special_tokens_map.json are copied when present)\n"
+    "  --no-tokenizer    write no tokenizer files\n"
     "\n"
     "exit codes: 0 done | 1 runtime failure | 2 bad input\n";
 
@@ -46,7 +51,8 @@ constexpr const char* kUsage =
 }
 
 struct Args {
-  std::string command, hf, config, out, ckpt, merge, compat, dtype = "fp32", tokenizer_from;
+  std::string command, hf, config, out, ckpt, merge, compat, dtype = "fp32",
+                                     tokenizer_from = mlkv::convert::kBundledTokenizer;
   bool widen_mlp = false;
   std::vector<std::string> overrides;
 };
@@ -92,6 +98,9 @@ Args parse(int argc, char** argv) {
       if (a.dtype != "fp32" && a.dtype != "bf16") usage_error("--dtype takes fp32 or bf16, got '" + a.dtype + "'");
     } else if (!imp && f == "--tokenizer-from") {
       a.tokenizer_from = value();
+      if (a.tokenizer_from.empty()) usage_error("--tokenizer-from needs a file, a directory or gpt-neox-20b");
+    } else if (!imp && f == "--no-tokenizer") {
+      a.tokenizer_from.clear();
     } else {
       usage_error("unknown option '" + f + "' for " + a.command);
     }
@@ -119,6 +128,7 @@ int run_import(const Args& a) {
   const convert::Converter conv(src, spec, convert::parse_merge(target.kv.merge));
   std::cout << convert::describe_import(src.config(), src.weights(), target) << std::flush;
   const std::string path = convert::write_init_checkpoint(a.out, target, conv);
+  convert::record_hf_source(a.out, a.hf);  // token ids + generation config, for a later export
   std::cout << "wrote:      " << path << "  (step 0; train from it with --set train.init_from=" << a.out << ")\n";
   return 0;
 }
@@ -129,6 +139,7 @@ int run_export(const Args& a) {
   convert::ExportOptions opt;
   opt.dtype = a.dtype == "bf16" ? safetensors::DType::BF16 : safetensors::DType::F32;
   opt.tokenizer_from = a.tokenizer_from;
+  opt.source = convert::find_hf_source(ck.dir, ck.config);
   std::cout << "checkpoint: " << ck.dir << "\n" << convert::export_hf(*ck.weights, a.out, opt);
   if (!convert::exports_as_plain_gpt_neox(ck.config.spec()))
     std::cout << "load with:  AutoModelForCausalLM.from_pretrained(\"" << a.out << "\", trust_remote_code=True)\n";

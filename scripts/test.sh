@@ -5,5 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build}
 bash scripts/setup.sh
+# The interop tests (transformers, lm-eval, TensorBoard) run in a PyPI venv; under CI=true they fail
+# without it, so CI always makes (or reuses) it. Elsewhere a failed venv only makes them skip.
+if MLKV_PYTHON=$(bash scripts/python_env.sh); then export MLKV_PYTHON
+elif [ "${CI:-}" = true ]; then echo "test.sh: scripts/python_env.sh failed" >&2; exit 1
+else echo "test.sh: no Python venv; the interop tests skip" >&2
+fi
 cd "$BUILD"
 ctest --output-on-failure -j"${JOBS:-$(nproc)}" --timeout 900

@@ -1,19 +1,22 @@
-# Embeds core/hf/*.py (the transformers modeling files that `mlkv-convert export` writes next to an
-# MLKV model) into the mlkv library, so the binary needs no source tree at run time.
+# Embeds what `mlkv-convert export` writes that is not computed: core/hf/*.py (the transformers
+# modeling files of an MLKV model) and the bundled Pythia tokenizer data/tokenizer/gpt-neox-20b.json
+# (2 MB), into the mlkv library, so an export is self-contained and the binary needs no source tree.
 # Generated at configure time (a plain file, so any directory may add it to mlkv); editing a .py
 # file re-runs CMake through CMAKE_CONFIGURE_DEPENDS.
 include_guard(GLOBAL)
 
-set(_mlkv_hf_dir ${CMAKE_SOURCE_DIR}/core/hf)
-set(_mlkv_hf_files configuration_mlkv.py modeling_mlkv.py)
+set(_mlkv_hf_files ${CMAKE_SOURCE_DIR}/core/hf/configuration_mlkv.py ${CMAKE_SOURCE_DIR}/core/hf/modeling_mlkv.py
+                   ${CMAKE_SOURCE_DIR}/data/tokenizer/gpt-neox-20b.json)
 set(_mlkv_hf_cases "")
-foreach(_f ${_mlkv_hf_files})
-  set_property(DIRECTORY ${CMAKE_SOURCE_DIR} APPEND PROPERTY CMAKE_CONFIGURE_DEPENDS ${_mlkv_hf_dir}/${_f})
-  file(READ ${_mlkv_hf_dir}/${_f} _text)
+foreach(_path ${_mlkv_hf_files})
+  get_filename_component(_f ${_path} NAME)
+  set_property(DIRECTORY ${CMAKE_SOURCE_DIR} APPEND PROPERTY CMAKE_CONFIGURE_DEPENDS ${_path})
+  file(READ ${_path} _text)
   string(FIND "${_text}" ")mlkv_embed\"" _clash)
   if(NOT _clash EQUAL -1)
-    message(FATAL_ERROR "${_mlkv_hf_dir}/${_f} contains the raw-string delimiter )mlkv_embed\"")
+    message(FATAL_ERROR "${_path} contains the raw-string delimiter )mlkv_embed\"")
   endif()
+  # One raw literal, however long: GCC and Clang set no length limit (-Woverlength-strings is off).
   string(APPEND _mlkv_hf_cases "  if (name == \"${_f}\") return R\"mlkv_embed(${_text})mlkv_embed\";\n")
 endforeach()
 

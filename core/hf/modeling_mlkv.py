@@ -10,6 +10,11 @@
 # rope_shared_keys = False is the seed paper's variant: an owner attends with its own rotated keys,
 # the rest of its group with the owner's keys before rotary. The cache then stores both, concatenated
 # along the head dimension, so cached decoding matches the full forward exactly.
+#
+# Works with transformers 4.56 … 5.x. Releases up to 5.23 pass the KV cache to forward() as
+# `past_key_values` and read it back from the output's `past_key_values`; 5.24 renamed both to `cache`.
+# forward() accepts either name and the outputs use the field this release defines: a model that
+# ignored `cache=` would build a fresh cache at every generate() step and decode with no context.
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -19,6 +24,22 @@ from transformers.generation import GenerationMixin
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from .configuration_mlkv import MlkvNeoXConfig
+
+
+def _output(cls, cache, **fields):
+    # The output's cache field is `cache` from transformers 5.24 on, `past_key_values` before.
+    name = "cache" if "cache" in cls.__dataclass_fields__ else "past_key_values"
+    return cls(**fields, **{name: cache})
+
+
+def _cache_of(output):
+    return output.cache if "cache" in output.__dataclass_fields__ else output.past_key_values
+
+
+def _the_cache(cache, past_key_values):
+    if cache is not None and past_key_values is not None and cache is not past_key_values:
+        raise ValueError("pass the KV cache once, as cache= or as past_key_values=")
+    return cache if cache is not None else past_key_values
 
 
 def _rotate_half(x):
@@ -161,8 +182,10 @@ class MlkvNeoXModel(MlkvNeoXPreTrainedModel):
         past_key_values=None,
         inputs_embeds=None,
         use_cache=None,
+        cache=None,
         **kwargs,
     ):
+        past_key_values = _the_cache(cache, past_key_values)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         x = self.embed_in(input_ids) if inputs_embeds is None else inputs_embeds
@@ -194,7 +217,7 @@ class MlkvNeoXModel(MlkvNeoXPreTrainedModel):
         for layer in self.layers:
             x, shared = layer(x, shared, cos, sin, mask, past_key_values)
         x = self.final_layer_norm(x)
-        return BaseModelOutputWithPast(last_hidden_state=x, past_key_values=past_key_values if use_cache else None)
+        return _output(BaseModelOutputWithPast, past_key_values if use_cache else None, last_hidden_state=x)
 
 
 class MlkvNeoXForCausalLM(MlkvNeoXPreTrainedModel, GenerationMixin):
@@ -221,13 +244,14 @@ class MlkvNeoXForCausalLM(MlkvNeoXPreTrainedModel, GenerationMixin):
         use_cache=None,
         logits_to_keep=0,
         return_dict=None,
+        cache=None,
         **kwargs,
     ):
         out = self.gpt_neox(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            past_key_values=_the_cache(cache, past_key_values),
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
         )
@@ -240,4 +264,4 @@ class MlkvNeoXForCausalLM(MlkvNeoXPreTrainedModel, GenerationMixin):
             loss = F.cross_entropy(
                 logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1), ignore_index=-100
             )
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values)
+        return _output(CausalLMOutputWithPast, _cache_of(out), loss=loss, logits=logits)

@@ -8,16 +8,21 @@ OURS holds `tokens` (int32 [B, T]) and `logits` (float32 [B, T, V]) from our CPU
      every weight (no missing or unexpected keys);
   2. its logits match ours: max|ours - theirs| / max|ours| <= --max-rel (1e-4);
   3. the KV cache is right: a prefix forward plus one-token steps with the cache reproduces the full
-     forward, and greedy `generate` gives the same tokens with and without the cache;
-  4. for MLKV models, the cache holds one entry per KV layer (len(kv_owners)), and a left-padded batch
+     forward, under each name this release's forward takes it by (`cache`, `past_key_values`);
+  4. generate() is right: the logits it used at every step (output_logits=True) equal a full forward
+     over the tokens it produced, and greedy tokens are the same with and without the cache (equal
+     tokens alone prove little: a weak model predicts much the same with no context at all);
+  5. for MLKV models, the cache holds one entry per KV layer (len(kv_owners)), and a left-padded batch
      generates what each prompt generates alone.
 Prints one line per check; exits 1 on the first failure. Used by tests/convert/transformers_test.cpp.
 """
 import argparse
+import inspect
 import sys
 
 import torch
 from safetensors.torch import load_file
+import transformers
 from transformers import AutoModelForCausalLM
 
 
@@ -28,6 +33,24 @@ def rel(a, b):
 def fail(msg):
     print("FAIL: " + msg)
     sys.exit(1)
+
+
+def cache_names(model):
+    # The keyword(s) this model's forward takes the cache by: our modeling file takes both; the stock
+    # GPT-NeoX takes `cache` from transformers 5.24 on (`past_key_values` is a deprecated alias) and
+    # only `past_key_values` before.
+    params = inspect.signature(type(model).forward).parameters
+    return [n for n in ("cache", "past_key_values") if n in params]
+
+
+def cache_of(out):
+    return out.cache if "cache" in out.__dataclass_fields__ else out.past_key_values
+
+
+def filled_entries(cache):
+    if hasattr(cache, "layers"):  # transformers >= 4.56: one CacheLayer per slot
+        return sum(1 for layer in cache.layers if getattr(layer, "keys", None) is not None and layer.keys.numel() > 0)
+    return sum(1 for k in cache.key_cache if k is not None and k.numel() > 0)
 
 
 def main():
@@ -61,31 +84,44 @@ def main():
 
         T = tokens.shape[1]
         half = T // 2
-        out = model(tokens[:, :half], use_cache=True)
-        cache, steps = out.past_key_values, [out.logits]
-        for t in range(half, T):
-            out = model(tokens[:, t : t + 1], past_key_values=cache, use_cache=True)
-            cache = out.past_key_values
-            steps.append(out.logits)
-        r = rel(torch.cat(steps, 1), full)
-        if not r <= 1e-5:
-            fail(f"cached decoding differs from the full forward by {r:.3e}")
-        print(f"ok: prefix + cached one-token steps reproduce the full forward ({r:.3e})")
+        for name in cache_names(model):
+            out = model(tokens[:, :half], use_cache=True)
+            cache, steps = cache_of(out), [out.logits]
+            for t in range(half, T):
+                out = model(tokens[:, t : t + 1], use_cache=True, **{name: cache})
+                cache = cache_of(out)
+                steps.append(out.logits)
+            r = rel(torch.cat(steps, 1), full)
+            if not r <= 1e-5:
+                fail(f"cached decoding (cache passed as {name}=) differs from the full forward by {r:.3e}")
+            print(f"ok: prefix + cached one-token steps (cache passed as {name}=) reproduce the full forward ({r:.3e})")
 
         owners = getattr(model.config, "kv_owners", None)
         if owners is not None:
-            filled = [layer for layer in cache.layers if getattr(layer, "keys", None) is not None and layer.keys.numel() > 0]
-            if len(filled) != len(owners):
-                fail(f"cache holds {len(filled)} K/V entries, the plan has {len(owners)} KV layers")
-            print(f"ok: the cache holds {len(filled)} K/V entries (one per KV layer of {model.config.num_hidden_layers})")
+            if filled_entries(cache) != len(owners):
+                fail(f"cache holds {filled_entries(cache)} K/V entries, the plan has {len(owners)} KV layers")
+            print(f"ok: the cache holds {len(owners)} K/V entries (one per KV layer of {model.config.num_hidden_layers})")
 
         # min_new_tokens keeps EOS (id 0) from ending one run early; both runs see the same rule.
-        prompt = tokens[:1, :half]
-        g_cache = model.generate(prompt, max_new_tokens=8, min_new_tokens=8, do_sample=False, use_cache=True, pad_token_id=0)
-        g_none = model.generate(prompt, max_new_tokens=8, min_new_tokens=8, do_sample=False, use_cache=False, pad_token_id=0)
-        if not torch.equal(g_cache, g_none):
-            fail(f"generate with cache {g_cache.tolist()} != without {g_none.tolist()}")
-        print(f"ok: greedy generate agrees with and without the cache: {g_cache[0, half:].tolist()}")
+        new = 8
+        prompt = tokens[:, :half]
+        greedy = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=0)
+        g = model.generate(prompt, use_cache=True, output_logits=True, return_dict_in_generate=True, **greedy)
+        if len(g.logits) != new:
+            fail(f"generate returned {len(g.logits)} step logits for {new} new tokens")
+        used = torch.stack(g.logits, 1)  # [B, new, V]: step i chose token half + i
+        again = model(g.sequences).logits[:, half - 1 : half - 1 + new]
+        r = rel(used, again)
+        if not r <= 1e-5:
+            fail(f"the logits generate() used differ from a full forward over its tokens by {r:.3e}")
+        print(f"ok: generate's step logits equal a full forward over its {new} new tokens ({r:.3e})")
+        if owners is not None and filled_entries(cache_of(g)) != len(owners):
+            fail(f"generate's cache holds {filled_entries(cache_of(g))} K/V entries, the plan has {len(owners)}")
+        g_none = model.generate(prompt, use_cache=False, **greedy)
+        if not torch.equal(g.sequences, g_none):
+            fail(f"generate with cache {g.sequences.tolist()} != without {g_none.tolist()}")
+        print(f"ok: greedy generate agrees with and without the cache: {g.sequences[0, half:].tolist()} "
+              f"(transformers {transformers.__version__})")
 
         if owners is not None and tokens.shape[0] > 1:
             short, long_ = tokens[1:2, : half - 2], tokens[0:1, :half]

@@ -45,13 +45,25 @@ TEST(Cli, ImportConvertsAndExportWritesHf) {
   EXPECT_EQ(ck.config.model.ffn, convert::paper_widened_ffn(src.spec(), ck.config.spec().kv));
   EXPECT_EQ(ck.master, convert::Converter(src, ck.config.spec(), convert::Merge::paper).materialize());
 
-  const CliRun exp = convert_cli("export --ckpt " + dir + "/ck --out " + dir + "/hf --dtype bf16");
+  const CliRun exp = convert_cli("export --ckpt " + dir + "/ck --out " + dir + "/hf --dtype bf16 --no-tokenizer");
   ASSERT_EQ(exp.rc, 0) << exp.err;
   EXPECT_TRUE(has(exp.out, "MlkvNeoXForCausalLM")) << exp.out;
   EXPECT_TRUE(has(exp.out, "trust_remote_code=True")) << exp.out;
   EXPECT_EQ(test::read_json(dir + "/hf/config.json")["dtype"], "bfloat16");
   EXPECT_TRUE(std::filesystem::exists(dir + "/hf/modeling_mlkv.py"));
   EXPECT_EQ(convert::HfSource(dir + "/hf").spec().ffn, ck.config.model.ffn);
+  EXPECT_TRUE(std::filesystem::exists(dir + "/ck/hf_source.json"));  // import recorded its source
+
+  // A tokenizer that is not there is bad input, found before anything is written.
+  const CliRun bad = convert_cli("export --ckpt " + dir + "/ck --out " + dir + "/hf2 --tokenizer-from " + dir + "/none");
+  EXPECT_EQ(bad.rc, 2) << bad.err;
+  EXPECT_TRUE(has(bad.err, "no such tokenizer")) << bad.err;
+  EXPECT_FALSE(std::filesystem::exists(dir + "/hf2"));
+  // The default, the bundled Pythia tokenizer, does not fit this 96-token model: refused the same way.
+  const CliRun small = convert_cli("export --ckpt " + dir + "/ck --out " + dir + "/hf2");
+  EXPECT_EQ(small.rc, 2) << small.err;
+  EXPECT_TRUE(has(small.err, "--no-tokenizer")) << small.err;
+  EXPECT_FALSE(std::filesystem::exists(dir + "/hf2"));
 }
 
 TEST(Cli, BadInputsExitTwoWithAReason) {

@@ -105,18 +105,134 @@ TEST(Export, Bf16RoundsEveryTensor) {
     ASSERT_EQ(got[i], safetensors::bf16_to_f32(safetensors::f32_to_bf16(exact[i]))) << i;
 }
 
-TEST(Export, TokenizerFilesAreCopiedWhenAsked) {
-  const std::string dir = test::scratch_dir("tok");
-  std::filesystem::create_directories(dir + "/src");
-  test::write_text(dir + "/src/tokenizer.json", "{\"version\": \"1.0\"}");
-  const nlohmann::json c = test::read_json(test::fixture("mlkv1_mqa/case.json"));
-  const convert::OursFileSource src(test::spec_from_case(c), test::fixture("mlkv1_mqa/weights.safetensors"));
+// A model of Pythia's vocabulary (the bundled tokenizer needs ids up to 50276), all zeros.
+struct PythiaVocabModel {
+  ModelSpec spec;
+  std::vector<float> weights;
+  convert::BufferSource source;
+  PythiaVocabModel() : spec(make()), weights(ParamLayout(spec).total(), 0.0f), source(spec, weights.data()) {}
+  static ModelSpec make() {
+    ModelSpec s = test::spec_from_case(test::read_json(test::fixture("mlkv1_mqa/case.json")));
+    s.vocab = 50304;
+    return s;
+  }
+};
+
+TEST(Export, WritesTheBundledTokenizerWithPythiasSpecialTokens) {
+  const std::string dir = test::scratch_dir("tok_bundled");
+  const PythiaVocabModel m;
   convert::ExportOptions opt;
+  opt.tokenizer_from = convert::kBundledTokenizer;
+  const std::string summary = convert::export_hf(m.source, dir, opt);
+  EXPECT_EQ(test::read_text(dir + "/tokenizer.json"), test::read_text(std::string(MLKV_SOURCE_DIR) + "/data/tokenizer/gpt-neox-20b.json"));
+  const nlohmann::json tc = test::read_json(dir + "/tokenizer_config.json"), sm = test::read_json(dir + "/special_tokens_map.json");
+  for (const char* k : {"bos_token", "eos_token", "unk_token"}) {
+    EXPECT_EQ(tc[k], "<|endoftext|>") << k;  // id 0 in GPT-NeoX's vocabulary
+    EXPECT_EQ(sm[k], "<|endoftext|>") << k;
+  }
+  EXPECT_FALSE(tc.contains("pad_token"));
+  EXPECT_EQ(tc["tokenizer_class"], "PreTrainedTokenizerFast");
+  EXPECT_EQ(tc["model_max_length"], m.spec.max_seq_len);
+  EXPECT_FALSE(std::filesystem::exists(dir + "/generation_config.json"));  // no HF source
+  EXPECT_NE(summary.find("tokenizer: the bundled gpt-neox-20b tokenizer"), std::string::npos) << summary;
+}
+
+TEST(Export, TheSourcesTokenIdsAndGenerationConfigCarryOver) {
+  const std::string dir = test::scratch_dir("tok_ids");
+  const PythiaVocabModel m;
+  convert::ExportOptions opt;
+  opt.tokenizer_from = convert::kBundledTokenizer;
+  opt.source.source = "somewhere";
+  opt.source.bos_token_id = 1;  // <|padding|>: an odd choice, so nothing can pass by defaulting to 0
+  opt.source.eos_token_id = 0;
+  opt.source.pad_token_id = 1;
+  opt.source.generation_config = "{\n  \"bos_token_id\": 1,\n  \"eos_token_id\": 0\n}\n";
+  convert::export_hf(m.source, dir, opt);
+  const nlohmann::json cfg = test::read_json(dir + "/config.json"), tc = test::read_json(dir + "/tokenizer_config.json");
+  EXPECT_EQ(cfg["bos_token_id"], 1);
+  EXPECT_EQ(cfg["eos_token_id"], 0);
+  EXPECT_EQ(cfg["pad_token_id"], 1);
+  EXPECT_EQ(tc["bos_token"], "<|padding|>");
+  EXPECT_EQ(tc["eos_token"], "<|endoftext|>");
+  EXPECT_EQ(tc["pad_token"], "<|padding|>");
+  EXPECT_EQ(test::read_text(dir + "/generation_config.json"), opt.source.generation_config);
+}
+
+TEST(Export, TokenizerFromAFileOrADirectory) {
+  const std::string dir = test::scratch_dir("tok_from");
+  const PythiaVocabModel m;
+  const std::string bundled = std::string(MLKV_SOURCE_DIR) + "/data/tokenizer/gpt-neox-20b.json";
+  convert::ExportOptions opt;
+  opt.tokenizer_from = bundled;  // a tokenizer.json under another name
+  convert::export_hf(m.source, dir + "/file", opt);
+  EXPECT_EQ(test::read_text(dir + "/file/tokenizer.json"), test::read_text(bundled));
+  EXPECT_EQ(test::read_json(dir + "/file/tokenizer_config.json")["eos_token"], "<|endoftext|>");
+
+  // A directory: its tokenizer_config.json is copied as it is, special_tokens_map.json written.
+  std::filesystem::create_directories(dir + "/src");
+  std::filesystem::copy_file(bundled, dir + "/src/tokenizer.json");
+  test::write_text(dir + "/src/tokenizer_config.json", "{\"tokenizer_class\": \"GPTNeoXTokenizer\", \"eos_token\": \"<|endoftext|>\"}");
   opt.tokenizer_from = dir + "/src";
-  convert::export_hf(src, dir + "/out", opt);
-  EXPECT_EQ(test::read_text(dir + "/out/tokenizer.json"), "{\"version\": \"1.0\"}");
-  opt.tokenizer_from = dir + "/out/nothing-here";
-  EXPECT_TRUE(test::throws_with<ConfigError>([&] { convert::export_hf(src, dir + "/out2", opt); }, {"nothing-here", "tokenizer"}));
+  convert::export_hf(m.source, dir + "/dir", opt);
+  EXPECT_EQ(test::read_text(dir + "/dir/tokenizer_config.json"), test::read_text(dir + "/src/tokenizer_config.json"));
+  EXPECT_EQ(test::read_json(dir + "/dir/special_tokens_map.json")["eos_token"], "<|endoftext|>");
+}
+
+TEST(Export, BadTokenizersAreRefusedBeforeAnythingIsWritten) {
+  const std::string dir = test::scratch_dir("tok_bad");
+  const PythiaVocabModel m;
+  std::filesystem::create_directories(dir + "/empty");
+  test::write_text(dir + "/nojson.json", "{\"model\": ");
+  test::write_text(dir + "/noeos.json", "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 5, \"b\": 6}}}");
+  test::write_text(dir + "/big.json", "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 50304}}}");
+  const std::vector<std::pair<std::string, std::vector<std::string>>> cases = {
+      {dir + "/missing", {"missing", "no such tokenizer file or directory", "gpt-neox-20b"}},
+      {dir + "/empty", {"empty", "no tokenizer.json"}},
+      {dir + "/nojson.json", {"nojson.json", "not a JSON object"}},
+      {dir + "/noeos.json", {"noeos.json", "no token with id 0", "bos_token_id"}},
+      {dir + "/big.json", {"big.json", "50304", "vocab_size"}},
+  };
+  for (const auto& [from, parts] : cases) {
+    convert::ExportOptions opt;
+    opt.tokenizer_from = from;
+    EXPECT_TRUE(test::throws_with<ConfigError>([&] { convert::export_hf(m.source, dir + "/out", opt); }, parts)) << from;
+    EXPECT_FALSE(std::filesystem::exists(dir + "/out")) << from << ": partial output";
+  }
+  // The bundled tokenizer does not fit a model with a small vocabulary.
+  const nlohmann::json c = test::read_json(test::fixture("mlkv1_mqa/case.json"));
+  const convert::OursFileSource small(test::spec_from_case(c), test::fixture("mlkv1_mqa/weights.safetensors"));
+  convert::ExportOptions opt;
+  opt.tokenizer_from = convert::kBundledTokenizer;
+  EXPECT_TRUE(test::throws_with<ConfigError>([&] { convert::export_hf(small, dir + "/out", opt); }, {"bundled", "vocab_size", "--no-tokenizer"}));
+  EXPECT_FALSE(std::filesystem::exists(dir + "/out"));
+}
+
+TEST(Export, ImportRecordsTheHfSourceAndATrainedRunFindsIt) {
+  const std::string dir = test::scratch_dir("provenance");
+  std::filesystem::create_directories(dir + "/hf");
+  test::write_text(dir + "/hf/config.json", "{\"bos_token_id\": 3, \"eos_token_id\": [2, 9], \"pad_token_id\": null}");
+  test::write_text(dir + "/hf/generation_config.json", "{\"bos_token_id\": 3, \"eos_token_id\": 2, \"max_length\": 77}");
+  std::filesystem::create_directories(dir + "/init/step-00000000");
+  convert::record_hf_source(dir + "/init", dir + "/hf");
+
+  Config none;  // the imported checkpoint itself: hf_source.json sits beside its step directory
+  const convert::HfProvenance own = convert::find_hf_source(dir + "/init/step-00000000", none);
+  EXPECT_EQ(own.bos_token_id, 3);
+  EXPECT_EQ(own.eos_token_id, 2);  // the first of several EOS ids
+  EXPECT_EQ(own.pad_token_id, -1);
+  EXPECT_NE(own.source.find("/hf"), std::string::npos) << own.source;
+  EXPECT_EQ(nlohmann::json::parse(own.generation_config)["max_length"], 77);
+
+  Config trained;  // a run elsewhere that started from it names it in train.init_from
+  trained.train.init_from = dir + "/init";
+  EXPECT_EQ(convert::find_hf_source(dir + "/run/checkpoints/step-00000010", trained).bos_token_id, 3);
+  trained.train.init_from = dir + "/gone";
+  const convert::HfProvenance lost = convert::find_hf_source(dir + "/run/checkpoints/step-00000010", trained);
+  EXPECT_TRUE(lost.source.empty());
+  EXPECT_EQ(lost.bos_token_id, 0);
+
+  test::write_text(dir + "/hf/config.json", "{\"bos_token_id\": \"zero\"}");
+  EXPECT_TRUE(test::throws_with<ConfigError>([&] { convert::record_hf_source(dir + "/init", dir + "/hf"); }, {"config.json", "bos_token_id"}));
 }
 
 TEST(PaperCompat, ReadsThePapersLayoutAsRopeSharedKeysFalse) {

@@ -1,12 +1,14 @@
 // Exported models in real transformers (skipped cleanly where torch + transformers are missing):
 // convert, export, load with trust_remote_code, and compare logits with our CPU forward; check the
 // KV cache with prefix/step decoding and generate with and without it (tests/convert/check_hf_export.py).
-// The interpreter is $MLKV_PYTHON, else /root/fxvenv/bin/python3 when present, else python3.
+// The interpreter is $MLKV_PYTHON or the CMake cache variable (tests/hf/python_env.h); under CI=true
+// a missing one fails these tests instead of skipping them.
 #include <gtest/gtest.h>
 
 #include <cstdlib>
 
 #include "../core/test_util.h"
+#include "../hf/python_env.h"
 #include "convert_test_util.h"
 #include "core/config.h"
 #include "core/convert.h"
@@ -15,16 +17,7 @@
 namespace mlkv {
 namespace {
 
-std::string python() {
-  if (const char* p = std::getenv("MLKV_PYTHON"); p && *p) return p;
-  if (std::filesystem::exists("/root/fxvenv/bin/python3")) return "/root/fxvenv/bin/python3";
-  return "python3";
-}
-
-bool have_transformers() {
-  static const bool ok = std::system((python() + " -c 'import torch, transformers, safetensors' >/dev/null 2>&1").c_str()) == 0;
-  return ok;
-}
+using test::python;
 
 // Our logits for `tokens` [B, T], written for the Python side.
 void write_ours(const std::string& path, const ModelSpec& spec, const std::vector<float>& master, int B, int T,
@@ -58,9 +51,7 @@ void check_in_transformers(const convert::TensorSource& src, const std::string& 
 
 class Transformers : public ::testing::Test {
  protected:
-  void SetUp() override {
-    if (!have_transformers()) GTEST_SKIP() << python() << " cannot import torch + transformers (set MLKV_PYTHON)";
-  }
+  void SetUp() override { MLKV_REQUIRE_PYTHON("torch, transformers, safetensors"); }
 };
 
 TEST_F(Transformers, ConvertedMlkvModelLoadsWithTrustRemoteCode) {
