@@ -18,6 +18,19 @@ void Backend::select_attention(const std::string& impl) {
 
 std::string Backend::attention_plan(int) { return "flash (the one attention of this backend)"; }
 
+void Backend::layernorm_pair_forward(void* out1, void* out2, float* mean, float* rstd, const void* in, const void* w1,
+                                     const void* b1, const void* w2, const void* b2, int64_t N, int C, float eps) {
+  layernorm_forward(out1, mean, rstd, in, w1, b1, N, C, eps);
+  layernorm_forward(out2, mean, rstd, in, w2, b2, N, C, eps);  // the same statistics again
+}
+
+void Backend::layernorm_pair_backward(void* din, float* dw1, float* db1, float* dw2, float* db2, const void* dout1,
+                                      const void* dout2, const void* in, const void* w1, const void* w2,
+                                      const float* mean, const float* rstd, int64_t N, int C) {
+  layernorm_backward(din, dw2, db2, dout2, in, w2, mean, rstd, N, C);
+  layernorm_backward(din, dw1, db1, dout1, in, w1, mean, rstd, N, C);
+}
+
 bool cuda_available() {
 #ifdef MLKV_HAVE_CUDA
   return cuda_device_count() > 0;

@@ -63,6 +63,16 @@ class Backend {
   // din[N, C] += ..., dw[C] += ..., db[C] += ...
   virtual void layernorm_backward(void* din, float* dw, float* db, const void* dout, const void* in,
                                   const void* w, const float* mean, const float* rstd, int64_t N, int C) = 0;
+  // The two LayerNorms of a GPT-NeoX layer normalise the same x (parallel residual): out1 = LN(x; w1, b1)
+  // and out2 = LN(x; w2, b2) share one mean/rstd, and the backward adds both branches' input
+  // gradients in one pass. These defaults run the single ops twice (the CPU reference does);
+  // a backend may fuse them (the CUDA one does: one read of x instead of two, each way).
+  virtual void layernorm_pair_forward(void* out1, void* out2, float* mean, float* rstd, const void* in,
+                                      const void* w1, const void* b1, const void* w2, const void* b2, int64_t N,
+                                      int C, float eps);
+  virtual void layernorm_pair_backward(void* din, float* dw1, float* db1, float* dw2, float* db2, const void* dout1,
+                                       const void* dout2, const void* in, const void* w1, const void* w2,
+                                       const float* mean, const float* rstd, int64_t N, int C);
 
   // ---- linear: out[N, OC] (=, or += when accumulate) in[N, IC] · w[OC, IC]^T + bias[OC] (bias may be null)
   virtual void matmul_forward(void* out, const void* in, const void* w, const void* bias, int64_t N, int IC,

@@ -171,8 +171,8 @@ void Decoder::layer(int l, Work& w, const void* x, void* y, bool decode, int b0,
   void* kc = static_cast<char*>(k_cache_[o]) + at;
   void* vc = static_cast<char*>(v_cache_[o]) + at;
 
-  be_.layernorm_forward(w.ln1, w.mean, w.rstd, x, p(lp.ln1_w), p(lp.ln1_b), N, d, eps);
-  be_.layernorm_forward(w.ln2, w.mean, w.rstd, x, p(lp.ln2_w), p(lp.ln2_b), N, d, eps);
+  be_.layernorm_pair_forward(w.ln1, w.ln2, w.mean, w.rstd, x, p(lp.ln1_w), p(lp.ln1_b), p(lp.ln2_w), p(lp.ln2_b), N,
+                             d, eps);
   be_.matmul_forward(w.qkv, w.ln1, p(lp.qkv_w), p(lp.qkv_b), N, d, layout_.qkv_rows(l), false);
   if (decode) {
     be_.qkv_rope_append(w.q, owner ? kc : nullptr, owner ? vc : nullptr, w.qkv, pos_dev_, nb, H, owner ? KVH : 0,

@@ -21,7 +21,7 @@ Recompute parse_recompute(const std::string& s) {
 // (they are the group's shared state, saved once per group — an MLKV training-memory win).
 struct Model::LayerActs {
   void *ln1 = nullptr, *ln2 = nullptr;   // [N, d]
-  float *ln1_mean = nullptr, *ln1_rstd = nullptr, *ln2_mean = nullptr, *ln2_rstd = nullptr;  // [N]
+  float *ln_mean = nullptr, *ln_rstd = nullptr;  // [N]: ln1 and ln2 normalise the same x
   void* qkv = nullptr;                   // [N, (H + 2·KVH)·hd]
   void* q = nullptr;                     // [B, H, T, hd]
   void* k_rot = nullptr;                 // [B, KVH, T, hd], owner in rope_shared_keys=false mode
@@ -87,10 +87,8 @@ void Model::allocate_activations() {
     auto a = std::make_unique<LayerActs>();
     a->ln1 = alloc_act(N * d);
     a->ln2 = alloc_act(N * d);
-    a->ln1_mean = alloc_f32(N);
-    a->ln1_rstd = alloc_f32(N);
-    a->ln2_mean = alloc_f32(N);
-    a->ln2_rstd = alloc_f32(N);
+    a->ln_mean = alloc_f32(N);
+    a->ln_rstd = alloc_f32(N);
     a->qkv = alloc_act(N * (H + 2 * KVH) * hd);
     a->q = alloc_act(N * H * hd);
     if (!spec_.kv.rope_shared_keys) a->k_rot = alloc_act(B * KVH * T * hd);
@@ -202,8 +200,8 @@ void Model::layer_forward(int l, LayerActs& a) {
   void* y = resid_[l + 1];
   const float eps = static_cast<float>(s.ln_eps);
 
-  be_.layernorm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, x, p(lp.ln1_w), p(lp.ln1_b), N, d, eps);
-  be_.layernorm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, x, p(lp.ln2_w), p(lp.ln2_b), N, d, eps);
+  be_.layernorm_pair_forward(a.ln1, a.ln2, a.ln_mean, a.ln_rstd, x, p(lp.ln1_w), p(lp.ln1_b), p(lp.ln2_w),
+                             p(lp.ln2_b), N, d, eps);
   // attention branch: only owners project K/V; everyone reads the owner's buffers
   be_.matmul_forward(a.qkv, a.ln1, p(lp.qkv_w), p(lp.qkv_b), N, d, layout_.qkv_rows(l), false);
   be_.qkv_split_rope_forward(a.q, k_[l], v_[l], a.qkv, B_, T_, H, KVH_l, hd, s.rot_dims(), base, shared_rot);
@@ -279,11 +277,16 @@ void Model::layer_backward(int l, LayerActs& a) {
                               shared_rot);
   if (par_.tp > 1) par_.tp_comm->compute_wait_side();  // dln2 (reduced under the attention backward)
   // Partial dln1 likewise (its heads; a replicated K/V head's partial dK·Wk sums to the full one);
-  // its all-reduce overlaps the QKV weight gradient and the ln2 backward.
+  // at tp > 1 its all-reduce overlaps the QKV weight gradient and the ln2 backward.
   column_parallel_backward(dln1_, g(lp.qkv_w), g(lp.qkv_b), dqkv_, a.ln1, p(lp.qkv_w), N, d, layout_.qkv_rows(l));
-  be_.layernorm_backward(dresid_, g(lp.ln2_w), g(lp.ln2_b), dln2_, x, p(lp.ln2_w), a.ln2_mean, a.ln2_rstd, N, d);
-  if (par_.tp > 1) par_.tp_comm->compute_wait_side();
-  be_.layernorm_backward(dresid_, g(lp.ln1_w), g(lp.ln1_b), dln1_, x, p(lp.ln1_w), a.ln1_mean, a.ln1_rstd, N, d);
+  if (par_.tp == 1) {  // both branch gradients are here: one pass over x for the two LayerNorms
+    be_.layernorm_pair_backward(dresid_, g(lp.ln1_w), g(lp.ln1_b), g(lp.ln2_w), g(lp.ln2_b), dln1_, dln2_, x,
+                                p(lp.ln1_w), p(lp.ln2_w), a.ln_mean, a.ln_rstd, N, d);
+    return;
+  }
+  be_.layernorm_backward(dresid_, g(lp.ln2_w), g(lp.ln2_b), dln2_, x, p(lp.ln2_w), a.ln_mean, a.ln_rstd, N, d);
+  par_.tp_comm->compute_wait_side();
+  be_.layernorm_backward(dresid_, g(lp.ln1_w), g(lp.ln1_b), dln1_, x, p(lp.ln1_w), a.ln_mean, a.ln_rstd, N, d);
 }
 
 void Model::forward(const int32_t* tokens) {

@@ -133,6 +133,14 @@ void layernorm_forward(bf16* out, float* mean, float* rstd, const bf16* in, cons
                        int64_t N, int C, float eps, cudaStream_t s);
 void layernorm_backward(bf16* din, float* dw, float* db, const bf16* dout, const bf16* in, const bf16* w,
                         const float* mean, const float* rstd, int64_t N, int C, Scratch& scratch, cudaStream_t s);
+// The two LayerNorms of one x in one pass (see Backend::layernorm_pair_*). false: the shape or
+// alignment is not one the fused kernels take, nothing was done, the caller runs the pair apart.
+bool layernorm_pair_forward(bf16* out1, bf16* out2, float* mean, float* rstd, const bf16* in, const bf16* w1,
+                            const bf16* b1, const bf16* w2, const bf16* b2, int64_t N, int C, float eps,
+                            cudaStream_t s);
+bool layernorm_pair_backward(bf16* din, float* dw1, float* db1, float* dw2, float* db2, const bf16* dout1,
+                             const bf16* dout2, const bf16* in, const bf16* w1, const bf16* w2, const float* mean,
+                             const float* rstd, int64_t N, int C, Scratch& scratch, cudaStream_t s);
 
 // ---- embedding.cu
 void embedding_forward(bf16* out, const int32_t* tokens, const bf16* wte, int64_t N, int d, cudaStream_t s);

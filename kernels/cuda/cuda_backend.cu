@@ -274,6 +274,28 @@ class CudaBackend final : public Backend {
     MLKV_PROFILE("layernorm_backward");
     cuda::layernorm_backward(B(din), dw, db, B(dout), B(in), B(w), mean, rstd, N, C, *scratch_, stream_);
   }
+  // MLKV_LN_PAIR=0 runs the pair as two single LayerNorms (to measure what the fusion is worth).
+  void layernorm_pair_forward(void* out1, void* out2, float* mean, float* rstd, const void* in, const void* w1,
+                              const void* b1, const void* w2, const void* b2, int64_t N, int C, float eps) override {
+    if (ln_pair_) {
+      MLKV_PROFILE("layernorm_pair_forward");
+      if (cuda::layernorm_pair_forward(B(out1), B(out2), mean, rstd, B(in), B(w1), B(b1), B(w2), B(b2), N, C, eps,
+                                       stream_))
+        return;
+    }
+    Backend::layernorm_pair_forward(out1, out2, mean, rstd, in, w1, b1, w2, b2, N, C, eps);
+  }
+  void layernorm_pair_backward(void* din, float* dw1, float* db1, float* dw2, float* db2, const void* dout1,
+                               const void* dout2, const void* in, const void* w1, const void* w2, const float* mean,
+                               const float* rstd, int64_t N, int C) override {
+    if (ln_pair_) {
+      MLKV_PROFILE("layernorm_pair_backward");
+      if (cuda::layernorm_pair_backward(B(din), dw1, db1, dw2, db2, B(dout1), B(dout2), B(in), B(w1), B(w2), mean,
+                                        rstd, N, C, *scratch_, stream_))
+        return;
+    }
+    Backend::layernorm_pair_backward(din, dw1, db1, dw2, db2, dout1, dout2, in, w1, w2, mean, rstd, N, C);
+  }
 
   // ---- linear
   static std::string shape(const char* op, int64_t N, int IC, int OC) {
@@ -422,6 +444,10 @@ class CudaBackend final : public Backend {
   std::unique_ptr<Scratch> scratch_;
   std::unique_ptr<Gemm> gemm_;
   std::unique_ptr<OpProfiler> prof_;
+  const bool ln_pair_ = [] {
+    const char* e = std::getenv("MLKV_LN_PAIR");
+    return !(e && std::strcmp(e, "0") == 0);
+  }();
   enum class AttentionMode { automatic, flash, cudnn };
   // Until select_attention: our kernels. The executables select train.attention (default
   // "auto") through make_backend(TrainSection); a backend made directly (the op and model

@@ -29,10 +29,12 @@ __device__ __forceinline__ void store_vec(bf16* p, const float (&f)[VEC]) {
   else *p = __float2bfloat16(f[0]);
 }
 
-template <int VEC>
+// PAIR: a second output out2 = xhat·w2 + b2 from the same statistics (a GPT-NeoX layer's two
+// LayerNorms both normalise the residual x: one read of x and one set of statistics serve both).
+template <int VEC, bool PAIR>
 __global__ void __launch_bounds__(32 * kWarpsPerBlock)
-    ln_forward(bf16* out, float* mean, float* rstd, const bf16* in, const bf16* w, const bf16* b, int64_t N, int C,
-               float eps) {
+    ln_forward(bf16* out, bf16* out2, float* mean, float* rstd, const bf16* in, const bf16* w, const bf16* b,
+               const bf16* w2, const bf16* b2, int64_t N, int C, float eps) {
   const int lane = threadIdx.x & 31;
   const int64_t warps = int64_t{gridDim.x} * kWarpsPerBlock;
   for (int64_t row = int64_t{blockIdx.x} * kWarpsPerBlock + (threadIdx.x >> 5); row < N; row += warps) {
@@ -60,7 +62,17 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock)
       load_vec<VEC>(w + c, wf);
       load_vec<VEC>(b + c, bf);
 #pragma unroll
-      for (int i = 0; i < VEC; ++i) f[i] = (f[i] - m) * r * wf[i] + bf[i];
+      for (int i = 0; i < VEC; ++i) f[i] = (f[i] - m) * r;  // xhat
+      if constexpr (PAIR) {
+        float w2f[VEC], b2f[VEC], o2[VEC];
+        load_vec<VEC>(w2 + c, w2f);
+        load_vec<VEC>(b2 + c, b2f);
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) o2[i] = f[i] * w2f[i] + b2f[i];
+        store_vec<VEC>(out2 + row * C + c, o2);
+      }
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) f[i] = f[i] * wf[i] + bf[i];
       store_vec<VEC>(out + row * C + c, f);
     }
     if (lane == 0) {
@@ -108,22 +120,31 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock)
 }
 
 constexpr int kRowsPerBlock = 16;
+// The pair backward keeps twice the per-column sums in registers: at most 512 threads (C ≤ 4096)
+// so that the compiler may give each thread 128 registers instead of spilling at 64.
+constexpr int kPairMaxC = 4096;
 
-// din += ..., and partial dw/db of this block's rows into part_dw/part_db[blockIdx.x, C].
-__global__ void __launch_bounds__(1024)
-    ln_backward_fused(bf16* din, float* part_dw, float* part_db, const bf16* dout, const bf16* in, const bf16* w,
-                      const float* mean, const float* rstd, int64_t N, int C) {
+// din += ..., and partial dw/db of this block's rows into part[0..1][blockIdx.x, C]. PAIR: a second
+// LayerNorm (dout2 through w2) of the same x and statistics; the input gradient is linear in
+// g = dout·w, so one pass with g = dout·w + dout2·w2 gives both, and part[2..3] take dw2/db2.
+template <bool PAIR>
+__global__ void __launch_bounds__(PAIR ? kPairMaxC / 8 : 1024)
+    ln_backward_fused(bf16* din, float* part, const bf16* dout, const bf16* dout2, const bf16* in, const bf16* w,
+                      const bf16* w2, const float* mean, const float* rstd, int64_t N, int C) {
   __shared__ float2 red[2][32];  // per-warp (Σg, Σg·xhat), double-buffered by row parity: one barrier a row
   const int c = threadIdx.x * 8, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = blockDim.x >> 5;
   const bool active = c < C;
   float wf[8] = {}, dw[8] = {}, db[8] = {};
+  float w2f[8] = {}, dw2[8] = {}, db2[8] = {};
   if (active) load8(w + c, wf);
+  if (PAIR && active) load8(w2 + c, w2f);
   const int64_t r0 = int64_t{blockIdx.x} * kRowsPerBlock, r1 = min(N, r0 + kRowsPerBlock);
   for (int64_t r = r0; r < r1; ++r) {
-    float x[8] = {}, g[8] = {}, di[8] = {};
-    if (active) {  // all three loads issued before the reduction needs any of them
+    float x[8] = {}, g[8] = {}, g2[8] = {}, di[8] = {};
+    if (active) {  // all loads issued before the reduction needs any of them
       load8(in + r * C + c, x);
       load8(dout + r * C + c, g);
+      if constexpr (PAIR) load8(dout2 + r * C + c, g2);
       load8(din + r * C + c, di);
     }
     const float m = mean[r], rs = rstd[r];
@@ -131,11 +152,17 @@ __global__ void __launch_bounds__(1024)
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
       x[k] = (x[k] - m) * rs;  // xhat
-      const float gw = g[k] * wf[k];
-      sg += gw;
-      sgx += gw * x[k];
+      float gw = g[k] * wf[k];
       dw[k] += g[k] * x[k];
       db[k] += g[k];
+      if constexpr (PAIR) {
+        gw += g2[k] * w2f[k];
+        dw2[k] += g2[k] * x[k];
+        db2[k] += g2[k];
+      }
+      g[k] = gw;
+      sg += gw;
+      sgx += gw * x[k];
     }
     sg = warp_sum(sg);
     sgx = warp_sum(sgx);
@@ -150,20 +177,26 @@ __global__ void __launch_bounds__(1024)
     const float mg = tg / C, mgx = tgx / C;
     if (active) {
 #pragma unroll
-      for (int k = 0; k < 8; ++k) di[k] += rs * (g[k] * wf[k] - mg - x[k] * mgx);
+      for (int k = 0; k < 8; ++k) di[k] += rs * (g[k] - mg - x[k] * mgx);
       store8(din + r * C + c, di);
     }
   }
   if (active) {
+    const int64_t at = int64_t{blockIdx.x} * C + c, plane = int64_t{gridDim.x} * C;
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
-      part_dw[int64_t{blockIdx.x} * C + c + k] = dw[k];
-      part_db[int64_t{blockIdx.x} * C + c + k] = db[k];
+      part[at + k] = dw[k];
+      part[plane + at + k] = db[k];
+      if constexpr (PAIR) {
+        part[2 * plane + at + k] = dw2[k];
+        part[3 * plane + at + k] = db2[k];
+      }
     }
   }
 }
 
 int ln_grid(int64_t N) { return grid_for(N * 32, 32 * kWarpsPerBlock); }
+int ln_backward_threads(int C) { return static_cast<int>(ceil_div(C / 8, 32) * 32); }  // a thread per 8 columns
 
 }  // namespace
 
@@ -171,8 +204,12 @@ void layernorm_forward(bf16* out, float* mean, float* rstd, const bf16* in, cons
                        int64_t N, int C, float eps, cudaStream_t s) {
   if (N == 0) return;
   const bool vec = C % 8 == 0 && aligned16(out) && aligned16(in) && aligned16(w) && aligned16(b);
-  if (vec) ln_forward<8><<<ln_grid(N), 32 * kWarpsPerBlock, 0, s>>>(out, mean, rstd, in, w, b, N, C, eps);
-  else ln_forward<1><<<ln_grid(N), 32 * kWarpsPerBlock, 0, s>>>(out, mean, rstd, in, w, b, N, C, eps);
+  if (vec)
+    ln_forward<8, false><<<ln_grid(N), 32 * kWarpsPerBlock, 0, s>>>(out, nullptr, mean, rstd, in, w, b, nullptr,
+                                                                     nullptr, N, C, eps);
+  else
+    ln_forward<1, false><<<ln_grid(N), 32 * kWarpsPerBlock, 0, s>>>(out, nullptr, mean, rstd, in, w, b, nullptr,
+                                                                     nullptr, N, C, eps);
   MLKV_LAUNCH_CHECK();
 }
 
@@ -183,8 +220,8 @@ void layernorm_backward(bf16* din, float* dw, float* db, const bf16* dout, const
   if (vec && C <= 8 * 1024) {
     const int blocks = static_cast<int>(ceil_div(N, kRowsPerBlock));
     auto* part = static_cast<float*>(scratch.get(2 * sizeof(float) * size_t(blocks) * C));
-    const int threads = static_cast<int>(ceil_div(C / 8, 32) * 32);
-    ln_backward_fused<<<blocks, threads, 0, s>>>(din, part, part + size_t(blocks) * C, dout, in, w, mean, rstd, N, C);
+    ln_backward_fused<false><<<blocks, ln_backward_threads(C), 0, s>>>(din, part, dout, nullptr, in, w, nullptr,
+                                                                       mean, rstd, N, C);
     MLKV_LAUNCH_CHECK();
     add_partial_rows(dw, db, part, part + size_t(blocks) * C, blocks, C, s);
     return;
@@ -193,6 +230,37 @@ void layernorm_backward(bf16* din, float* dw, float* db, const bf16* dout, const
   else ln_backward_input<1><<<ln_grid(N), 32 * kWarpsPerBlock, 0, s>>>(din, dout, in, w, mean, rstd, N, C);
   MLKV_LAUNCH_CHECK();
   layernorm_param_grads(dw, db, dout, in, mean, rstd, N, C, scratch, s);
+}
+
+bool layernorm_pair_forward(bf16* out1, bf16* out2, float* mean, float* rstd, const bf16* in, const bf16* w1,
+                            const bf16* b1, const bf16* w2, const bf16* b2, int64_t N, int C, float eps,
+                            cudaStream_t s) {
+  const bool vec = C % 8 == 0 && aligned16(out1) && aligned16(out2) && aligned16(in) && aligned16(w1) &&
+                   aligned16(b1) && aligned16(w2) && aligned16(b2);
+  if (!vec) return false;
+  if (N == 0) return true;
+  ln_forward<8, true><<<ln_grid(N), 32 * kWarpsPerBlock, 0, s>>>(out1, out2, mean, rstd, in, w1, b1, w2, b2, N, C,
+                                                                  eps);
+  MLKV_LAUNCH_CHECK();
+  return true;
+}
+
+bool layernorm_pair_backward(bf16* din, float* dw1, float* db1, float* dw2, float* db2, const bf16* dout1,
+                             const bf16* dout2, const bf16* in, const bf16* w1, const bf16* w2, const float* mean,
+                             const float* rstd, int64_t N, int C, Scratch& scratch, cudaStream_t s) {
+  const bool vec = C % 8 == 0 && C <= kPairMaxC && aligned16(din) && aligned16(dout1) && aligned16(dout2) &&
+                   aligned16(in) && aligned16(w1) && aligned16(w2);
+  if (!vec) return false;
+  if (N == 0) return true;
+  const int blocks = static_cast<int>(ceil_div(N, kRowsPerBlock));
+  const size_t plane = size_t(blocks) * C;
+  auto* part = static_cast<float*>(scratch.get(4 * sizeof(float) * plane));
+  ln_backward_fused<true><<<blocks, ln_backward_threads(C), 0, s>>>(din, part, dout1, dout2, in, w1, w2, mean, rstd,
+                                                                    N, C);
+  MLKV_LAUNCH_CHECK();
+  add_partial_rows(dw1, db1, part, part + plane, blocks, C, s);
+  add_partial_rows(dw2, db2, part + 2 * plane, part + 3 * plane, blocks, C, s);
+  return true;
 }
 
 }  // namespace mlkv::cuda
