@@ -70,6 +70,27 @@ while read -r pkg ver; do
     touch "$OUT/unpacked/$pkg.ok"
   fi
   copyright="$OUT/unpacked/$pkg/usr/share/doc/$pkg/copyright"
+  docdir="$OUT/unpacked/$pkg/usr/share/doc/$pkg"
+  if [ ! -f "$copyright" ] && [ -L "$docdir" ]; then
+    # Debian lets a package's doc directory be a link to another binary package's of the same
+    # source (manpages-dev -> manpages), whose copyright file covers both: read that one.
+    sibling=$(basename "$(readlink "$docdir")")
+    copyright="$OUT/unpacked/$sibling/usr/share/doc/$sibling/copyright"
+    if [ ! -f "$copyright" ]; then  # not in the list: fetch it (same source, same version) for that file alone
+      only="$OUT/licence-only/$sibling"
+      if [ ! -f "$only/copyright" ]; then
+        rm -rf "$only" && mkdir -p "$only/deb"
+        (cd "$only/deb" && apt-get download -q "$sibling=$ver" 2>&1 | grep -v 'unsandboxed' || true)
+        debs=("$only"/deb/*.deb)
+        [ -f "${debs[0]}" ] || { echo "make_corpus: $pkg's doc directory links to $sibling, and apt-get download $sibling=$ver failed" >&2; exit 1; }
+        dpkg-deb -x "${debs[0]}" "$only/x"
+        cp "$only/x/usr/share/doc/$sibling/copyright" "$only/copyright" ||
+          { echo "make_corpus: $sibling=$ver has no usr/share/doc/$sibling/copyright either; drop $pkg from $PACKAGES" >&2; exit 1; }
+        rm -rf "$only/x"
+      fi
+      copyright="$only/copyright"
+    fi
+  fi
   [ -f "$copyright" ] || { echo "make_corpus: $pkg has no usr/share/doc/$pkg/copyright: its licence cannot be checked; drop it from $PACKAGES" >&2; exit 1; }
   cp "$copyright" "$OUT/licences/$pkg.copyright"
 done < <(packages)
