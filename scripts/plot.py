@@ -123,7 +123,8 @@ def plot_loss(args):
     for i, (name, loss, val) in enumerate(series):
         c = colours[i % len(colours)]
         if loss:
-            ax.plot(sorted(loss), [loss[s] for s in sorted(loss)], color=c, lw=1.5, label=f"{name} loss")
+            ax.plot(sorted(loss), [loss[s] for s in sorted(loss)], color=c, lw=1.5, label=f"{name} loss",
+                    marker="o" if len(loss) == 1 else None)  # a lone point draws no line
         if val:
             ax.plot(sorted(val), [val[s] for s in sorted(val)], color=c, ls="--", marker="s", ms=4,
                     label=f"{name} val loss")
