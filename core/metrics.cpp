@@ -123,7 +123,10 @@ MetricsWriter::MetricsWriter(const std::string& log_dir, bool tensorboard, int64
   if (tensorboard) {
     events_ = std::make_unique<tensorboard::EventWriter>(log_dir);
     // metrics.jsonl keeps steps <= start_step (above); TensorBoard must drop exactly the rest.
-    if (start_step > 0) events_->add_session_start(start_step + 1);
+    // Every session writes it, a fresh one too: the readers behind TensorBoard's dashboards
+    // (plugin_event_accumulator) take a run's first START as its beginning and purge only on
+    // later ones, so a resume's START purges only if the first session wrote one as well.
+    events_->add_session_start(start_step + 1);
   }
 }
 

@@ -59,7 +59,7 @@ class MetricsWriter {
  public:
   // Opens log_dir/metrics.jsonl for appending, first dropping lines with a step > start_step
   // (a resume re-does them; a fresh start at step 0 drops them all), and a TensorBoard event file
-  // when `tensorboard` (marking the restart at start_step). Only rank 0 constructs one. Throws
+  // when `tensorboard` (starting with SessionLog START at start_step + 1). Only rank 0 constructs one. Throws
   // IoError when they cannot be opened.
   MetricsWriter(const std::string& log_dir, bool tensorboard, int64_t start_step);
   ~MetricsWriter();

@@ -34,8 +34,9 @@ class EventWriter {
   EventWriter& operator=(const EventWriter&) = delete;
 
   void add_scalar(const std::string& tag, double value, int64_t step);
-  // Marks a restart (SessionLog START): TensorBoard discards the points already read with a step
-  // >= `step`, the stale tail of an interrupted run that a resume re-does.
+  // Marks a session's start (SessionLog START): TensorBoard discards the points already read with
+  // a step >= `step`, the stale tail of an interrupted run that a resume re-does. Its dashboard
+  // reader (plugin_event_accumulator) ignores a run's first START, so every session writes one.
   void add_session_start(int64_t step);
   void flush();
   const std::string& path() const { return path_; }

@@ -20,9 +20,13 @@ BIN=$BUILD/bin
 OUT=${OUT:-runs/demo}
 MHA_STEPS=${MHA_STEPS:-60}
 MLKV_STEPS=${MLKV_STEPS:-60}
-for exe in mlkv-train mlkv-convert mlkv-plot; do
+for exe in mlkv-train mlkv-convert; do
   [ -x "$BIN/$exe" ] || { echo "demo: $BIN/$exe is missing: build first (BUILD=$BUILD bash scripts/setup.sh)" >&2; exit 1; }
 done
+# The plot is matplotlib's (scripts/plot.py): Debian's python3 with python3-matplotlib (scripts/setup.sh
+# installs it), or any interpreter that has matplotlib, named by MLKV_PLOT_PYTHON
+# (scripts/plot_python.sh). Checked first, not after two minutes of training.
+PLOT_PYTHON=$(bash scripts/plot_python.sh) || exit 1
 [ -d data/demo/train ] || { echo "demo: data/demo/train is missing" >&2; exit 1; }
 
 start=$(date +%s)
@@ -46,7 +50,7 @@ echo "== 3/4  uptrain the MLKV-2 model ($MLKV_STEPS steps)"
   --set checkpoint.dir="$OUT/mlkv/checkpoints" --set checkpoint.interval=20 --set log.dir="$OUT/mlkv"
 
 echo "== 4/4  plot"
-"$BIN/mlkv-plot" "$OUT/loss.png" "$OUT/mha" "$OUT/mlkv" --chain --title "tiny MHA training, then MLKV-2 uptraining"
+"$PLOT_PYTHON" scripts/plot.py loss "$OUT/loss.png" "$OUT/mha" "$OUT/mlkv" --chain --title "tiny MHA training, then MLKV-2 uptraining"
 
 # Validation losses from metrics.jsonl: the uptraining run validates the converted model at step 0.
 val_losses() { grep -o '"val_loss":[^,}]*' "$1/metrics.jsonl" | cut -d: -f2; }

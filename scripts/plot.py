@@ -1,13 +1,22 @@
 #!/usr/bin/env python3
-"""Figures from the benchmark CSVs (matplotlib). One function and one subcommand per figure.
+"""Figures from the benchmark CSVs and training logs (matplotlib). One function and one subcommand per figure.
 
   scripts/plot.py decode CSV PNG   memory and decode throughput against batch, one line per plan
   scripts/plot.py paper CSV PNG [--runs DIR --curves PNG]
                                    validation loss against KV-cache bytes per token, Pareto front
                                    marked; with --runs, the uptraining loss curves of every run
+  scripts/plot.py loss PNG RUN... [--chain] [--title T] [--size WxH]
+                                   training loss (solid) and validation loss (dashed, squares) per run;
+                                   RUN is a log directory, its metrics.jsonl, or a CSV with a step
+                                   column and loss and/or val_loss columns
+
+Bad input (a missing or unreadable file, no loss in it, a bad option) exits 2 naming the file.
 """
 import argparse
 import csv
+import json
+import os
+import sys
 from collections import defaultdict
 
 
@@ -111,6 +120,98 @@ def plot_paper(args):
     fig.tight_layout()
     fig.savefig(args.curves, dpi=120)
     print("wrote", args.curves)
+class BadInput(Exception):
+    """Input the user must fix; main() prints it and exits 2 (the project's bad-input code)."""
+
+
+def read_loss_series(arg):
+    """(name, {step: loss}, {step: val_loss}) of one run. A step seen twice keeps its later value: a
+    resumed run re-did it (the trainer also trims metrics.jsonl on resume)."""
+    path = os.path.join(arg, "metrics.jsonl") if os.path.isdir(arg) else arg
+    # a run is named by its log directory; a CSV (or a renamed jsonl) by its file name
+    named_by = os.path.dirname(os.path.abspath(path)) if os.path.basename(path) == "metrics.jsonl" else path
+    name = os.path.splitext(os.path.basename(os.path.normpath(named_by)))[0]
+    loss, val = {}, {}
+    try:
+        with open(path, newline="") as f:
+            if path.endswith(".csv"):
+                rows = list(csv.DictReader(f))
+                if rows and "step" not in rows[0]:
+                    raise BadInput(f"{path}: no 'step' column (columns: {', '.join(rows[0])})")
+                records = [(i + 2, r) for i, r in enumerate(rows)]  # line 1 is the header
+            else:
+                records = []
+                for line_no, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        records.append((line_no, json.loads(line)))
+                    except json.JSONDecodeError:
+                        # a run killed mid-write can leave one torn line; keep the rest of the curve
+                        print(f"plot.py: {path}:{line_no}: skipping a line that is not JSON", file=sys.stderr)
+    except OSError as e:
+        raise BadInput(f"{path}: cannot read ({e.strerror}); give a run's log directory, its metrics.jsonl or a CSV")
+    except UnicodeDecodeError:
+        raise BadInput(f"{path}: not a text file (metrics.jsonl or CSV expected)")
+    for line_no, r in records:
+        if not isinstance(r, dict) or "step" not in r:
+            print(f"plot.py: {path}:{line_no}: skipping a record without 'step'", file=sys.stderr)
+            continue
+        try:
+            step = int(r["step"])
+            for key, into in (("loss", loss), ("val_loss", val)):
+                if r.get(key) not in (None, ""):  # null: a non-finite loss the trainer logged
+                    into[step] = float(r[key])
+        except (TypeError, ValueError):
+            raise BadInput(f"{path}:{line_no}: step/loss/val_loss is not a number: {r}")
+    if not loss and not val:
+        raise BadInput(f"{path}: no loss or val_loss values (is it a run's log directory?)")
+    return name, loss, val
+
+
+def plot_loss(args):
+    try:
+        w, h = (int(x) for x in args.size.lower().split("x"))
+    except ValueError:
+        raise BadInput(f"--size {args.size}: want WxH in pixels, e.g. 1000x600")
+    if not (200 <= w <= 8000 and 150 <= h <= 8000):
+        raise BadInput(f"--size {args.size}: want WxH between 200x150 and 8000x8000")
+    series, offset = [], 0
+    for run in args.runs:
+        name, loss, val = read_loss_series(run)
+        if args.chain:  # each run continues on the step axis where the previous one ended
+            loss = {s + offset: v for s, v in loss.items()}
+            val = {s + offset: v for s, v in val.items()}
+            offset = max([offset, *loss, *val])
+        series.append((name, loss, val))
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    dpi = 100
+    fig, ax = plt.subplots(figsize=(w / dpi, h / dpi), dpi=dpi)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (name, loss, val) in enumerate(series):
+        c = colours[i % len(colours)]
+        if loss:
+            ax.plot(sorted(loss), [loss[s] for s in sorted(loss)], color=c, lw=1.5, label=f"{name} loss",
+                    marker="o" if len(loss) == 1 else None)  # a lone point draws no line
+        if val:
+            ax.plot(sorted(val), [val[s] for s in sorted(val)], color=c, ls="--", marker="s", ms=4,
+                    label=f"{name} val loss")
+        last = lambda m: f"{m[max(m)]:.4f}" if m else "nan"
+        print(f"{name}: {len(loss)} loss points (last {last(loss)}), {len(val)} val points (last {last(val)})")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(args.title)
+    ax.grid(True, lw=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    try:
+        fig.savefig(args.png, dpi=dpi)
+    except OSError as e:
+        print(f"plot.py: {args.png}: cannot write ({e.strerror})", file=sys.stderr)
+        sys.exit(1)
+    print(f"wrote {args.png} ({w}x{h})")
 
 
 def main():
@@ -126,8 +227,20 @@ def main():
     q.add_argument("--runs", help="directory holding RUN/metrics.jsonl for every run of the CSV")
     q.add_argument("--curves", help="also write the uptraining loss curves to this PNG")
     q.set_defaults(func=plot_paper)
+    lo = sub.add_parser("loss", help="training and validation loss of one or several runs")
+    lo.add_argument("png")
+    lo.add_argument("runs", nargs="+", metavar="RUN", help="log directory, metrics.jsonl or CSV")
+    lo.add_argument("--chain", action="store_true",
+                    help="draw each run after the previous one on the step axis (pretraining, then uptraining)")
+    lo.add_argument("--title", default="loss (solid) and val loss (dashed)")
+    lo.add_argument("--size", default="1000x600", help="WxH in pixels")
+    lo.set_defaults(func=plot_loss)
     args = p.parse_args()
-    args.func(args)
+    try:
+        args.func(args)
+    except BadInput as e:
+        print(f"plot.py: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ BUILD=${BUILD:-build}
 JOBS=${JOBS:-$(nproc)}
 
 packages=(build-essential cmake ninja-build pkg-config libopenmpi-dev openmpi-bin libhdf5-dev
-          libtomlplusplus-dev nlohmann-json3-dev libgtest-dev)
+          libtomlplusplus-dev nlohmann-json3-dev libgtest-dev
+          python3 python3-matplotlib)  # scripts/plot.py: the loss plots and every figure
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -61,8 +61,10 @@ def main():
     ap.add_argument("--max-rel", type=float, default=1e-4)
     a = ap.parse_args()
 
+    # transformers 4.56 renamed torch_dtype= to dtype=; older releases keep an unknown dtype= in the config
+    old = tuple(int(x) for x in transformers.__version__.split(".")[:2]) < (4, 56)
     model, info = AutoModelForCausalLM.from_pretrained(
-        a.dir, trust_remote_code=True, dtype=torch.float32, output_loading_info=True
+        a.dir, trust_remote_code=True, output_loading_info=True, **{"torch_dtype" if old else "dtype": torch.float32}
     )
     model.eval()
     name = type(model).__name__

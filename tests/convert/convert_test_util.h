@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -66,6 +67,14 @@ inline std::string scratch_dir(const std::string& name) {
   std::filesystem::remove_all(p);
   std::filesystem::create_directories(p);
   return p.string();
+}
+
+// Runs one step of an end-to-end test through the shell, its output in DIR/step.log; on failure the
+// test fails with the command and that output. Returns whether it succeeded.
+inline bool shell_step(const std::string& dir, const std::string& cmd) {
+  const int rc = std::system((cmd + " > " + dir + "/step.log 2>&1").c_str());
+  EXPECT_EQ(rc, 0) << cmd << "\n" << read_text(dir + "/step.log");
+  return rc == 0;
 }
 
 // A target TOML for an HF model: `model` holds the [model] keys; `extra` is appended verbatim.

@@ -84,11 +84,7 @@ TEST_F(Transformers, SeedPaperCompatExport) {
 TEST_F(Transformers, RandomPythiaConvertsTrainsExportsAndLoads) {
   const std::string dir = test::scratch_dir("judged");
   const std::string bin = std::string(MLKV_BINARY_DIR) + "/bin/", src = MLKV_SOURCE_DIR;
-  auto sh = [&](const std::string& cmd) {
-    const int rc = std::system((cmd + " > " + dir + "/step.log 2>&1").c_str());
-    EXPECT_EQ(rc, 0) << cmd << "\n" << test::read_text(dir + "/step.log");
-    return rc == 0;
-  };
+  auto sh = [&](const std::string& cmd) { return test::shell_step(dir, cmd); };
   test::write_text(dir + "/target.toml", "include = \"" + src + "/configs/base/tiny.toml\"\n"
       "[model]\nlayers = 5\nd_model = 96\nheads = 6\nmax_seq_len = 64\n"
       "[kv]\nowners = [0, 2]\nkv_heads = 2\n"
