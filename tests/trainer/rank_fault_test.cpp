@@ -2,14 +2,16 @@
 //   - one rank SIGKILLed mid-run: mpirun ends the job (exit 128 + 9);
 //   - one rank SIGSTOPped mid-run: the others' collective times out after parallel.comm_timeout_s,
 //     exit 5 with a message naming the collective, the group and the timeout;
-//   - SIGTERM / SIGINT to launch/mpirun.sh: every rank checkpoints, exit 3;
-//   - SIGTERM to a bare mpirun: Open MPI kills the ranks itself (exit 1); only the steps since the
-//     last complete checkpoint are lost.
+//   - SIGTERM / SIGINT to launch/mpirun.sh: every rank checkpoints, exit 3; SIGKILL of it: the
+//     same checkpoint and stop, through mpirun's parent-death signal;
+//   - SIGTERM to a bare mpirun: Open MPI kills the ranks itself (exit 1); SIGKILL of it: the ranks
+//     end too. Only the steps since the last complete checkpoint are lost.
 // After each: no checkpoint directory that is not whole, and `--resume auto` continues from the
 // newest complete one to weights and Adam moments bitwise equal to an uninterrupted run.
 #include <gtest/gtest.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <regex>
@@ -54,10 +56,9 @@ std::vector<std::string> concat(std::vector<std::string> a, const std::vector<st
   return a;
 }
 
-// The pid of MPI rank `rank` among the children of mpirun `parent` (Open MPI starts the ranks of
-// its own node itself and gives each OMPI_COMM_WORLD_RANK); -1 while there is none yet.
-pid_t rank_pid(pid_t parent, int rank) {
-  const std::string want = "OMPI_COMM_WORLD_RANK=" + std::to_string(rank);
+// The processes whose parent is `parent`.
+std::vector<pid_t> children(pid_t parent) {
+  std::vector<pid_t> out;
   for (const auto& e : fs::directory_iterator("/proc")) {
     const std::string name = e.path().filename();
     if (name.find_first_not_of("0123456789") != std::string::npos) continue;
@@ -68,12 +69,20 @@ pid_t rank_pid(pid_t parent, int rank) {
     std::string state;
     pid_t ppid = 0;
     rest >> state >> ppid;
-    if (ppid != parent) continue;
-    const std::string env = test::read_text(e.path() / "environ");
+    if (ppid == parent) out.push_back(std::stoi(name));
+  }
+  return out;
+}
+
+// The pid of MPI rank `rank` among the children of mpirun `parent` (Open MPI starts the ranks of
+// its own node itself and gives each OMPI_COMM_WORLD_RANK); -1 while there is none yet.
+pid_t rank_pid(pid_t parent, int rank) {
+  const std::string want = "OMPI_COMM_WORLD_RANK=" + std::to_string(rank);
+  for (pid_t child : children(parent)) {
+    const std::string env = test::read_text("/proc/" + std::to_string(child) + "/environ");
     for (size_t at = 0; at < env.size();) {
-      const size_t end = env.find('\0', at);
-      if (env.compare(at, (end == std::string::npos ? env.size() : end) - at, want) == 0) return std::stoi(name);
-      if (end == std::string::npos) break;
+      const size_t end = std::min(env.find('\0', at), env.size());
+      if (env.compare(at, end - at, want) == 0) return child;
       at = end + 1;
     }
   }
@@ -96,6 +105,16 @@ bool wait_for_checkpoint(test::Proc& p, const std::string& ckpt_dir, int64_t ste
     if (test::try_wait(p, code)) return false;
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
+}
+
+// Waits at most `limit` for every one of `pids` to end; false (after killing them) past that.
+bool all_end(const std::vector<pid_t>& pids, std::chrono::seconds limit) {
+  const Clock::time_point until = Clock::now() + limit;
+  auto all = [&] { return std::all_of(pids.begin(), pids.end(), ended); };
+  while (!all() && Clock::now() < until) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  if (all()) return true;
+  for (pid_t p : pids) ::kill(p, SIGKILL);
+  return false;
 }
 
 // The exit code of `p`, waiting at most `limit`; -1 (after killing it) past that.
@@ -182,11 +201,7 @@ int fault_one_rank(const TempDir& dir, int signo, double timeout_s, std::string&
   const int code = wait_at_most(p, std::chrono::seconds(static_cast<int>(timeout_s) + 60));
   seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   // mpirun has gone: its ranks must follow within a few seconds (a stopped one included).
-  const Clock::time_point until = Clock::now() + std::chrono::seconds(10);
-  while (!(ended(rank0) && ended(rank1)) && Clock::now() < until)
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  ranks_ended = ended(rank0) && ended(rank1);
-  if (!ranks_ended) ::kill(rank0, SIGKILL), ::kill(rank1, SIGKILL);
+  ranks_ended = all_end({rank0, rank1}, std::chrono::seconds(10));
   out = test::read_text(dir / "out.log");
   return code;
 }
@@ -226,42 +241,73 @@ TEST_F(RankFaults, AStoppedRankTimesOutWithExit5AndResumeAutoContinuesExactly) {
   expect_exact_resume(*dir, 20);
 }
 
+// Starts launch/mpirun.sh 2 with the test run in `dir`.
+test::Proc spawn_launcher(const TempDir& dir) {
+  std::vector<std::string> args = train_args(dir);
+  const std::string binary = args.front();
+  args.erase(args.begin());
+  args.insert(args.begin(), {"/bin/bash", std::string(MLKV_SOURCE_DIR) + "/launch/mpirun.sh", "2"});
+  std::vector<std::string> env = kMpiEnv;
+  env.push_back("MLKV_BIN=" + binary);
+  env.push_back("MLKV_MPIRUN_FLAGS=--mca btl self,vader --mca btl_vader_single_copy_mechanism none");
+  // A shell cannot trap a signal it was started with ignored (a CTest in the background): give
+  // the script the default disposition of SIGINT, as a terminal would.
+  struct sigaction dfl = {}, saved = {};
+  dfl.sa_handler = SIG_DFL;
+  ::sigaction(SIGINT, &dfl, &saved);
+  test::Proc p = test::spawn(args, dir / "out.log", env);
+  ::sigaction(SIGINT, &saved, nullptr);
+  return p;
+}
+
+// The step every rank said it stops at on SIGUSR1 (each rank must say it, all the same), or -1.
+int64_t agreed_stop_step(const std::string& out) {
+  const std::regex stop(R"(\[rank (\d)\] stop requested \(SIGUSR1\): checkpointing at step (\d+) and exiting)");
+  std::set<std::string> ranks, steps;
+  for (std::sregex_iterator m(out.begin(), out.end(), stop), e; m != e; ++m) ranks.insert((*m)[1]), steps.insert((*m)[2]);
+  if (ranks != std::set<std::string>{"0", "1"} || steps.size() != 1) return -1;
+  return std::stoll(*steps.begin());
+}
+
 // launch/mpirun.sh turns SIGTERM/SIGINT into SIGUSR1 for mpirun, which Open MPI forwards to every
 // rank untouched: the ranks agree on a stop step, checkpoint it and exit 3, and so does the script.
 TEST_F(RankFaults, SigtermOrSigintToTheLauncherCheckpointsEveryRankAndExits3) {
-  const std::string launcher = std::string(MLKV_SOURCE_DIR) + "/launch/mpirun.sh";
   for (int signo : {SIGTERM, SIGINT}) {
     const auto dir = run_dir(std::string("launcher-") + sigabbrev_np(signo));
-    std::vector<std::string> args = train_args(*dir);
-    const std::string binary = args.front();
-    args.erase(args.begin());
-    args.insert(args.begin(), {"/bin/bash", launcher, "2"});
-    std::vector<std::string> env = kMpiEnv;
-    env.push_back("MLKV_BIN=" + binary);
-    env.push_back("MLKV_MPIRUN_FLAGS=--mca btl self,vader --mca btl_vader_single_copy_mechanism none");
-    // A shell cannot trap a signal it was started with ignored (a CTest in the background): give
-    // the script the default disposition of SIGINT, as a terminal would.
-    struct sigaction dfl = {}, saved = {};
-    dfl.sa_handler = SIG_DFL;
-    ::sigaction(SIGINT, &dfl, &saved);
-    test::Proc p = test::spawn(args, *dir / "out.log", env);
-    ::sigaction(SIGINT, &saved, nullptr);
+    test::Proc p = spawn_launcher(*dir);
     ASSERT_TRUE(wait_for_checkpoint(p, *dir / "ckpt", 20)) << test::read_text(*dir / "out.log");
     std::this_thread::sleep_for(std::chrono::milliseconds(30));
     ::kill(p.pid, signo);
     const int code = wait_at_most(p, std::chrono::seconds(120));
     const std::string out = test::read_text(*dir / "out.log");
     EXPECT_EQ(code, kExitPreempted) << strsignal(signo) << "\n" << out;
-    const std::regex stop(R"(\[rank (\d)\] stop requested \(SIGUSR1\): checkpointing at step (\d+) and exiting)");
-    std::set<std::string> ranks, stop_steps;
-    for (std::sregex_iterator m(out.begin(), out.end(), stop), e; m != e; ++m)
-      ranks.insert((*m)[1]), stop_steps.insert((*m)[2]);
-    EXPECT_EQ(ranks, (std::set<std::string>{"0", "1"})) << "every rank stops at the checkpoint\n" << out;
-    ASSERT_EQ(stop_steps.size(), 1u) << "the ranks agree on one stop step\n" << out;
-    const int64_t stop_step = std::stoll(*stop_steps.begin());
+    const int64_t stop_step = agreed_stop_step(out);
+    ASSERT_GT(stop_step, 20) << "every rank stops at one step after 20\n" << out;
     EXPECT_EQ(load_checkpoint(*dir / "ckpt").state.step, stop_step) << out;
     expect_exact_resume(*dir, stop_step);
   }
+}
+
+// A SIGKILL of the launcher runs no trap: mpirun's parent-death signal (SIGUSR1) stops the job the
+// same way, so no orphaned job trains on beside the next one.
+TEST_F(RankFaults, SigkillOfTheLauncherStillCheckpointsAndStopsEveryRank) {
+  const auto dir = run_dir("launcher-sigkill");
+  test::Proc p = spawn_launcher(*dir);
+  ASSERT_TRUE(wait_for_checkpoint(p, *dir / "ckpt", 20)) << test::read_text(*dir / "out.log");
+  std::vector<pid_t> job = children(p.pid);  // mpirun, under setpriv's exec
+  ASSERT_EQ(job.size(), 1u);
+  job.push_back(rank_pid(job[0], 0));
+  job.push_back(rank_pid(job[0], 1));
+  ASSERT_GT(std::min(job[1], job[2]), 0) << "the ranks of mpirun " << job[0] << " not found";
+  std::this_thread::sleep_for(std::chrono::milliseconds(30));
+  ::kill(p.pid, SIGKILL);
+  EXPECT_EQ(test::wait_for(p), 128 + SIGKILL);
+  EXPECT_TRUE(all_end(job, std::chrono::seconds(60))) << "mpirun or a rank outlived the launcher";
+  const std::string out = test::read_text(*dir / "out.log");
+  const int64_t stop_step = agreed_stop_step(out);
+  ASSERT_GT(stop_step, 20) << out;
+  EXPECT_EQ(load_checkpoint(*dir / "ckpt").state.step, stop_step) << out;
+  expect_exact_resume(*dir, stop_step);
 }
 
 // A bare mpirun cannot be made to pass the stop on: Open MPI 4.1 answers SIGTERM/SIGINT by sending
@@ -279,6 +325,20 @@ TEST_F(RankFaults, SigtermToABareMpirunLosesOnlyTheStepsSinceTheLastCheckpoint) 
   const std::string out = test::read_text(*dir / "out.log");
   EXPECT_NE(code, -1) << "mpirun did not end after SIGTERM\n" << out;
   EXPECT_EQ(code, kExitFailure) << out;
+  expect_exact_resume(*dir, 20);
+}
+
+// mpirun itself SIGKILLed: its ranks lose their daemon and end; nothing half-written is taken.
+TEST_F(RankFaults, SigkillOfABareMpirunEndsItsRanksAndLosesOnlyTheStepsSinceTheLastCheckpoint) {
+  const auto dir = run_dir("bare-mpirun-sigkill");
+  test::Proc p = test::spawn(concat(mpirun_np2(), train_args(*dir)), *dir / "out.log", kMpiEnv);
+  ASSERT_TRUE(wait_for_checkpoint(p, *dir / "ckpt", 20)) << test::read_text(*dir / "out.log");
+  const std::vector<pid_t> ranks = {rank_pid(p.pid, 0), rank_pid(p.pid, 1)};
+  std::this_thread::sleep_for(std::chrono::milliseconds(30));
+  ::kill(p.pid, SIGKILL);
+  EXPECT_EQ(test::wait_for(p), 128 + SIGKILL);
+  EXPECT_TRUE(all_end(ranks, std::chrono::seconds(30))) << "a rank outlived mpirun\n"
+                                                         << test::read_text(*dir / "out.log");
   expect_exact_resume(*dir, 20);
 }
 
