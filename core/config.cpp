@@ -27,6 +27,7 @@
 #include <toml++/toml.h>  // TOML++ 3.3 (Debian 12) names its header toml.h
 #endif
 
+#include "core/config_unicode.h"
 #include "core/errors.h"
 #include "core/logging.h"
 #include "core/optimizer.h"
@@ -332,6 +333,25 @@ std::string closest_section(const std::string& name) {
 
 // ---- Loading: files, includes, overrides -------------------------------------------------------
 
+void unshield_strings(toml::node& n) {
+  if (toml::table* t = n.as_table()) {
+    for (auto&& [k, v] : *t) unshield_strings(v);
+  } else if (toml::array* a = n.as_array()) {
+    for (toml::node& v : *a) unshield_strings(v);
+  } else if (toml::value<std::string>* str = n.as_string()) {
+    str->get() = unshield_from_toml(str->get());
+  }
+}
+
+// toml::parse behind the guard against TOML++ 3.3's unclassifiable code points (config_unicode.h).
+toml::table parse_toml(const std::string& text, const std::string& source) {
+  toml::table doc = toml::parse(shield_for_toml(text, source), source);
+  unshield_strings(doc);
+  return doc;
+}
+
+std::string description(const toml::parse_error& e) { return unshield_from_toml(std::string(e.description())); }
+
 // Where a key was last set, and to what. Nodes point into documents the Loader keeps alive.
 struct Setting {
   const toml::node* value;
@@ -390,9 +410,9 @@ void Loader::load_file(const fs::path& file, const std::string& include_site) {
 void Loader::load_text(const std::string& text, const fs::path& name) {
   if (top_.empty()) top_ = name.string();
   try {
-    docs_.push_back(std::make_unique<toml::table>(toml::parse(text, name.string())));
+    docs_.push_back(std::make_unique<toml::table>(parse_toml(text, name.string())));
   } catch (const toml::parse_error& e) {
-    throw ConfigError(where(e.source(), name.string()) + ": TOML syntax error: " + std::string(e.description()));
+    throw ConfigError(where(e.source(), name.string()) + ": TOML syntax error: " + description(e));
   }
   toml::table& doc = *docs_.back();
   follow_includes(doc, name);  // bases first, so this file's keys win
@@ -455,9 +475,9 @@ void Loader::apply_override(const std::string& arg) {
   const bool is_string = std::holds_alternative<std::string& (*)(Config&)>(key->field);
   auto doc = std::make_unique<toml::table>();
   try {
-    *doc = toml::parse("v = " + text, site);
+    *doc = parse_toml("v = " + text, site);
   } catch (const toml::parse_error& e) {
-    if (!is_string) fail(site, name, "cannot parse '" + text + "' as a TOML value: " + std::string(e.description()));
+    if (!is_string) fail(site, name, "cannot parse '" + text + "' as a TOML value: " + description(e));
   }
   // Bare words are welcome for string keys: --set train.backend=cpu.
   if (is_string && !(doc->get("v") && doc->get("v")->is_string())) {
