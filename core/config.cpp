@@ -27,6 +27,7 @@
 #include <toml++/toml.h>  // TOML++ 3.3 (Debian 12) names its header toml.h
 #endif
 
+#include "core/config_unicode.h"
 #include "core/errors.h"
 #include "core/logging.h"
 #include "core/optimizer.h"
@@ -174,7 +175,7 @@ const std::vector<Key>& schema() {
     k.push_back(MLKV_KEY(parallel, tp, "Tensor-parallel ranks; must divide heads and ffn, and divide or be a multiple of kv_heads.").min(1).max(64));
     k.push_back(MLKV_KEY(parallel, zero1, "Shard optimizer state across data-parallel ranks (ZeRO-1)."));
     k.push_back(MLKV_KEY(parallel, bucket_mb, "Gradient bucket size in MiB for the overlapped reduce-scatter.").above(0).max(4096));
-    k.push_back(MLKV_KEY(parallel, nccl_timeout_s, "Seconds before a stuck collective aborts the run.").above(0));
+    k.push_back(MLKV_KEY(parallel, comm_timeout_s, "Seconds a collective (MPI or NCCL) may take before the job is ended with exit 5: a rank died or hangs. Above the slowest checkpoint write (the other ranks wait for rank 0's). Was `parallel.nccl_timeout_s`.").above(0));
     return k;
   }();
   return keys;
@@ -308,6 +309,20 @@ std::string closest_key(const std::string& name) {
   return best;
 }
 
+// Keys that were renamed: the old name still reads (checkpoints hold config.toml files written
+// with it), with a warning naming the new one.
+const std::map<std::string, std::string>& renamed_keys() {
+  static const std::map<std::string, std::string> renamed = {{"parallel.nccl_timeout_s", "parallel.comm_timeout_s"}};
+  return renamed;
+}
+
+std::string current_name(const std::string& name, const std::string& site) {
+  const auto it = renamed_keys().find(name);
+  if (it == renamed_keys().end()) return name;
+  log::warn(site + ": " + name + " is now called " + it->second + "; reading it as that");
+  return it->second;
+}
+
 std::string closest_section(const std::string& name) {
   std::string best;
   size_t best_d = SIZE_MAX;
@@ -317,6 +332,25 @@ std::string closest_section(const std::string& name) {
 }
 
 // ---- Loading: files, includes, overrides -------------------------------------------------------
+
+void unshield_strings(toml::node& n) {
+  if (toml::table* t = n.as_table()) {
+    for (auto&& [k, v] : *t) unshield_strings(v);
+  } else if (toml::array* a = n.as_array()) {
+    for (toml::node& v : *a) unshield_strings(v);
+  } else if (toml::value<std::string>* str = n.as_string()) {
+    str->get() = unshield_from_toml(str->get());
+  }
+}
+
+// toml::parse behind the guard against TOML++ 3.3's unclassifiable code points (config_unicode.h).
+toml::table parse_toml(const std::string& text, const std::string& source) {
+  toml::table doc = toml::parse(shield_for_toml(text, source), source);
+  unshield_strings(doc);
+  return doc;
+}
+
+std::string description(const toml::parse_error& e) { return unshield_from_toml(std::string(e.description())); }
 
 // Where a key was last set, and to what. Nodes point into documents the Loader keeps alive.
 struct Setting {
@@ -376,9 +410,9 @@ void Loader::load_file(const fs::path& file, const std::string& include_site) {
 void Loader::load_text(const std::string& text, const fs::path& name) {
   if (top_.empty()) top_ = name.string();
   try {
-    docs_.push_back(std::make_unique<toml::table>(toml::parse(text, name.string())));
+    docs_.push_back(std::make_unique<toml::table>(parse_toml(text, name.string())));
   } catch (const toml::parse_error& e) {
-    throw ConfigError(where(e.source(), name.string()) + ": TOML syntax error: " + std::string(e.description()));
+    throw ConfigError(where(e.source(), name.string()) + ": TOML syntax error: " + description(e));
   }
   toml::table& doc = *docs_.back();
   follow_includes(doc, name);  // bases first, so this file's keys win
@@ -418,8 +452,8 @@ void Loader::take(toml::table& doc, const fs::path& file) {
     if (!sec) fail(key_at, name, "expected a table [" + name + "], got " + node_type_name(v));
     section_at_[name] = where(sec->source(), key_at);
     for (auto&& [k2, v2] : *sec) {
-      const std::string dotted = name + "." + std::string(k2.str());
       const std::string at2 = where(k2.source(), fallback);
+      const std::string dotted = current_name(name + "." + std::string(k2.str()), at2);
       if (!find_key(dotted)) fail(at2, dotted, "unknown key (did you mean " + closest_key(dotted) + "?)");
       settings_[dotted] = Setting{&v2, at2, where(v2.source(), at2)};
     }
@@ -435,15 +469,15 @@ void Loader::apply_override(const std::string& arg) {
     s.erase(s.find_last_not_of(" \t") + 1);
     return s;
   };
-  const std::string name = trim(arg.substr(0, eq)), text = trim(arg.substr(eq + 1));
+  const std::string name = current_name(trim(arg.substr(0, eq)), site), text = trim(arg.substr(eq + 1));
   const Key* key = find_key(name);
   if (!key) fail(site, name, "unknown key (did you mean " + closest_key(name) + "?)");
   const bool is_string = std::holds_alternative<std::string& (*)(Config&)>(key->field);
   auto doc = std::make_unique<toml::table>();
   try {
-    *doc = toml::parse("v = " + text, site);
+    *doc = parse_toml("v = " + text, site);
   } catch (const toml::parse_error& e) {
-    if (!is_string) fail(site, name, "cannot parse '" + text + "' as a TOML value: " + std::string(e.description()));
+    if (!is_string) fail(site, name, "cannot parse '" + text + "' as a TOML value: " + description(e));
   }
   // Bare words are welcome for string keys: --set train.backend=cpu.
   if (is_string && !(doc->get("v") && doc->get("v")->is_string())) {

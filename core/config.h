@@ -96,7 +96,7 @@ struct ParallelSection {
   int tp = 1;
   bool zero1 = true;
   double bucket_mb = 25.0;
-  double nccl_timeout_s = 600.0;
+  double comm_timeout_s = 600.0;  // any collective (MPI or NCCL); was nccl_timeout_s
   bool operator==(const ParallelSection&) const = default;
 };
 

@@ -13,6 +13,7 @@ enum ExitCode : int {
   kExitBadInput = 2,     // bad config, command line, data or checkpoint
   kExitPreempted = 3,    // stopped by SIGTERM/SIGUSR1 after writing a checkpoint
   kExitBadSteps = 4,     // too many non-finite steps in a row (checkpoint written)
+  kExitCommTimeout = 5,  // a collective unfinished after parallel.comm_timeout_s: a rank died or hangs
 };
 
 class Error : public std::runtime_error {

@@ -6,7 +6,8 @@
 //
 // Exit codes (core/errors.h): 0 done, 1 runtime failure, 2 bad input (config, command line, data,
 // checkpoint), 3 stopped by SIGTERM/SIGUSR1/SIGINT after writing a checkpoint (requeue and run
-// again with --resume auto), 4 stopped after train.max_bad_steps non-finite steps in a row.
+// again with --resume auto), 4 stopped after train.max_bad_steps non-finite steps in a row,
+// 5 a collective unfinished after parallel.comm_timeout_s (another rank died or hangs).
 #include <cstdlib>
 #include <exception>
 #include <iostream>
@@ -35,7 +36,7 @@ constexpr const char* kUsage =
     "  --config-doc    print the documentation of every config key (Markdown), then exit\n"
     "\n"
     "exit codes: 0 done | 1 runtime failure | 2 bad input | 3 preempted (checkpoint written) |\n"
-    "            4 too many non-finite steps (checkpoint written)\n";
+    "            4 too many non-finite steps (checkpoint written) | 5 another rank died or hangs\n";
 
 [[noreturn]] void usage_error(const std::string& why) {
   std::cerr << "mlkv-train: " << why << "\n\n" << kUsage;

@@ -15,12 +15,14 @@
 # Stopping: SIGTERM, SIGINT (Ctrl-C) or SIGUSR1 to this script make every rank finish its step,
 # checkpoint and exit 3 (so does this script). Open MPI's mpirun would kill the ranks ~2 s after
 # a SIGTERM/SIGINT of its own; it forwards SIGUSR1 untouched, so that is what it gets from here.
+# A SIGKILL of this script (no trap runs) stops the job the same way: mpirun's parent-death
+# signal is SIGUSR1 (setpriv --pdeathsig), so it never trains on unattended.
 # Binding: one core range per rank (--map-by slot:PE=k), k = cores / ranks, so the data loader
 # and the CPU side of each rank do not fight over cores. Root (containers) needs
 # --allow-run-as-root, added automatically.
 set -euo pipefail
 if [ $# -lt 2 ]; then
-  sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 fi
 NP=$1
@@ -50,8 +52,10 @@ forward() {
   return 0
 }
 trap forward TERM INT USR1 HUP
+orphan_stop=()
+command -v setpriv >/dev/null && orphan_stop=(setpriv --pdeathsig USR1)
 set -m
-mpirun --stdin none "${flags[@]}" "${extra[@]}" "$BIN" "$@" &
+"${orphan_stop[@]}" mpirun --stdin none "${flags[@]}" "${extra[@]}" "$BIN" "$@" &
 child=$!
 set +m
 [ "$pending" -eq 1 ] && kill -USR1 "$child" 2>/dev/null

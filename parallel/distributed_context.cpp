@@ -19,13 +19,14 @@ DistributedContext::DistributedContext(const Config& cfg, Backend& backend, cons
 
   MPI_Comm world = MPI_COMM_NULL;
   check_mpi(MPI_Comm_dup(MPI_COMM_WORLD, &world), "MPI_Comm_dup", "world");
-  host_world_ = std::make_unique<MpiCommunicator>(world, "world");
-  host_dp_ = MpiCommunicator::split(world, topo.tp_rank, topo.dp_rank, "dp");
-  host_tp_ = MpiCommunicator::split(world, topo.dp_rank, topo.tp_rank, "tp");
+  const double timeout = cfg.parallel.comm_timeout_s;  // of every collective, MPI and NCCL alike
+  host_world_ = std::make_unique<MpiCommunicator>(world, "world", timeout);
+  host_dp_ = MpiCommunicator::split(world, topo.tp_rank, topo.dp_rank, "dp", timeout);
+  host_tp_ = MpiCommunicator::split(world, topo.dp_rank, topo.tp_rank, "tp", timeout);
   if (kv_copies_ > 1)
-    host_kv_ = MpiCommunicator::split(world, topo.dp_rank * tp + topo.tp_rank / kv_copies_, topo.tp_rank, "kv");
+    host_kv_ = MpiCommunicator::split(world, topo.dp_rank * tp + topo.tp_rank / kv_copies_, topo.tp_rank, "kv", timeout);
   if (be_.device() == Device::cuda) {
-    nccl_ = make_nccl_groups(be_, topo, kv_copies_, cfg.parallel.nccl_timeout_s);
+    nccl_ = make_nccl_groups(be_, topo, kv_copies_, timeout);
     dev_dp_ = nccl_.dp.get();
     dev_tp_ = nccl_.tp.get();
     dev_kv_ = nccl_.kv.get();
@@ -59,7 +60,7 @@ bool DistributedContext::any_rank_true(bool x) {
 
 void DistributedContext::barrier() {
   be_.synchronize();
-  check_mpi(MPI_Barrier(host_world_->comm()), "MPI_Barrier", "world");
+  host_world_->barrier();
 }
 
 ModelParallel DistributedContext::model_parallel() const {
@@ -279,15 +280,19 @@ std::vector<float> DistributedContext::gather_tensor(Model& model, AdamW& opt, c
   const int W = topo_.world_size, n = static_cast<int>(mine.size());
   std::vector<int> counts(is_root() ? W : 0), displs(is_root() ? W : 0);
   MPI_Comm comm = host_world_->comm();
-  check_mpi(MPI_Gather(&n, 1, MPI_INT, counts.data(), 1, MPI_INT, 0, comm), "MPI_Gather", "world");
+  MPI_Request req = MPI_REQUEST_NULL;
+  check_mpi(MPI_Igather(&n, 1, MPI_INT, counts.data(), 1, MPI_INT, 0, comm, &req), "MPI_Igather", "world");
+  host_world_->wait(req, "MPI_Igather");
   std::vector<float> recv;
   if (is_root()) {
     int64_t total = 0;
     for (int r = 0; r < W; ++r) displs[r] = static_cast<int>(total), total += counts[r];
     recv.resize(total);
   }
-  check_mpi(MPI_Gatherv(mine.data(), n, MPI_FLOAT, recv.data(), counts.data(), displs.data(), MPI_FLOAT, 0, comm),
-            "MPI_Gatherv", "world");
+  check_mpi(MPI_Igatherv(mine.data(), n, MPI_FLOAT, recv.data(), counts.data(), displs.data(), MPI_FLOAT, 0, comm,
+                         &req),
+            "MPI_Igatherv", "world");
+  host_world_->wait(req, "MPI_Igatherv");
   if (!is_root()) return {};
 
   // Root: rebuild each tp rank's local view from its DP ranks' pieces, then place it in the full tensor.

@@ -2,12 +2,15 @@
 #include "parallel/mpi_communicator.h"
 
 #include <algorithm>
+#include <chrono>
 #include <climits>
 #include <cstdlib>
 #include <cstring>
+#include <thread>
 #include <vector>
 
 #include "core/errors.h"
+#include "core/logging.h"
 
 namespace mlkv::parallel {
 
@@ -50,7 +53,8 @@ void ensure_mpi_initialized() {
   std::atexit(finalize_at_exit);
 }
 
-MpiCommunicator::MpiCommunicator(MPI_Comm comm, std::string name) : comm_(comm), name_(std::move(name)) {
+MpiCommunicator::MpiCommunicator(MPI_Comm comm, std::string name, double timeout_s)
+    : comm_(comm), name_(std::move(name)), timeout_s_(timeout_s) {
   MPI_Comm_size(comm_, &size_);
   MPI_Comm_rank(comm_, &rank_);
 }
@@ -61,10 +65,48 @@ MpiCommunicator::~MpiCommunicator() {
   if (!finalized && comm_ != MPI_COMM_WORLD && comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
 }
 
-std::unique_ptr<MpiCommunicator> MpiCommunicator::split(MPI_Comm parent, int color, int key, std::string name) {
+std::unique_ptr<MpiCommunicator> MpiCommunicator::split(MPI_Comm parent, int color, int key, std::string name,
+                                                        double timeout_s) {
   MPI_Comm c = MPI_COMM_NULL;
   check_mpi(MPI_Comm_split(parent, color, key, &c), "MPI_Comm_split", name);
-  return std::make_unique<MpiCommunicator>(c, std::move(name));
+  return std::make_unique<MpiCommunicator>(c, std::move(name), timeout_s);
+}
+
+// A collective this slow is waiting for another rank, not moving data: poll less often and leave
+// the core to the ranks (and threads) that still compute.
+constexpr double kSpinSeconds = 0.05;
+
+void MpiCommunicator::wait(MPI_Request& req, const char* what) const {
+  using Clock = std::chrono::steady_clock;
+  const Clock::time_point start = Clock::now();
+  bool slow = false;
+  for (uint64_t polls = 1;; ++polls) {
+    int done = 0;
+    check_mpi(MPI_Test(&req, &done, MPI_STATUS_IGNORE), what, name_);
+    if (done) return;
+    if (!slow && polls % 256 != 0) continue;  // the clock is read every 256 polls while spinning
+    const double waited = std::chrono::duration<double>(Clock::now() - start).count();
+    if (waited > timeout_s_) {
+      int world_rank = 0;
+      MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
+      log::error(log::cat(what, " on the ", name_, " group (rank ", rank_, " of ", size_, ") has not finished after ",
+                          static_cast<int64_t>(waited), " s (parallel.comm_timeout_s = ", timeout_s_,
+                          "): another rank died or hangs; world rank ", world_rank, " ends the job with exit code ",
+                          static_cast<int>(kExitCommTimeout)));
+      std::fflush(nullptr);
+      MPI_Abort(MPI_COMM_WORLD, kExitCommTimeout);  // the request can never be completed or freed
+      std::_Exit(kExitCommTimeout);
+    }
+    slow = waited > kSpinSeconds;
+    if (slow) std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+}
+
+void MpiCommunicator::barrier() {
+  if (size_ == 1) return;
+  MPI_Request req = MPI_REQUEST_NULL;
+  check_mpi(MPI_Ibarrier(comm_, &req), "MPI_Ibarrier", name_);
+  wait(req, "MPI_Ibarrier");
 }
 
 namespace {
@@ -100,8 +142,8 @@ void reduce_typed(void* out, const void* parts, int ranks, int64_t count, DType 
 
 // All-to-all of each rank's chunk, then a rank-ordered reduction of the pieces received:
 // deterministic, and the same bits on every rank for the same inputs.
-static void reduce_scatter_op(MPI_Comm comm, int size, int rank, void* out, const void* in, int64_t count, DType t,
-                              ReduceOp op, const std::string& group) {
+void MpiCommunicator::reduce_scatter_op(void* out, const void* in, int64_t count, DType t, ReduceOp op) {
+  const int size = size_;
   const size_t eb = dtype_bytes(t);
   const int64_t seg = std::max<int64_t>(1, kMaxChunkBytes / static_cast<int64_t>(eb) / size);
   std::vector<char> send, recv;
@@ -111,12 +153,13 @@ static void reduce_scatter_op(MPI_Comm comm, int size, int rank, void* out, cons
     recv.resize(size * n * eb);
     for (int r = 0; r < size; ++r)
       std::memcpy(send.data() + r * n * eb, static_cast<const char*>(in) + (r * count + s0) * eb, n * eb);
-    check_mpi(MPI_Alltoall(send.data(), static_cast<int>(n * eb), MPI_BYTE, recv.data(), static_cast<int>(n * eb),
-                           MPI_BYTE, comm),
-              "MPI_Alltoall", group);
-    reduce_typed(static_cast<char*>(out) + s0 * eb, recv.data(), size, n, t, op, group);
+    MPI_Request req = MPI_REQUEST_NULL;
+    check_mpi(MPI_Ialltoall(send.data(), static_cast<int>(n * eb), MPI_BYTE, recv.data(), static_cast<int>(n * eb),
+                            MPI_BYTE, comm_, &req),
+              "MPI_Ialltoall", name_);
+    wait(req, "MPI_Ialltoall");
+    reduce_typed(static_cast<char*>(out) + s0 * eb, recv.data(), size, n, t, op, name_);
   }
-  (void)rank;
 }
 
 void MpiCommunicator::reduce_scatter(void* out, const void* in, int64_t count, DType t, Queue) {
@@ -124,7 +167,7 @@ void MpiCommunicator::reduce_scatter(void* out, const void* in, int64_t count, D
     if (out != in) std::memmove(out, in, count * dtype_bytes(t));
     return;
   }
-  reduce_scatter_op(comm_, size_, rank_, out, in, count, t, ReduceOp::sum, name_);
+  reduce_scatter_op(out, in, count, t, ReduceOp::sum);
 }
 
 void MpiCommunicator::all_gather(void* out, const void* in, int64_t count, DType t, Queue) {
@@ -139,9 +182,11 @@ void MpiCommunicator::all_gather(void* out, const void* in, int64_t count, DType
   for (int64_t s0 = 0; s0 < count; s0 += seg) {
     const int64_t n = std::min(seg, count - s0);
     recv.resize(size_ * n * eb);
-    check_mpi(MPI_Allgather(mine.data() + s0 * eb, static_cast<int>(n * eb), MPI_BYTE, recv.data(),
-                            static_cast<int>(n * eb), MPI_BYTE, comm_),
-              "MPI_Allgather", name_);
+    MPI_Request req = MPI_REQUEST_NULL;
+    check_mpi(MPI_Iallgather(mine.data() + s0 * eb, static_cast<int>(n * eb), MPI_BYTE, recv.data(),
+                             static_cast<int>(n * eb), MPI_BYTE, comm_, &req),
+              "MPI_Iallgather", name_);
+    wait(req, "MPI_Iallgather");
     for (int r = 0; r < size_; ++r) std::memcpy(o + (r * count + s0) * eb, recv.data() + r * n * eb, n * eb);
   }
 }
@@ -154,7 +199,7 @@ void MpiCommunicator::all_reduce(void* buf, int64_t count, DType t, ReduceOp op,
   const int64_t chunk = (count + size_ - 1) / size_;
   std::vector<char> padded(size_ * chunk * eb, 0), mine(chunk * eb);
   std::memcpy(padded.data(), buf, count * eb);
-  reduce_scatter_op(comm_, size_, rank_, mine.data(), padded.data(), chunk, t, op, name_);
+  reduce_scatter_op(mine.data(), padded.data(), chunk, t, op);
   all_gather(padded.data(), mine.data(), chunk, t, Queue::compute);
   std::memcpy(buf, padded.data(), count * eb);
 }
@@ -164,8 +209,10 @@ void MpiCommunicator::broadcast(void* buf, int64_t count, DType t, int root, Que
   const size_t eb = dtype_bytes(t);
   for (int64_t s0 = 0; s0 < count * static_cast<int64_t>(eb); s0 += kMaxChunkBytes) {
     const int64_t n = std::min<int64_t>(kMaxChunkBytes, count * eb - s0);
-    check_mpi(MPI_Bcast(static_cast<char*>(buf) + s0, static_cast<int>(n), MPI_BYTE, root, comm_), "MPI_Bcast",
+    MPI_Request req = MPI_REQUEST_NULL;
+    check_mpi(MPI_Ibcast(static_cast<char*>(buf) + s0, static_cast<int>(n), MPI_BYTE, root, comm_, &req), "MPI_Ibcast",
               name_);
+    wait(req, "MPI_Ibcast");
   }
 }
 

@@ -141,7 +141,8 @@ class NcclRuntime {
           const double waited = std::chrono::duration<double>(Clock::now() - q.front().issued).count();
           if (waited > timeout_)
             fail(q.front().what + " has not finished after " + std::to_string(static_cast<int>(waited)) +
-                 " s (parallel.nccl_timeout_s = " + std::to_string(timeout_) + "): a rank died or is stuck");
+                 " s (parallel.comm_timeout_s = " + std::to_string(timeout_) + "): a rank died or is stuck",
+                 kExitCommTimeout);
           break;
         }
       }
@@ -149,11 +150,11 @@ class NcclRuntime {
   }
 
   // Runs on the watchdog thread: there is no way back to a step in flight, so stop everything.
-  [[noreturn]] void fail(const std::string& why) {
+  [[noreturn]] void fail(const std::string& why, int exit_code = kExitFailure) {
     std::fprintf(stderr, "[rank %d] NCCL: %s; aborting communicators and exiting\n", rank_, why.c_str());
     std::fflush(stderr);
     for (const Named& c : comms_) ncclCommAbort(c.comm);
-    std::_Exit(kExitFailure);
+    std::_Exit(exit_code);
   }
 
   cudaStream_t compute_, side_[kSides] = {};

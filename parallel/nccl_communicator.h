@@ -4,9 +4,9 @@
 //
 // Failure handling: a watchdog thread polls ncclCommGetAsyncError of every communicator and the
 // completion of every collective issued; an error, or a collective unfinished after
-// parallel.nccl_timeout_s seconds, aborts all communicators (ncclCommAbort), logs which
-// collective on which group, and exits the process with kExitFailure — mpirun/srun then stop
-// the other ranks. Collectives run on the backend's stream (Queue::compute) or on a second,
+// parallel.comm_timeout_s seconds, aborts all communicators (ncclCommAbort), logs which
+// collective on which group, and exits the process (kExitCommTimeout after a timeout,
+// kExitFailure after an error) — mpirun/srun then stop the other ranks. Collectives run on the backend's stream (Queue::compute) or on a second,
 // high-priority stream (Queue::side) for overlapped gradient buckets.
 #pragma once
 #include <memory>

@@ -65,7 +65,7 @@ Config make_config(const PlanDef& p, int tp, bool zero1, double bucket_mb) {
   c.parallel.tp = tp;
   c.parallel.zero1 = zero1;
   c.parallel.bucket_mb = bucket_mb;
-  c.parallel.nccl_timeout_s = 120;
+  c.parallel.comm_timeout_s = 120;
   return c;
 }
 
