@@ -414,7 +414,6 @@ int bench_decode(const Args& a) {
     Rng rng(cfg.train.seed);
     for (auto& x : master) x = static_cast<float>((rng.next_u64() >> 40) * (1.0 / (1 << 24)) - 0.5) * 0.04f;
   }
-  if (!a.export_hf.empty()) export_for_peer(a, spec, master);
   const size_t budget = static_cast<size_t>(a.budget_gib * double(1 << 30));
   DecoderSize size;
   size.max_ctx = a.context;
@@ -436,6 +435,7 @@ int bench_decode(const Args& a) {
   for (int b = 1; b < lo; b *= 2) batches.push_back(b);
   batches.push_back(lo);
 
+  if (!a.export_hf.empty()) export_for_peer(a, spec, master);
   Decoder dec(spec, *be, master, size);
   master.clear();
   master.shrink_to_fit();
