@@ -317,21 +317,27 @@ def bench_sdpa(args, bench, labels, hf_config):
 
 # ---- CSV ----------------------------------------------------------------------------------------
 
-def append_rows(path, rows, labels, budget_gib):
-    """Appends to path, keeping its header (mlkv-bench's) and refusing one without our columns."""
-    fresh = not os.path.exists(path) or os.path.getsize(path) == 0
-    header = COLUMNS
-    if not fresh:
-        with open(path, newline="") as f:
-            header = next(csv.reader(f))
-        missing = [c for c in COLUMNS if c not in header]
-        if missing:
-            sys.exit(f"bench_decode_hf.py: {path}: header lacks columns {missing} (not a decode.csv?)")
+def csv_header(path):
+    """The header rows will be written under: path's own (mlkv-bench's), or COLUMNS for a new file.
+    Checked before any timing, so a wrong --csv fails at once."""
+    if not os.path.exists(path) or os.path.getsize(path) == 0:
+        return None
+    with open(path, newline="") as f:
+        header = next(csv.reader(f))
+    missing = [c for c in COLUMNS if c not in header]
+    if missing:
+        sys.exit(f"bench_decode_hf.py: {path}: its header lacks the columns {missing} (not a decode.csv?)")
+    return header
+
+
+def append_rows(path, header, rows, labels, budget_gib):
+    fresh = header is None
+    header = header or COLUMNS
     by_impl = {}
     for r in rows:
         by_impl.setdefault(r["impl"], []).append(r["batch"])
     with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=header, restval="")
+        w = csv.DictWriter(f, fieldnames=header, restval="", lineterminator="\n")
         if fresh:
             w.writeheader()
         for r in rows:
@@ -369,6 +375,7 @@ def main():
     if unknown or args.steps < 2 or labels["context"] <= args.steps or args.max_batch < 1:
         sys.exit(f"bench_decode_hf.py: bad arguments: unknown --impl {unknown}, or --steps < 2, "
                  f"or context {labels['context']} <= --steps, or --max-batch < 1")
+    header = csv_header(args.csv)
     bench = Bench(args)
     print(f"bench_decode_hf.py {args.model}: {labels['plan']}, context {labels['context']}, "
           f"budget {args.budget_gib} GiB, {bench.describe()}", flush=True)
@@ -379,7 +386,7 @@ def main():
         rows += bench_sdpa(args, bench, labels, hf_config)
     if not rows:
         sys.exit("bench_decode_hf.py: batch 1 did not fit in the budget for any implementation")
-    append_rows(args.csv, rows, labels, args.budget_gib)
+    append_rows(args.csv, header, rows, labels, args.budget_gib)
     print(f"appended {len(rows)} rows to {args.csv}")
 
 
