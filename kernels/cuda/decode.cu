@@ -94,7 +94,7 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(bf16* out, float* part
                                                           int KVH, int hd, int C, int span, int splits, int rot_k,
                                                           float base, DecodeSmem L) {
   extern __shared__ __align__(16) unsigned char smem[];
-  const int split = blockIdx.x, g = blockIdx.y, b = blockIdx.z, G = L.G, tid = threadIdx.x, R = L.row();
+  const int b = blockIdx.x, g = blockIdx.y, split = blockIdx.z, G = L.G, tid = threadIdx.x, R = L.row();
   const int nkeys = pos[b] + 1, k0 = split * span, k1 = min(k0 + span, nkeys);
   bf16* Ks = reinterpret_cast<bf16*>(smem);
   bf16* Vs = reinterpret_cast<bf16*>(smem + L.kv_bytes());
@@ -280,7 +280,7 @@ __global__ void __launch_bounds__(128) decode_mma_kernel(bf16* out, float* part_
   extern __shared__ __align__(16) unsigned char smem[];
   bf16* Qs = reinterpret_cast<bf16*>(smem);
   bf16* stages = Qs + 16 * LD;
-  const int split = blockIdx.x, g = blockIdx.y, b = blockIdx.z, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int b = blockIdx.x, g = blockIdx.y, split = blockIdx.z, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int nkeys = pos[b] + 1, k0 = split * span, k1 = min(k0 + span, nkeys);
   const int64_t out_row = int64_t{b} * H + int64_t{g} * G;
   if (k0 >= nkeys) {  // this split lies past the sequence: an empty partial
@@ -537,7 +537,7 @@ void decode_attention(bf16* out, const bf16* q, const bf16* k_cache, const bf16*
     part_o = static_cast<float*>(scratch.get(static_cast<size_t>(rows) * (hd + 2) * sizeof(float)));
     part_ml = part_o + rows * hd;
   }
-  const dim3 grid(splits, KVH, B);
+  const dim3 grid(B, KVH, splits);  // B on x: up to 2^31 - 1 sequences (y and z stop at 65535)
   const bool mma = decode_mma_enabled() && rot_k == 0 && G <= 16 && (hd == 64 || hd == 128 || hd == 256);
   if (mma && hd == 64) {
     launch_decode_mma<64, 3>(grid, s, out, part_o, part_ml, q, k_cache, v_cache, pos, H, KVH, C, span, splits, G);
