@@ -4,7 +4,7 @@
 //   mlkv-bench ops   CONFIG [--set ...]   every backend op at the config's shapes, alone: median
 //                                          µs and TFLOP/s (matmuls) or GB/s (minimal bytes moved)
 //   mlkv-bench decode CONFIG_OR_CKPT [--memory-budget-gib G] [--context 2048] [--steps N] [--csv FILE]
-//                                          decode throughput against batch with the shared KV cache
+//                     [--export-hf DIR]    decode throughput against batch with the shared KV cache
 //                                          (issue 13): see bench_decode below
 //
 // Builds the config's model (its KV plan, micro_batch, grad_accum, seq_len, recompute) on the
@@ -25,9 +25,12 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "core/backend.h"
 #include "core/checkpoint.h"
 #include "core/config.h"
+#include "core/convert.h"
 #include "core/decode.h"
 #include "core/errors.h"
 #include "core/model.h"
@@ -41,7 +44,7 @@ constexpr const char* kUsage =
     "usage: mlkv-bench train CONFIG [--set section.key=value ...] [--steps N] [--warmup N]\n"
     "       mlkv-bench ops CONFIG [--set section.key=value ...]\n"
     "       mlkv-bench decode CONFIG_OR_CKPT [--set ...] [--memory-budget-gib G] [--context T] [--steps N]\n"
-    "                  [--warmup N] [--max-batch B] [--csv FILE]\n";
+    "                  [--warmup N] [--max-batch B] [--csv FILE] [--export-hf DIR]\n";
 
 struct Args {
   std::string command;
@@ -51,6 +54,7 @@ struct Args {
   double budget_gib = 16;  // decode: weights + cache + workspace must fit
   int context = 2048, max_batch = 1 << 22;
   std::string csv;
+  std::string export_hf;  // decode: also write the benched weights as an HF directory (the peer's model)
 };
 
 Args parse_args(int argc, char** argv) {
@@ -74,6 +78,7 @@ Args parse_args(int argc, char** argv) {
     else if (s == "--context") a.context = std::stoi(value());
     else if (s == "--max-batch") a.max_batch = std::stoi(value());
     else if (s == "--csv") a.csv = value();
+    else if (s == "--export-hf") a.export_hf = value();
     else throw ConfigError("unknown argument '" + s + "'\n" + kUsage);
   }
   if (a.steps < 1 || a.warmup < 0) throw ConfigError("--steps must be >= 1 and --warmup >= 0");
@@ -371,7 +376,23 @@ int bench_ops(const Args& a) {
 // layer, final LayerNorm, LM head and device argmax), tokens/s = batch / step time, and the decode
 // attention of one layer timed alone with the HBM bytes it must read (K and V of every cached
 // position of every KV head, q and out), as GB/s. Random weights: speed does not depend on them.
+// --export-hf DIR writes those weights (bf16, no tokenizer) as the HF directory that
+// scripts/bench_decode_hf.py times transformers on, with mlkv_bench.json naming the config, plan and
+// context of the CSV rows, so the peer's rows carry the same labels as ours.
 constexpr size_t kBackendAllowance = size_t{96} << 20;  // cuBLAS workspace, scratch, attention partials
+
+void export_for_peer(const Args& a, const ModelSpec& spec, const std::vector<float>& master) {
+  convert::ExportOptions opt;
+  opt.dtype = safetensors::DType::BF16;
+  opt.tokenizer_from = "";  // the peer feeds token ids
+  std::printf("%s", convert::export_hf(convert::BufferSource(spec, master.data()), a.export_hf, opt).c_str());
+  const nlohmann::json labels{{"config", a.config},
+                              {"plan", spec.kv.name(spec.heads)},
+                              {"context", a.context}};
+  const std::string path = a.export_hf + "/mlkv_bench.json";
+  std::ofstream f(path);
+  if (!(f << labels.dump(2) << "\n")) throw IoError(path + ": cannot write");
+}
 
 int bench_decode(const Args& a) {
   Config cfg;
@@ -414,6 +435,7 @@ int bench_decode(const Args& a) {
   for (int b = 1; b < lo; b *= 2) batches.push_back(b);
   batches.push_back(lo);
 
+  if (!a.export_hf.empty()) export_for_peer(a, spec, master);
   Decoder dec(spec, *be, master, size);
   master.clear();
   master.shrink_to_fit();
@@ -435,7 +457,7 @@ int bench_decode(const Args& a) {
     if (!csv) throw IoError(a.csv + ": cannot open for writing");
     if (fresh)
       csv << "impl,config,plan,kv_bytes_per_token,budget_gib,context,batch,largest_batch,weights_gib,cache_gib,"
-             "workspace_gib,ms_per_step,tokens_per_s,attn_us,attn_gb_s,device\n";
+             "workspace_gib,peak_gib,ms_per_step,tokens_per_s,attn_us,attn_gb_s,device\n";
   }
   const int prompt = a.context - a.steps - a.warmup - 1;
   const int H = spec.heads, KVH = spec.kv.kv_heads, hd = spec.head_dim();
@@ -473,12 +495,15 @@ int bench_decode(const Args& a) {
     const double attn_us = us[us.size() / 2];
     const double bytes = double(B) * (2.0 * KVH * a.context * hd * ab + 2.0 * H * hd * ab);
     const double tok_s = B / step_s, gbs = bytes / attn_us / 1e3;
+    // the device's high-water mark (the Decoder is sized for the largest batch); empty where untracked
+    const size_t peak = be->peak_memory_bytes();
+    const std::string peak_gib = peak ? std::to_string(peak / double(1 << 30)) : "";
     std::printf("  %8d %10.3f %12.0f %12.1f %12.0f\n", B, 1e3 * step_s, tok_s, attn_us, gbs);
     std::fflush(stdout);
     if (csv)
       csv << "mlkv," << a.config << "," << plan << "," << kv_tok << "," << a.budget_gib << "," << a.context << ","
           << B << "," << lo << "," << mem.weights / double(1 << 30) << "," << mem.cache / double(1 << 30) << ","
-          << mem.workspace / double(1 << 30) << "," << 1e3 * step_s << "," << tok_s << "," << attn_us << "," << gbs
+          << mem.workspace / double(1 << 30) << "," << peak_gib << "," << 1e3 * step_s << "," << tok_s << "," << attn_us << "," << gbs
           << ",\"" << be->name() << "\"\n";
   }
   be->release(q);

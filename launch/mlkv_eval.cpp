@@ -27,6 +27,7 @@
 #include "core/logging.h"
 #include "core/model.h"
 #include "core/safetensors.h"
+#include "core/token_ids.h"
 #include "core/trainer.h"
 #include "parallel/context.h"
 #include "parallel/topology.h"
@@ -53,24 +54,6 @@ constexpr const char* kUsage =
 [[noreturn]] void usage_error(const std::string& why) {
   std::cerr << "mlkv-eval: " << why << "\n\n" << kUsage;
   std::exit(mlkv::kExitBadInput);
-}
-
-std::vector<int32_t> parse_tokens(const std::string& s, int64_t vocab) {
-  std::vector<int32_t> out;
-  size_t i = 0;
-  while (i < s.size()) {
-    size_t j = s.find(',', i);
-    if (j == std::string::npos) j = s.size();
-    const std::string part = s.substr(i, j - i);
-    char* end = nullptr;
-    const long long v = std::strtoll(part.c_str(), &end, 10);
-    if (part.empty() || *end != '\0' || v < 0 || v >= vocab)
-      throw mlkv::ConfigError("--tokens: \"" + part + "\" is not a token id in [0, " + std::to_string(vocab) + ")");
-    out.push_back(static_cast<int32_t>(v));
-    i = j + 1;
-  }
-  if (out.empty()) throw mlkv::ConfigError("--tokens: no token ids given");
-  return out;
 }
 
 // NPY format 1.0: magic, version, little-endian header length, a Python dict literal padded so the
@@ -206,7 +189,7 @@ int main(int argc, char** argv) {
     }
 
     if (!dump_path.empty()) {
-      const std::vector<int32_t> tokens = parse_tokens(tokens_arg, spec.vocab);
+      const std::vector<int32_t> tokens = mlkv::parse_token_ids(tokens_arg, spec.vocab, "--tokens");
       const int T = static_cast<int>(tokens.size());
       if (T > spec.max_seq_len)
         throw mlkv::ConfigError("--tokens: " + std::to_string(T) + " tokens, model.max_seq_len is " +

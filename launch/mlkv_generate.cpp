@@ -21,6 +21,7 @@
 #include "core/decode.h"
 #include "core/errors.h"
 #include "core/logging.h"
+#include "core/token_ids.h"
 #include "data/bpe_tokenizer.h"
 
 namespace {
@@ -46,23 +47,6 @@ constexpr const char* kUsage =
 [[noreturn]] void usage_error(const std::string& why) {
   std::cerr << "mlkv-generate: " << why << "\n\n" << kUsage;
   std::exit(mlkv::kExitBadInput);
-}
-
-std::vector<int32_t> parse_ids(const std::string& s, int64_t vocab) {
-  std::vector<int32_t> out;
-  size_t i = 0;
-  while (i <= s.size()) {
-    size_t j = s.find(',', i);
-    if (j == std::string::npos) j = s.size();
-    const std::string part = s.substr(i, j - i);
-    char* end = nullptr;
-    const long long v = std::strtoll(part.c_str(), &end, 10);
-    if (part.empty() || *end != '\0' || v < 0 || v >= vocab)
-      throw mlkv::ConfigError("--tokens: \"" + part + "\" is not a token id in [0, " + std::to_string(vocab) + ")");
-    out.push_back(static_cast<int32_t>(v));
-    i = j + 1;
-  }
-  return out;
 }
 
 // The bundled tokenizer: next to the executable's source tree (build/bin/ → ../../data/...), or
@@ -146,7 +130,7 @@ int main(int argc, char** argv) {
     std::vector<std::vector<int32_t>> ids;
     size_t longest = 0;
     for (const Prompt& p : prompts) {
-      ids.push_back(p.text ? tok.encode(p.value) : parse_ids(p.value, spec.vocab));
+      ids.push_back(p.text ? tok.encode(p.value) : mlkv::parse_token_ids(p.value, spec.vocab, "--tokens"));
       if (ids.back().empty()) throw mlkv::ConfigError("prompt " + std::to_string(ids.size() - 1) + " has no tokens");
       longest = std::max(longest, ids.back().size());
     }

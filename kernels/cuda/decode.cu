@@ -10,11 +10,16 @@
 //   per tile: load K, V (16-byte loads; keys past the sequence's end are zero) → [rotate K by its
 //   positions, rot_k > 0] → S[G, tile] = Q·Kᵀ (a thread per key) → online softmax per head (a warp
 //   per head) → O[G, hd] += P·V (a thread per 8 output dims; tiles with few outputs split keys).
+// MLKV_DECODE_MMA=1 selects decode_mma_kernel instead (opt-in until measured; ATTENTION_NOTES.md
+// "Decode attention"): both products on tensor cores, a cp.async ring of K/V tiles, the 4 warps
+// splitting each tile's keys and merging once at the end. Same partials, same combine kernel.
 #include <algorithm>
 #include <cfloat>
+#include <cstdlib>
 #include <string>
 
 #include "core/errors.h"
+#include "kernels/cuda/attention_tile.cuh"
 #include "kernels/cuda/backend_ops.cuh"
 
 namespace mlkv::cuda {
@@ -89,7 +94,7 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(bf16* out, float* part
                                                           int KVH, int hd, int C, int span, int splits, int rot_k,
                                                           float base, DecodeSmem L) {
   extern __shared__ __align__(16) unsigned char smem[];
-  const int split = blockIdx.x, g = blockIdx.y, b = blockIdx.z, G = L.G, tid = threadIdx.x, R = L.row();
+  const int b = blockIdx.x, g = blockIdx.y, split = blockIdx.z, G = L.G, tid = threadIdx.x, R = L.row();
   const int nkeys = pos[b] + 1, k0 = split * span, k1 = min(k0 + span, nkeys);
   bf16* Ks = reinterpret_cast<bf16*>(smem);
   bf16* Vs = reinterpret_cast<bf16*>(smem + L.kv_bytes());
@@ -250,6 +255,165 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(bf16* out, float* part
   }
 }
 
+// The tensor-core decode: a block per (split, KV head g, sequence b) as above, 4 warps. The group's
+// G ≤ 16 query heads are the 16 rows of an mma.m16n8k16 tile (rows ≥ G zero); every 64-key tile of
+// K and V arrives through an NS-stage cp.async ring (tile i+NS-1 is issued while tile i is used);
+// warp w takes keys 16w..16w+15 of each tile: S[16×16] = Q·Kᵀ, its own online softmax (m, l per
+// row, in the 4 lanes that hold the row), O[16×HD] += P·V with P repacked from S's registers. The
+// warps' (m, l, O) merge at the end in warp order (deterministic) into the output, or into this
+// split's partial for combine_kernel. Fragment layouts: attention_tile.cuh.
+template <int HD, int NS>
+struct DecodeMma {
+  static constexpr int kLd = HD + 8, kKeys = 64, kWarps = 4;
+  static constexpr size_t stage_elems = size_t(2) * kKeys * kLd;  // K then V
+  static constexpr size_t smem_bytes() { return (size_t(16) * kLd + NS * stage_elems) * 2; }
+  static_assert(size_t(kWarps) * 16 * (HD + 2) * 4 <= NS * stage_elems * 2, "the merge reuses the K/V stages");
+};
+
+template <int HD, int NS>
+__global__ void __launch_bounds__(128) decode_mma_kernel(bf16* out, float* part_o, float* part_ml, const bf16* q,
+                                                          const bf16* kc, const bf16* vc, const int32_t* pos, int H,
+                                                          int KVH, int C, int span, int splits, int G) {
+  namespace A = attn;
+  using D = DecodeMma<HD, NS>;
+  constexpr int LD = D::kLd, KT = D::kKeys, NT = 128, NN = HD / 8;
+  extern __shared__ __align__(16) unsigned char smem[];
+  bf16* Qs = reinterpret_cast<bf16*>(smem);
+  bf16* stages = Qs + 16 * LD;
+  const int b = blockIdx.x, g = blockIdx.y, split = blockIdx.z, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int nkeys = pos[b] + 1, k0 = split * span, k1 = min(k0 + span, nkeys);
+  const int64_t out_row = int64_t{b} * H + int64_t{g} * G;
+  if (k0 >= nkeys) {  // this split lies past the sequence: an empty partial
+    if (tid < G) {
+      part_ml[((out_row + tid) * splits + split) * 2] = -INFINITY;
+      part_ml[((out_row + tid) * splits + split) * 2 + 1] = 0;
+    }
+    for (int i = tid; i < G * HD; i += NT) part_o[((out_row + i / HD) * splits + split) * HD + i % HD] = 0;
+    return;
+  }
+  for (int c = tid; c < 16 * (HD / 8); c += NT) {  // Q [16, HD]: the group's rows, zeros below
+    const int r = c / (HD / 8), ch = c % (HD / 8);
+    A::cp_async16(Qs + r * LD + ch * 8, q + (out_row + (r < G ? r : 0)) * HD + ch * 8, r < G);
+  }
+  const bf16* kb = kc + (int64_t{b} * KVH + g) * C * HD;
+  const bf16* vb = vc + (int64_t{b} * KVH + g) * C * HD;
+  const int ntiles = (k1 - k0 + KT - 1) / KT;
+  const auto issue = [&](int i) {  // one commit group per tile, empty past the end: uniform waits
+    if (i < ntiles) {
+      bf16* Ks = stages + (i % NS) * D::stage_elems;
+      const int t0 = k0 + i * KT;
+      A::load_tile_async<KT, HD, NT>(Ks, kb + int64_t{t0} * HD, HD, 0, k1 - t0, tid);
+      A::load_tile_async<KT, HD, NT>(Ks + KT * LD, vb + int64_t{t0} * HD, HD, 0, k1 - t0, tid);
+    }
+    A::cp_async_commit();
+  };
+#pragma unroll
+  for (int i = 0; i < NS - 1; ++i) issue(i);  // group 0 also carries Q
+
+  const float scale = rsqrtf(static_cast<float>(HD)) * kLog2e;
+  float o[NN][4];
+#pragma unroll
+  for (int n = 0; n < NN; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0;
+  float m_r[2] = {-INFINITY, -INFINITY}, l_r[2] = {0, 0};  // rows lane/4 and lane/4 + 8
+  const int kw = warp * 16;
+  for (int i = 0; i < ntiles; ++i) {
+    A::cp_async_wait<NS - 2>();  // tile i has landed (this thread's copies) ...
+    __syncthreads();             // ... everyone's, and tile i-1's stage is free for tile i+NS-1
+    issue(i + NS - 1);
+    const bf16* Ks = stages + (i % NS) * D::stage_elems;
+    const bf16* Vs = Ks + KT * LD;
+    float s_lo[4] = {0, 0, 0, 0}, s_hi[4] = {0, 0, 0, 0};  // keys kw+0..7, kw+8..15
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; ++kk) {
+      uint32_t a[4], kf[4];
+      A::load_a(a, Qs, LD, 0, kk * 16, lane);
+      A::load_b_nk(kf, Ks, LD, kw, kk * 16, lane);
+      A::mma_bf16(s_lo, a, kf[0], kf[1]);
+      A::mma_bf16(s_hi, a, kf[2], kf[3]);
+    }
+    // this thread's scores: row r (lane/4 + 8r), keys key0 + {0, 1, 8, 9}
+    const int key0 = k0 + i * KT + kw + 2 * (lane % 4);
+    float sv[2][4] = {{s_lo[0], s_lo[1], s_hi[0], s_hi[1]}, {s_lo[2], s_lo[3], s_hi[2], s_hi[3]}};
+    constexpr int kOff[4] = {0, 1, 8, 9};
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        sv[r][j] = key0 + kOff[j] < k1 ? sv[r][j] * scale : -INFINITY;
+        mx = fmaxf(mx, sv[r][j]);
+      }
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float m_new = fmaxf(m_r[r], mx);
+      const bool none = m_new == -INFINITY;  // no live key for this warp yet: keep zeros, no NaN
+      const float alpha = none ? 1.0f : exp2f(m_r[r] - m_new);
+      float sum = 0;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) sum += (sv[r][j] = none ? 0.0f : exp2f(sv[r][j] - m_new));
+      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+      l_r[r] = l_r[r] * alpha + sum;
+      m_r[r] = m_new;
+#pragma unroll
+      for (int n = 0; n < NN; ++n) o[n][2 * r] *= alpha, o[n][2 * r + 1] *= alpha;
+    }
+    uint32_t p[4];
+    const float p_lo[4] = {sv[0][0], sv[0][1], sv[1][0], sv[1][1]}, p_hi[4] = {sv[0][2], sv[0][3], sv[1][2], sv[1][3]};
+    A::acc_to_a(p, p_lo, p_hi);
+#pragma unroll
+    for (int n = 0; n < HD / 16; ++n) {
+      uint32_t vf[4];
+      A::load_b_kn(vf, Vs, LD, kw, n * 16, lane);
+      A::mma_bf16(o[2 * n], p, vf[0], vf[1]);
+      A::mma_bf16(o[2 * n + 1], p, vf[2], vf[3]);
+    }
+  }
+  A::cp_async_wait<0>();
+  __syncthreads();  // every warp is done with the stages: they now hold the warps' partials
+  float* Om = reinterpret_cast<float*>(stages);  // [warp][16][HD]
+  float* Ml = Om + D::kWarps * 16 * HD;           // [warp][16][m, l]
+  const int r0 = lane / 4, c0 = 2 * (lane % 4);
+#pragma unroll
+  for (int n = 0; n < NN; ++n)
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float* dst = Om + (warp * 16 + r0 + 8 * r) * HD + n * 8 + c0;
+      dst[0] = o[n][2 * r];
+      dst[1] = o[n][2 * r + 1];
+    }
+  if (lane % 4 == 0)
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      Ml[(warp * 16 + r0 + 8 * r) * 2] = m_r[r];
+      Ml[(warp * 16 + r0 + 8 * r) * 2 + 1] = l_r[r];
+    }
+  __syncthreads();
+  for (int idx = tid; idx < G * HD; idx += NT) {
+    const int h = idx / HD, e = idx - h * HD;
+    float M = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < D::kWarps; ++w) M = fmaxf(M, Ml[(w * 16 + h) * 2]);  // finite: warp 0 saw key k0
+    float num = 0, den = 0;
+#pragma unroll
+    for (int w = 0; w < D::kWarps; ++w) {
+      const float mw = Ml[(w * 16 + h) * 2];
+      const float f = mw == -INFINITY ? 0.0f : exp2f(mw - M);
+      num += Om[(w * 16 + h) * HD + e] * f;
+      den += Ml[(w * 16 + h) * 2 + 1] * f;
+    }
+    if (splits == 1) {
+      out[(out_row + h) * HD + e] = __float2bfloat16(num / den);
+    } else {
+      part_o[((out_row + h) * splits + split) * HD + e] = num;
+      if (e == 0) {
+        part_ml[((out_row + h) * splits + split) * 2] = M;
+        part_ml[((out_row + h) * splits + split) * 2 + 1] = den;
+      }
+    }
+  }
+}
+
 // out[b, h, :] = Σ_i o_i·2^(m_i − M) / Σ_i l_i·2^(m_i − M), splits i in order; a block per (b, h).
 __global__ void combine_kernel(bf16* out, const float* part_o, const float* part_ml, int splits, int hd) {
   const int64_t bh = blockIdx.x;
@@ -290,6 +454,29 @@ __global__ void argmax_kernel(int32_t* ids, const bf16* logits, int64_t V) {
       if (sv[w] > best || (sv[w] == best && si[w] < arg)) best = sv[w], arg = si[w];
     ids[blockIdx.x] = static_cast<int32_t>(arg < V ? arg : 0);
   }
+}
+
+template <int HD, int NS>
+void launch_decode_mma(dim3 grid, cudaStream_t s, bf16* out, float* part_o, float* part_ml, const bf16* q,
+                       const bf16* kc, const bf16* vc, const int32_t* pos, int H, int KVH, int C, int span, int splits,
+                       int G) {
+  constexpr size_t smem = DecodeMma<HD, NS>::smem_bytes();
+  static const bool opted = [] {
+    MLKV_CUDA_CHECK(cudaFuncSetAttribute(decode_mma_kernel<HD, NS>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         int(smem)));
+    return true;
+  }();
+  (void)opted;
+  decode_mma_kernel<HD, NS><<<grid, 128, smem, s>>>(out, part_o, part_ml, q, kc, vc, pos, H, KVH, C, span, splits, G);
+}
+
+// MLKV_DECODE_MMA=1: the tensor-core kernel where it applies (read once per process).
+bool decode_mma_enabled() {
+  static const bool on = [] {
+    const char* e = std::getenv("MLKV_DECODE_MMA");
+    return e && std::string(e) == "1";
+  }();
+  return on;
 }
 
 int sm_count() {
@@ -350,14 +537,24 @@ void decode_attention(bf16* out, const bf16* q, const bf16* k_cache, const bf16*
     part_o = static_cast<float*>(scratch.get(static_cast<size_t>(rows) * (hd + 2) * sizeof(float)));
     part_ml = part_o + rows * hd;
   }
-  const size_t smem = L.bytes();
-  static size_t opted = 48 << 10;
-  if (smem > opted) {
-    MLKV_CUDA_CHECK(cudaFuncSetAttribute(decode_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-    opted = smem;
+  const dim3 grid(B, KVH, splits);  // B on x: up to 2^31 - 1 sequences (y and z stop at 65535)
+  const bool mma = decode_mma_enabled() && rot_k == 0 && G <= 16 && (hd == 64 || hd == 128 || hd == 256);
+  if (mma && hd == 64) {
+    launch_decode_mma<64, 3>(grid, s, out, part_o, part_ml, q, k_cache, v_cache, pos, H, KVH, C, span, splits, G);
+  } else if (mma && hd == 128) {
+    launch_decode_mma<128, 3>(grid, s, out, part_o, part_ml, q, k_cache, v_cache, pos, H, KVH, C, span, splits, G);
+  } else if (mma) {  // hd 256: two stages of 64 keys (68 KB each)
+    launch_decode_mma<256, 2>(grid, s, out, part_o, part_ml, q, k_cache, v_cache, pos, H, KVH, C, span, splits, G);
+  } else {
+    const size_t smem = L.bytes();
+    static size_t opted = 48 << 10;
+    if (smem > opted) {
+      MLKV_CUDA_CHECK(cudaFuncSetAttribute(decode_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+      opted = smem;
+    }
+    decode_kernel<<<grid, kThreads, smem, s>>>(out, part_o, part_ml, q, k_cache, v_cache, pos, H, KVH, hd, C, span,
+                                               splits, rot_k, base, L);
   }
-  decode_kernel<<<dim3(splits, KVH, B), kThreads, smem, s>>>(out, part_o, part_ml, q, k_cache, v_cache, pos, H, KVH,
-                                                             hd, C, span, splits, rot_k, base, L);
   MLKV_LAUNCH_CHECK();
   if (splits > 1) {
     combine_kernel<<<static_cast<unsigned>(int64_t{B} * H), std::min(256, hd), 0, s>>>(out, part_o, part_ml, splits, hd);

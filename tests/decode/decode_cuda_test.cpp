@@ -1,7 +1,8 @@
 // CUDA (bf16) decoding: for every KV plan in configs/ and both rope modes, the decode logits
 // equal the CUDA full forward's within bf16 tolerance and the greedy tokens match (a mismatch only
 // where the full forward's two best logits are within bf16 noise); and the decode attention op
-// against the fp32 reference, for the split (small batch) and unsplit (large batch) paths.
+// against the fp32 reference, for the split (small batch) and unsplit (large batch) paths; run the
+// binary again with MLKV_DECODE_MMA=1 for the tensor-core kernel (kernels/cuda/decode.cu).
 // Skipped without a GPU. Plans keep their layers, owners and kv_heads; heads are capped at 12 and
 // the config's head dim is kept (64, 80 or 256) on an ffn of d and a 512-token vocabulary.
 #include <gtest/gtest.h>
@@ -107,7 +108,10 @@ INSTANTIATE_TEST_SUITE_P(Shapes, CudaDecodeAttention,
                                            AttnCase{600, 12, 1, 64, 90, 0},    // large batch: no split
                                            AttnCase{2, 8, 1, 256, 333, 64},    // 1B MLKV-8 shape
                                            AttnCase{5, 8, 8, 256, 130, 0},     // 1B MHA shape
-                                           AttnCase{4, 32, 1, 80, 200, 20}));  // 2.8B MLKV head dim
+                                           AttnCase{4, 32, 1, 80, 200, 20},    // 2.8B MLKV head dim
+                                           AttnCase{2, 12, 4, 64, 1000, 0},    // GQA-48 groups, split
+                                           AttnCase{3, 16, 4, 128, 500, 0},    // head dim 128
+                                           AttnCase{70000, 1, 1, 64, 8, 0}));  // batch > 65535 (grid y/z limit)
 
 }  // namespace
 }  // namespace mlkv::test
