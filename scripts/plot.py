@@ -118,18 +118,22 @@ def plot_paper(args):
         return
     if not args.runs:
         raise SystemExit("plot.py paper: --curves needs --runs DIR (the runs' metrics.jsonl)")
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    for r in runs:
-        path = os.path.join(args.runs, r["run"], "metrics.jsonl")
+    def train_losses(run):
+        path = os.path.join(args.runs, run, "metrics.jsonl")
         try:
             recs = [json.loads(l) for l in open(path) if l.strip()]
         except (OSError, ValueError) as e:
             raise SystemExit(f"plot.py paper: {path}: {e}")
-        pts = [(m["step"], m["loss"]) for m in recs if "loss" in m and "step" in m]
+        return [(m["step"], m["loss"]) for m in recs if "loss" in m and "step" in m]
+
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    ax.set_prop_cycle(color=plt.cm.tab20.colors)  # 14 runs: tab10 would repeat colours
+    for r in runs:
+        pts = train_losses(r["run"])
         ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1,
                 ls="--" if r["rope_shared_keys"] == "false" else "-", label=r["run"])
-    for r in base:
-        ax.axhline(float(r["val_loss"]), color="grey", lw=0.8, ls=":", label="MHA base, validation")
+    if base:  # where the base's own training loss ended: what uptraining has to recover
+        ax.axhline(train_losses("base")[-1][1], color="grey", lw=0.8, ls=":", label="MHA base, last training loss")
     ax.set_xlabel("uptraining step")
     ax.set_ylabel("training loss")
     ax.grid(True, lw=0.3)

@@ -4,6 +4,13 @@
 #
 #   BUILD=build OUT=data/corpus bash data/scripts/make_corpus.sh
 #   SCALE=smoke OUT=runs/smoke-corpus bash data/scripts/make_corpus.sh   # 3 packages, 25 files each
+#   OUT=data/corpus bash data/scripts/make_corpus.sh pack     # -> $PACK (.corpus/corpus.tar.xz)
+#   OUT=data/corpus bash data/scripts/make_corpus.sh unpack   # where there is no network (the GPU host)
+#
+# pack: after a full build, the cleaned text (stage 3's output), the licences, manifest.json and
+# the sha256 of every shard, as one tar.xz (xz -9e: the text packs far smaller than the shards).
+# unpack: extracts it into $OUT, runs stage 4 (tokenize, in parallel) and checks that every shard
+# has the packed sha256, so the shards are byte for byte the ones the build made.
 #
 # Stages (each skipped when its output is there and was made from the same inputs):
 #   1. apt-get download PACKAGE=VERSION for every line of $PACKAGES (data/scripts/corpus_packages.tsv),
@@ -26,9 +33,13 @@ BUILD=${BUILD:-build}
 BIN=$BUILD/bin
 OUT=${OUT:-data/corpus}
 SCALE=${SCALE:-full}
+MODE=${1:-build}
+PACK=${PACK:-.corpus/corpus.tar.xz}
 SEED=${SEED:-1234}
 VAL_PERMILLE=${VAL_PERMILLE:-20}
 COMPRESS=${COMPRESS:-6}
+JOBS=${JOBS:-$(nproc)}
+MIN_PART_TOKENS=${MIN_PART_TOKENS:-2049}  # one sample at seq_len 2048
 TOKENIZER=data/tokenizer/gpt-neox-20b.json
 case "$SCALE" in
   full) PACKAGES=${PACKAGES:-data/scripts/corpus_packages.tsv}; MAX_FILES=${MAX_FILES:-0} ;;
@@ -38,13 +49,38 @@ case "$SCALE" in
     grep -E '^(debian-policy|developers-reference|perl-doc) ' data/scripts/corpus_packages.tsv > "$OUT/smoke_packages.tsv" ;;
   *) echo "make_corpus: SCALE must be full or smoke, not $SCALE" >&2; exit 2 ;;
 esac
+case "$MODE" in build|pack|unpack) ;; *) echo "make_corpus: the mode must be build, pack or unpack, not $MODE" >&2; exit 2 ;; esac
 [ -x "$BIN/mlkv-data" ] || { echo "make_corpus: $BIN/mlkv-data is missing: build it first (ninja -C $BUILD mlkv-data)" >&2; exit 1; }
-for tool in apt-get dpkg-deb python3 sha256sum; do
+tools="xz tar sha256sum"; [ "$MODE" = build ] && tools="apt-get dpkg-deb python3 sha256sum"  # unpack: no Debian tools
+for tool in $tools; do
   command -v "$tool" > /dev/null || { echo "make_corpus: $tool is missing (a Debian system is needed)" >&2; exit 1; }
 done
 start=$(date +%s)
 stage() { echo "== make_corpus [$(( $(date +%s) - start ))s] $*"; }
 packages() { grep -v '^\s*#' "$PACKAGES" | awk 'NF { print $1, $2 }'; }
+shard_sums() { (cd "$OUT" && find train val -name '*.h5' | sort | xargs sha256sum); }
+
+if [ "$MODE" = pack ]; then
+  [ -f "$OUT/manifest.json" ] && [ -f "$OUT/tokens.ok" ] || { echo "make_corpus: $OUT has no finished corpus to pack: build it first" >&2; exit 1; }
+  stage "pack $OUT -> $PACK"
+  shard_sums > "$OUT/shards.sha256"
+  mkdir -p "$(dirname "$PACK")"
+  tar -C "$OUT" --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -cf - text licences manifest.json shards.sha256 \
+    | xz -9e -T1 > "$PACK.partial"
+  mv "$PACK.partial" "$PACK"
+  echo "make_corpus: $PACK: $(stat -c %s "$PACK") bytes"
+  exit 0
+fi
+if [ "$MODE" = unpack ]; then
+  [ -f "$PACK" ] || { echo "make_corpus: no pack at $PACK (make it with 'make_corpus.sh pack' where the corpus was built)" >&2; exit 1; }
+  if [ ! -f "$OUT/text/inputs" ]; then
+    stage "unpack $PACK -> $OUT"
+    rm -rf "$OUT/text.partial" && mkdir -p "$OUT/text.partial"
+    xz -dc "$PACK" | tar -C "$OUT/text.partial" -xf -
+    for f in licences manifest.json shards.sha256; do rm -rf "${OUT:?}/$f"; mv "$OUT/text.partial/$f" "$OUT/"; done
+    mv "$OUT/text.partial/text" "$OUT/text" && rmdir "$OUT/text.partial"
+  fi
+else
 mkdir -p "$OUT/debs" "$OUT/unpacked" "$OUT/licences"
 
 stage "1/5 download ($(packages | wc -l) packages, pinned versions)"
@@ -70,28 +106,25 @@ while read -r pkg ver; do
     touch "$OUT/unpacked/$pkg.ok"
   fi
   copyright="$OUT/unpacked/$pkg/usr/share/doc/$pkg/copyright"
-  docdir="$OUT/unpacked/$pkg/usr/share/doc/$pkg"
-  if [ ! -f "$copyright" ] && [ -L "$docdir" ]; then
-    # Debian lets a package's doc directory be a link to another binary package's of the same
-    # source (manpages-dev -> manpages), whose copyright file covers both: read that one.
-    sibling=$(basename "$(readlink "$docdir")")
-    copyright="$OUT/unpacked/$sibling/usr/share/doc/$sibling/copyright"
-    if [ ! -f "$copyright" ]; then  # not in the list: fetch it (same source, same version) for that file alone
-      only="$OUT/licence-only/$sibling"
+  link="$OUT/unpacked/$pkg/usr/share/doc/$pkg" other=""
+  if [ -L "$link" ]; then
+    # Policy 12.5: a package may symlink its doc directory to that of a package it depends on from
+    # the same source (manpages-dev -> manpages); that package's copyright is then the licence.
+    other=$(basename "$(readlink "$link")")
+    copyright="$OUT/unpacked/$other/usr/share/doc/$other/copyright"
+    if [ ! -f "$copyright" ]; then  # not in the list (cmake-doc -> cmake-data): that package, same version, for this file alone
+      only="$OUT/licence-only/$other"
       if [ ! -f "$only/copyright" ]; then
         rm -rf "$only" && mkdir -p "$only/deb"
-        (cd "$only/deb" && apt-get download -q "$sibling=$ver" 2>&1 | grep -v 'unsandboxed' || true)
+        (cd "$only/deb" && apt-get download -q "$other=$ver" 2>&1 | grep -v 'unsandboxed' || true)
         debs=("$only"/deb/*.deb)
-        [ -f "${debs[0]}" ] || { echo "make_corpus: $pkg's doc directory links to $sibling, and apt-get download $sibling=$ver failed" >&2; exit 1; }
-        dpkg-deb -x "${debs[0]}" "$only/x"
-        cp "$only/x/usr/share/doc/$sibling/copyright" "$only/copyright" ||
-          { echo "make_corpus: $sibling=$ver has no usr/share/doc/$sibling/copyright either; drop $pkg from $PACKAGES" >&2; exit 1; }
-        rm -rf "$only/x"
+        [ -f "${debs[0]}" ] && dpkg-deb -x "${debs[0]}" "$only/x" &&
+          cp "$only/x/usr/share/doc/$other/copyright" "$only/copyright" && rm -rf "$only/x" || true
       fi
       copyright="$only/copyright"
     fi
   fi
-  [ -f "$copyright" ] || { echo "make_corpus: $pkg has no usr/share/doc/$pkg/copyright: its licence cannot be checked; drop it from $PACKAGES" >&2; exit 1; }
+  [ -f "$copyright" ] || { echo "make_corpus: $pkg: no copyright file (its doc directory links to ${other:-nothing}, and $other=$ver gave none): its licence cannot be checked; drop it from $PACKAGES" >&2; exit 1; }
   cp "$copyright" "$OUT/licences/$pkg.copyright"
 done < <(packages)
 
@@ -105,21 +138,50 @@ if [ "$(cat "$OUT/text/inputs" 2>/dev/null)" != "$inputs" ]; then
   mv "$OUT/text.partial" "$OUT/text"
 fi
 
-stage "4/5 tokenize ($TOKENIZER, gzip $COMPRESS)"
+fi  # build mode: stages 1-3
+
+stage "4/5 tokenize ($TOKENIZER, gzip $COMPRESS, $JOBS jobs)"
+# One mlkv-data process per (split, package): a package's shards depend only on its own text, so
+# running them in parallel gives the same bytes as running them one after another.
+tokenize_one() {  # SPLIT PACKAGE: $OUT/text/SPLIT/PACKAGE.jsonl -> $OUT/SPLIT/PACKAGE-NNNNN.h5
+  "$BIN/mlkv-data" tokenize --tokenizer "$TOKENIZER" --prefix "$2" --compress "$COMPRESS" \
+    --chunk-tokens 16384 "$OUT/text/$1/$2.jsonl" "$OUT/$1" > "$OUT/tokenize.parts/$1.$2.log" \
+    || { echo "make_corpus: mlkv-data tokenize of $OUT/text/$1/$2.jsonl failed" >&2; return 1; }
+}
+export -f tokenize_one; export BIN TOKENIZER COMPRESS OUT
 if [ ! -f "$OUT/tokens.ok" ]; then
-  rm -rf "$OUT/train" "$OUT/val" "$OUT/tokenize.log"
+  rm -rf "$OUT/train" "$OUT/val" "$OUT/tokenize.log" "$OUT/tokenize.parts"
+  mkdir -p "$OUT/train" "$OUT/val" "$OUT/tokenize.parts"
   for split in train val; do
     while read -r pkg ver; do
-      jsonl="$OUT/text/$split/$pkg.jsonl"
-      [ -s "$jsonl" ] || continue  # no document of this package fell into this split
-      printf '%s %s ' "$split" "$pkg" >> "$OUT/tokenize.log"
-      "$BIN/mlkv-data" tokenize --tokenizer "$TOKENIZER" --prefix "$pkg" --compress "$COMPRESS" \
-        --chunk-tokens 16384 "$jsonl" "$OUT/$split" | head -1 >> "$OUT/tokenize.log"
+      [ -s "$OUT/text/$split/$pkg.jsonl" ] && echo "$split $pkg"  # empty: no document fell into this split
     done < <(packages)
-    "$BIN/mlkv-data" verify "$OUT/$split" | tail -1
-  done
+  done > "$OUT/tokenize.parts/jobs"
+  xargs -P "$JOBS" -L 1 bash -c 'tokenize_one "$@"' _ < "$OUT/tokenize.parts/jobs"
+  while read -r split pkg; do  # the log in list order, whatever order the jobs ended in
+    printf '%s %s %s\n' "$split" "$pkg" "$(head -1 "$OUT/tokenize.parts/$split.$pkg.log")"
+  done < "$OUT/tokenize.parts/jobs" > "$OUT/tokenize.log"
+  # Samples never cross shards, so a package split shorter than one training sample (seq_len 2048
+  # + 1 tokens) cannot be read at all: the loader refuses it. Such parts are dropped, and said so.
+  while read -r split pkg rest; do
+    n=$(sed -n 's/^imported \([0-9]*\) tokens.*/\1/p' <<<"$rest")
+    if [ -n "$n" ] && [ "$n" -lt "$MIN_PART_TOKENS" ]; then
+      rm -f "$OUT/$split/$pkg"-*.h5
+      echo "$split $pkg dropped: $n tokens, fewer than one sample of $MIN_PART_TOKENS"
+    else
+      echo "$split $pkg $rest"
+    fi
+  done < "$OUT/tokenize.log" > "$OUT/tokenize.log.kept" && mv "$OUT/tokenize.log.kept" "$OUT/tokenize.log"
+  grep ' dropped: ' "$OUT/tokenize.log" | sed 's/^/make_corpus: /' || true
+  for split in train val; do "$BIN/mlkv-data" verify "$OUT/$split" | tail -1; done
+  if [ "$MODE" = unpack ]; then
+    shard_sums | cmp -s - "$OUT/shards.sha256" || { echo "make_corpus: the shards made from $PACK differ from the packed sha256s" \
+      "($OUT/shards.sha256; diff <(cd $OUT && sha256sum train/* val/*) $OUT/shards.sha256): not the corpus that was built" >&2; exit 1; }
+    echo "make_corpus: all $(wc -l < "$OUT/shards.sha256") shards match the sha256s of the build"
+  fi
   touch "$OUT/tokens.ok"
 fi
+[ "$MODE" = unpack ] && { stage "done: $OUT/train, $OUT/val (manifest.json from the pack)"; exit 0; }
 
 stage "5/5 manifest"
 python3 - "$OUT" "$PACKAGES" "$SEED" "$VAL_PERMILLE" "$TOKENIZER" <<'EOF'
@@ -130,7 +192,8 @@ stats = json.load(open(os.path.join(out, "text", "clean_stats.json")))
 tokens = {}
 for line in open(os.path.join(out, "tokenize.log")):
     split, pkg, rest = line.split(" ", 2)
-    tokens[(split, pkg)] = int(re.match(r"imported (\d+) tokens", rest).group(1))
+    m = re.match(r"imported (\d+) tokens", rest)
+    tokens[(split, pkg)] = int(m.group(1)) if m else 0  # "dropped: N tokens, ...": no shard kept
 rows = []
 for line in open(packages):
     line = line.split("#", 1)[0].split()
