@@ -155,12 +155,13 @@ for name in $RUNS; do
   extras=()
   [ "$extra" = "-" ] || read -ra extras <<<"$extra"
   mkdir -p "$OUT/$name"
-  if [ ! -f "$OUT/$name/init/state.json" ]; then
+  if [ ! -f "$OUT/$name/imported" ]; then
     rm -rf "$OUT/$name/init"
     mapfile -t args < <(sets "${SHAPE[@]}" "train.seq_len=$SEQ" "${extras[@]}")
     "$BIN/mlkv-convert" import --hf "$OUT/base/hf" --config "$cfg" --merge "$merge" --out "$OUT/$name/init" \
       "${args[@]}" > "$OUT/$name.import.log" 2>&1 ||
       { cat "$OUT/$name.import.log" >&2; echo "reproduce_paper: import of $name failed" >&2; exit 1; }
+    touch "$OUT/$name/imported"
   fi
   # Uptraining: Pythia's peak rate, 10% warmup, cosine to 0.1 x, the same for every plan.
   train "$name" "$cfg" "$UPTRAIN_STEPS" "train.init_from=$OUT/$name/init" optim.lr=6e-4 optim.warmup_fraction=0.1 \
