@@ -131,7 +131,7 @@ done < <(packages)
 stage "3/5 clean to prose (seed $SEED, $VAL_PERMILLE/1000 of documents held out)"
 inputs=$(cat "$PACKAGES" data/scripts/corpus_clean.py | sha256sum | cut -c1-16)-$SEED-$VAL_PERMILLE-$MAX_FILES
 if [ "$(cat "$OUT/text/inputs" 2>/dev/null)" != "$inputs" ]; then
-  rm -rf "$OUT/text" "$OUT/train" "$OUT/val" "$OUT/manifest.json"
+  rm -rf "$OUT/text" "$OUT/train" "$OUT/val" "$OUT/manifest.json" "$OUT/tokens.ok"  # new text: new shards
   python3 data/scripts/corpus_clean.py --packages "$PACKAGES" --root "$OUT/unpacked" --out "$OUT/text.partial" \
     --seed "$SEED" --val-permille "$VAL_PERMILLE" --max-files "$MAX_FILES"
   echo "$inputs" > "$OUT/text.partial/inputs"
