@@ -10,8 +10,12 @@ namespace mlkv {
 class Rng {
  public:
   explicit Rng(uint64_t seed = 0) : state_(seed) {}
+  // The generator after `draws` calls of next_u64() from Rng(seed): splitmix64 is a counter, so
+  // any point of the stream is reachable at once, which lets threads fill disjoint parts of one
+  // stream and get exactly the numbers a single loop would.
+  static Rng skipped(uint64_t seed, uint64_t draws) { return Rng(seed + draws * kGamma); }
   uint64_t next_u64() {
-    uint64_t z = (state_ += 0x9E3779B97F4A7C15ull);
+    uint64_t z = (state_ += kGamma);
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
     return z ^ (z >> 31);
@@ -26,6 +30,7 @@ class Rng {
   void set_state(uint64_t s) { state_ = s; }
 
  private:
+  static constexpr uint64_t kGamma = 0x9E3779B97F4A7C15ull;
   uint64_t state_;
 };
 

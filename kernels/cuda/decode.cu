@@ -10,9 +10,11 @@
 //   per tile: load K, V (16-byte loads; keys past the sequence's end are zero) → [rotate K by its
 //   positions, rot_k > 0] → S[G, tile] = Q·Kᵀ (a thread per key) → online softmax per head (a warp
 //   per head) → O[G, hd] += P·V (a thread per 8 output dims; tiles with few outputs split keys).
-// MLKV_DECODE_MMA=1 selects decode_mma_kernel instead (opt-in until measured; ATTENTION_NOTES.md
-// "Decode attention"): both products on tensor cores, a cp.async ring of K/V tiles, the 4 warps
-// splitting each tile's keys and merging once at the end. Same partials, same combine kernel.
+// decode_mma_kernel is the default where it applies (G ≤ 16, hd 64/128/256, shared-rope keys;
+// ATTENTION_NOTES.md "Decode attention"): both products on tensor cores, a cp.async ring of K/V
+// tiles, the 4 warps splitting each tile's keys and merging once at the end; same partials, same
+// combine kernel. It streams 3.5-4.2 TB/s where the SIMT kernel below reaches 0.5-1.7 (H200,
+// 2026-12-03). MLKV_DECODE_MMA=0 runs the SIMT kernel everywhere (A/B, and its tests).
 #include <algorithm>
 #include <cfloat>
 #include <cstdlib>
@@ -470,11 +472,11 @@ void launch_decode_mma(dim3 grid, cudaStream_t s, bf16* out, float* part_o, floa
   decode_mma_kernel<HD, NS><<<grid, 128, smem, s>>>(out, part_o, part_ml, q, kc, vc, pos, H, KVH, C, span, splits, G);
 }
 
-// MLKV_DECODE_MMA=1: the tensor-core kernel where it applies (read once per process).
+// The tensor-core kernel where it applies, unless MLKV_DECODE_MMA=0 (read once per process).
 bool decode_mma_enabled() {
   static const bool on = [] {
     const char* e = std::getenv("MLKV_DECODE_MMA");
-    return e && std::string(e) == "1";
+    return !(e && std::string(e) == "0");
   }();
   return on;
 }

@@ -1,8 +1,9 @@
 // CUDA (bf16) decoding: for every KV plan in configs/ and both rope modes, the decode logits
 // equal the CUDA full forward's within bf16 tolerance and the greedy tokens match (a mismatch only
 // where the full forward's two best logits are within bf16 noise); and the decode attention op
-// against the fp32 reference, for the split (small batch) and unsplit (large batch) paths; run the
-// binary again with MLKV_DECODE_MMA=1 for the tensor-core kernel (kernels/cuda/decode.cu).
+// against the fp32 reference, for the split (small batch) and unsplit (large batch) paths. The
+// tensor-core decode kernel is the default; CTest runs these again with MLKV_DECODE_MMA=0 for the
+// SIMT kernel (decode_cuda_simt_kernel, tests/decode/CMakeLists.txt).
 // Skipped without a GPU. Plans keep their layers, owners and kv_heads; heads are capped at 12 and
 // the config's head dim is kept (64, 80 or 256) on an ffn of d and a 512-token vocabulary.
 #include <gtest/gtest.h>

@@ -3,12 +3,14 @@
 // once with aligned pieces, restricted layouts, topology arithmetic and launcher detection.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <map>
 
 #include "core/errors.h"
 #include "core/kv_plan.h"
 #include "core/param_layout.h"
+#include "core/rng.h"
 #include "parallel/dp_plan.h"
 #include "parallel/topology.h"
 #include "tests/core/test_util.h"
@@ -109,6 +111,29 @@ TEST(TensorParallelLayout, InitIsTheSameModelForEveryTp) {
     for (int64_t i = 0; i < v.numel; ++i) ASSERT_EQ(part[v.offset + i], expect[i]) << v.name;
   }
   for (int c = 0; c < s.d_model; ++c) EXPECT_EQ(part[lay.embed_scratch_offset() + c], 0.0f);
+}
+
+// The init fills tensors in parallel from skipped-ahead generators: it must give exactly the
+// numbers of one Rng walked once through the decayed tensors in view order (two draws a normal).
+TEST(PythiaInit, ParallelFillEqualsOneSequentialStream) {
+  const ModelSpec s = spec_of(3, 32, 4, 2, {0, 2});
+  const ParamLayout lay(s);
+  std::vector<float> got;
+  init_pythia(got, lay, s, 7);
+  Rng rng(7);
+  int decayed = 0;
+  for (const ParamView& v : lay.views()) {
+    if (!v.decay) continue;
+    ++decayed;
+    const bool out_proj = v.name.ends_with("attn.dense.weight") || v.name.ends_with("mlp.down.weight");
+    const double std = out_proj ? 2.0 / (s.layers * std::sqrt(32.0)) : std::sqrt(2.0 / (5.0 * 32));
+    for (int64_t i = 0; i < v.numel; ++i)
+      ASSERT_EQ(got[v.offset + i], static_cast<float>(std * rng.normal())) << v.name << " element " << i;
+  }
+  EXPECT_GT(decayed, 4);
+  Rng a(99);
+  for (int i = 0; i < 5; ++i) a.next_u64();
+  EXPECT_EQ(Rng::skipped(99, 5).next_u64(), a.next_u64());
 }
 
 TEST(DpPlan, PiecesCoverTheBufferOnceAndStayAligned) {
