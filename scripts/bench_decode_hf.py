@@ -54,6 +54,8 @@ class Bench:
     def __init__(self, args):
         self.dev = torch.device(args.device)
         self.cuda = self.dev.type == "cuda"
+        if self.cuda and self.dev.index is None:  # set_per_process_memory_fraction wants an index
+            self.dev = torch.device("cuda", torch.cuda.current_device())
         self.budget = args.budget_gib * GIB
         if self.cuda:
             total = torch.cuda.get_device_properties(self.dev).total_memory
@@ -393,15 +395,18 @@ def main():
     bench = Bench(args)
     print(f"bench_decode_hf.py {args.model}: {labels['plan']}, context {labels['context']}, "
           f"budget {args.budget_gib} GiB, {bench.describe()}", flush=True)
-    rows = []
-    if "hf_generate" in impls:
-        rows += bench_hf(args, bench, labels)
-    if "torch_sdpa" in impls:
-        rows += bench_sdpa(args, bench, labels, hf_config)
-    if not rows:
+    appended = 0
+    for impl, bench_impl in (("hf_generate", bench_hf), ("torch_sdpa", bench_sdpa)):
+        if impl not in impls:
+            continue
+        rows = bench_impl(args, bench, labels) if impl == "hf_generate" else bench_impl(args, bench, labels, hf_config)
+        # each implementation's rows as soon as they exist: a run cut short keeps what it measured
+        append_rows(args.csv, header, rows, labels, args.budget_gib)
+        header = header or COLUMNS
+        appended += len(rows)
+        print(f"appended {len(rows)} {impl} rows to {args.csv}", flush=True)
+    if not appended:
         sys.exit("bench_decode_hf.py: batch 1 did not fit in the budget for any implementation")
-    append_rows(args.csv, header, rows, labels, args.budget_gib)
-    print(f"appended {len(rows)} rows to {args.csv}")
 
 
 if __name__ == "__main__":
