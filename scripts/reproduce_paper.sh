@@ -8,7 +8,7 @@
 #      trains longer), evaluate validation loss/perplexity and a held-out next-sentence task;
 #   4. results.csv, pareto.png (val loss against KV-cache bytes per token) and curves.png.
 #
-#   BUILD=build scripts/reproduce_paper.sh          # on the GPU host (~7 min on one H200)
+#   BUILD=build scripts/reproduce_paper.sh          # on the GPU host (~9 min on one H200)
 #   SCALE=smoke BUILD=build scripts/reproduce_paper.sh                   # CPU, tiny shape, bundled data
 #
 # The corpus: $CORPUS (default data/corpus) as data/scripts/make_corpus.sh builds it; where it is
@@ -17,10 +17,10 @@
 #
 # Every stage leaves a marker in $OUT and is skipped when it is there, and every training run
 # resumes with --resume auto: an interrupted run of this script continues where it stopped.
-# Knobs (defaults for SCALE=full, the README's run): PRETRAIN_STEPS=400, UPTRAIN_STEPS=60, BATCH=16,
+# Knobs (defaults for SCALE=full, the README's run): PRETRAIN_STEPS=1000, UPTRAIN_STEPS=60, BATCH=16,
 # ACCUM=2, SEQ=2048, VAL_BATCHES=8, CHOICE_ITEMS=300; OUT=runs/paper; RUNS="name ..." picks runs.
-# The defaults fit the device time that was left; PRETRAIN_STEPS=1760 UPTRAIN_STEPS=200 (a loss
-# nearer flat, 3x the uptraining) takes about 17 minutes of one H200.
+# The README also reports PRETRAIN_STEPS=400 (the previous run). Each pre-training step takes ~0.14 s
+# and each uptraining run ~20 s on one H200, so UPTRAIN_STEPS=200 adds about 5 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build}
@@ -30,7 +30,7 @@ TOKENIZER=data/tokenizer/gpt-neox-20b.json
 case "$SCALE" in
   full)
     OUT=${OUT:-runs/paper}; CORPUS=${CORPUS:-data/corpus}; BACKEND=${BACKEND:-cuda}
-    PRETRAIN_STEPS=${PRETRAIN_STEPS:-400}; UPTRAIN_STEPS=${UPTRAIN_STEPS:-60}
+    PRETRAIN_STEPS=${PRETRAIN_STEPS:-1000}; UPTRAIN_STEPS=${UPTRAIN_STEPS:-60}
     BATCH=${BATCH:-16}; ACCUM=${ACCUM:-2}; SEQ=${SEQ:-2048}; VAL_BATCHES=${VAL_BATCHES:-8}
     CHOICE_ITEMS=${CHOICE_ITEMS:-300}
     SHAPE=() ;;
