@@ -25,6 +25,9 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 
 from .configuration_mlkv import MlkvNeoXConfig
 
+# scaled_dot_product_attention's enable_gqa (query heads sharing a KV head, no copies): torch >= 2.5.
+_SDPA_HAS_GQA = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
+
 
 def _output(cls, cache, **fields):
     # The output's cache field is `cache` from transformers 5.24 on, `past_key_values` before.
@@ -107,13 +110,19 @@ class MlkvAttention(nn.Module):
             k_use = k_all
         else:
             k_use = k_all[..., : self.hd] if self.is_owner else k_all[..., self.hd :]
-        rep = self.heads // self.kv_heads  # query head h reads KV head h // rep
-        if rep > 1:
+        # Query head h reads KV head h // (heads / kv_heads). SDPA keeps the [B, H, T, S] scores out of
+        # memory where a fused kernel applies (eager fp32 scores took ~0.5 GiB per 2048-token prompt at
+        # 160M, which capped generate's batch), and enable_gqa reads the shared K/V without copies.
+        rep = self.heads // self.kv_heads
+        if rep > 1 and not _SDPA_HAS_GQA:
             k_use = k_use.repeat_interleave(rep, dim=1)
             v_all = v_all.repeat_interleave(rep, dim=1)
-        scores = torch.matmul(q, k_use.transpose(-1, -2)).float() * (self.hd**-0.5) + mask
-        probs = scores.softmax(dim=-1).to(v_all.dtype)
-        out = torch.matmul(probs, v_all).transpose(1, 2).reshape(B, T, self.heads * self.hd)
+        gqa = {"enable_gqa": True} if rep > 1 and _SDPA_HAS_GQA else {}
+        # mask None: no padding, and either no cache before these T queries or a single query, so
+        # SDPA's own causal rule (top-left aligned) is the right one and its flash kernels apply.
+        out = F.scaled_dot_product_attention(q, k_use, v_all, attn_mask=mask, is_causal=mask is None and T > 1,
+                                             scale=self.hd**-0.5, **gqa)
+        out = out.transpose(1, 2).reshape(B, T, self.heads * self.hd)
         return self.dense(out), shared
 
 
@@ -203,14 +212,20 @@ class MlkvNeoXModel(MlkvNeoXPreTrainedModel):
                 position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]
             else:
                 position_ids = torch.arange(past, S, device=x.device)[None].expand(B, T)
-        # Additive mask [B, 1, T, S]: causal over cache indices, and padding keys hidden.
-        neg = torch.finfo(torch.float32).min
-        q_idx = torch.arange(past, S, device=x.device)[:, None]
-        k_idx = torch.arange(S, device=x.device)[None, :]
-        allowed = (k_idx <= q_idx)[None, None]
-        if attention_mask is not None:
-            allowed = allowed & attention_mask[:, None, None, -S:].bool()
-        mask = torch.zeros(allowed.shape, dtype=torch.float32, device=x.device).masked_fill(~allowed, neg)
+        # Without padding, and with either no cache before these T queries or a single query, the
+        # attention applies the causal rule itself (mask None, see MlkvAttention.forward). Otherwise an
+        # additive mask [B, 1, T, S] in the activations' dtype (what SDPA takes): causal over cache
+        # indices, padding keys hidden. Finite, so a query with no visible key (left padding) gets a
+        # uniform row rather than NaNs that would reach every row through 0 · NaN in P·V.
+        mask = None
+        if not ((past == 0 or T == 1) and (attention_mask is None or bool(attention_mask[:, -S:].all()))):
+            q_idx = torch.arange(past, S, device=x.device)[:, None]
+            k_idx = torch.arange(S, device=x.device)[None, :]
+            allowed = (k_idx <= q_idx)[None, None]
+            if attention_mask is not None:
+                allowed = allowed & attention_mask[:, None, None, -S:].bool()
+            mask = torch.zeros(allowed.shape, dtype=x.dtype, device=x.device)
+            mask = mask.masked_fill(~allowed, torch.finfo(x.dtype).min)
 
         cos, sin = self.rotary(position_ids, x.dtype)
         shared = None
