@@ -396,10 +396,12 @@ def main():
     print(f"bench_decode_hf.py {args.model}: {labels['plan']}, context {labels['context']}, "
           f"budget {args.budget_gib} GiB, {bench.describe()}", flush=True)
     appended = 0
-    for impl, bench_impl in (("hf_generate", bench_hf), ("torch_sdpa", bench_sdpa)):
+    runs = (("hf_generate", lambda: bench_hf(args, bench, labels)),
+            ("torch_sdpa", lambda: bench_sdpa(args, bench, labels, hf_config)))
+    for impl, run in runs:
         if impl not in impls:
             continue
-        rows = bench_impl(args, bench, labels) if impl == "hf_generate" else bench_impl(args, bench, labels, hf_config)
+        rows = run()
         # each implementation's rows as soon as they exist: a run cut short keeps what it measured
         append_rows(args.csv, header, rows, labels, args.budget_gib)
         header = header or COLUMNS
