@@ -6,14 +6,17 @@
 // the same row also times our cuDNN SDPA backend (kernels/cuda/cudnn_attention.h) on the same
 // inputs: the backward contract (dK/dV added into fp32 sums) included.
 //
-//   mlkv-bench-attention [--shapes "B,H,KVH,T,hd;..."] [--iters N] [--csv FILE] [--mma]
-// --mma forces the portable mma.sync kernels instead of the Hopper wgmma ones.
+//   mlkv-bench-attention [--shapes "B,H,KVH,T,hd;..."] [--iters N] [--csv FILE] [--mma] [--lockstep-fwd]
+// --mma forces the portable mma.sync kernels instead of the Hopper wgmma ones; --lockstep-fwd the
+// lockstep wgmma forward instead of the warp-specialised one (MLKV_ATTN_PINGPONG=0 turns the
+// latter's ping-pong off).
 #ifdef MLKV_HAVE_CUDA
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -111,8 +114,11 @@ int main(int argc, char** argv) {
     else if (a == "--iters" && i + 1 < argc) iters = std::max(1, std::atoi(argv[++i]));
     else if (a == "--csv" && i + 1 < argc) csv = argv[++i];
     else if (a == "--mma") mlkv::cuda::attention_use_sm90(false);
+    else if (a == "--lockstep-fwd") mlkv::cuda::attention_use_ws_forward(false);
     else {
-      std::fprintf(stderr, "usage: %s [--shapes \"B,H,KVH,T,hd;...\"] [--iters N] [--csv FILE] [--mma]\n", argv[0]);
+      std::fprintf(stderr,
+                   "usage: %s [--shapes \"B,H,KVH,T,hd;...\"] [--iters N] [--csv FILE] [--mma] [--lockstep-fwd]\n",
+                   argv[0]);
       return mlkv::kExitBadInput;
     }
   }
@@ -125,6 +131,11 @@ int main(int argc, char** argv) {
     check(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties");
     std::printf("mlkv-bench-attention on %s, %s kernels, causal bf16, median of %d\n", prop.name,
                 mlkv::cuda::attention_sm90_active() ? "sm90 wgmma" : "mma.sync", iters);
+    const char* pp = std::getenv("MLKV_ATTN_PINGPONG");
+    std::printf("forward at hd 64/128/256: %s\n",
+                !mlkv::cuda::attention_ws_forward_active(64)  ? "lockstep"
+                : pp && std::strcmp(pp, "0") == 0             ? "warp-specialised, no ping-pong"
+                                                              : "warp-specialised, ping-pong");
 #ifdef MLKV_HAVE_CUDNN
     std::printf("our cuDNN SDPA backend: cuDNN %s at run time\n",
                 mlkv::cuda::cudnn_attention_library_version().c_str());

@@ -42,5 +42,10 @@ void attention_release_workspace();
 // and up) do. Both compute the same function; the switch exists for tests and benchmarks.
 void attention_use_sm90(bool enable);
 bool attention_sm90_active();  // whether calls on the current device take the wgmma kernels
+// Forward kernel within the sm90 family: for hd 64, 128 and 256 the warp-specialised one (TMA
+// producer, two consumer warpgroups, ping-pong) unless attention_use_ws_forward(false) selects the
+// lockstep one (all warpgroups behind one block barrier a tile), which hd 80 always runs.
+void attention_use_ws_forward(bool enable);
+bool attention_ws_forward_active(int hd);
 
 }  // namespace mlkv::cuda

@@ -14,6 +14,7 @@
 #pragma once
 #include <cuda_bf16.h>
 
+#include <cmath>
 #include <cstdint>
 
 #include "kernels/cuda/attention_tile.cuh"
@@ -72,6 +73,65 @@ __device__ __forceinline__ void store_acc_cm(bf16* tile, int row0, const float (
     const int col = nt * 8 + (lane & 3) * 2;
     *reinterpret_cast<uint32_t*>(tile + cm_offset<N>(r, col)) = pack_bf16(c[4 * nt], c[4 * nt + 1]);
     *reinterpret_cast<uint32_t*>(tile + cm_offset<N>(r + 8, col)) = pack_bf16(c[4 * nt + 2], c[4 * nt + 3]);
+  }
+}
+
+// Online softmax of one warp's 16 rows × BC scores of a key tile at c0 (mma C layout: this
+// thread's rows r0 and r0 + 8; wrow0 = the warp's first row), in place: keys past the causal
+// diagonal or past T are masked, S becomes the unnormalised P = exp2(S·scale_log2 − m), and the
+// running max m and per-thread partial sums l are updated; alpha = exp2(m_old − m_new) rescales
+// what came before. Used by both sm90 forwards.
+template <int BC>
+__device__ __forceinline__ void online_softmax_tile(float (&s)[BC / 2], float (&m)[2], float (&l)[2],
+                                                    float (&alpha)[2], int c0, int wrow0, int r0, int T,
+                                                    float scale_log2, int lane) {
+  if (c0 + BC - 1 > wrow0 || c0 + BC > T) {
+#pragma unroll
+    for (int nt = 0; nt < BC / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int col = c0 + nt * 8 + (lane & 3) * 2 + (e & 1);
+        const int row = r0 + (e >> 1) * 8;
+        if (col > row || col >= T) s[4 * nt + e] = -INFINITY;
+      }
+  }
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    // Four independent max and sum chains: with two warps per scheduler, a single chain of
+    // dependent adds would leave the warp waiting on latency.
+    float mp[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
+#pragma unroll
+    for (int nt = 0; nt < BC / 8; ++nt)
+      mp[nt & 3] = fmaxf(mp[nt & 3], fmaxf(s[4 * nt + 2 * r], s[4 * nt + 2 * r + 1]));
+    float mx = fmaxf(fmaxf(mp[0], mp[1]), fmaxf(mp[2], mp[3]));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    const float m_new = fmaxf(m[r], mx * scale_log2);
+    const float m_use = m_new == -INFINITY ? 0.f : m_new;  // a row with nothing visible yet
+    alpha[r] = fast_exp2(m[r] - m_use);
+    m[r] = m_new;
+    float sp[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+    for (int nt = 0; nt < BC / 8; ++nt) {
+      float& x0 = s[4 * nt + 2 * r];
+      float& x1 = s[4 * nt + 2 * r + 1];
+      x0 = fast_exp2(fmaf(x0, scale_log2, -m_use));
+      x1 = fast_exp2(fmaf(x1, scale_log2, -m_use));
+      sp[nt & 3] += x0 + x1;
+    }
+    l[r] = l[r] * alpha[r] + ((sp[0] + sp[1]) + (sp[2] + sp[3]));
+  }
+}
+
+// O (this thread's part of a 64 × N accumulator, rows r0 and r0 + 8) *= the rows' alpha.
+template <int N>
+__device__ __forceinline__ void scale_rows(float (&o)[N / 2], const float (&alpha)[2]) {
+#pragma unroll
+  for (int dt = 0; dt < N / 8; ++dt) {
+    o[4 * dt] *= alpha[0];
+    o[4 * dt + 1] *= alpha[0];
+    o[4 * dt + 2] *= alpha[1];
+    o[4 * dt + 3] *= alpha[1];
   }
 }
 

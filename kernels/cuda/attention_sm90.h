@@ -10,6 +10,11 @@ namespace mlkv::cuda::attn {
 // called. Checked once per device with a tiny probe kernel (do not first call it under graph capture).
 bool sm90_enabled();
 
+// The warp-specialised forward (attention_sm90_ws_forward.cu) for hd 64, 128, 256; forward_sm90
+// takes it unless attention_use_ws_forward(false) was called.
+bool forward_ws_supports(int hd);
+void forward_sm90_ws(void* out, float* lse, const void* q, const void* k, const void* v, int B, int T, int H,
+                     int KVH, int hd, cudaStream_t stream);
 void forward_sm90(void* out, float* lse, const void* q, const void* k, const void* v, int B, int T, int H, int KVH,
                   int hd, cudaStream_t stream);
 // dq kernel (also writes D = rowsum(dO∘O) into dvec[B, H, T]).

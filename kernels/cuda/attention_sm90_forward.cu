@@ -112,15 +112,7 @@ __global__ void __launch_bounds__(NWG * 128, 1)
   };
   // O *= alpha; then S_j = Q·K_jᵀ and O += P_{j-1}·V_{j-1}, as two commit groups.
   auto rescale_issue = [&](int j, bool with_s, bool with_pv) {
-    if (with_pv) {
-#pragma unroll
-      for (int dt = 0; dt < HD / 8; ++dt) {
-        o[4 * dt] *= alpha[0];
-        o[4 * dt + 1] *= alpha[0];
-        o[4 * dt + 2] *= alpha[1];
-        o[4 * dt + 3] *= alpha[1];
-      }
-    }
+    if (with_pv) scale_rows<HD>(o, alpha);
     fence_regs(s);
     fence_regs(o);
     wgmma_fence();
@@ -142,46 +134,9 @@ __global__ void __launch_bounds__(NWG * 128, 1)
     fence_regs(s);
     fence_regs(o);
   };
-  // Online softmax of S_j: P_j to its shared-memory buffer, running max and sums updated,
-  // alpha = exp2(m_old − m_new).
+  // Online softmax of S_j (attention_sm90.cuh), P_j to its shared-memory buffer.
   auto softmax = [&](int j) {
-    const int c0 = j * BC;
-    if (c0 + BC - 1 > wrow0 || c0 + BC > T) {
-#pragma unroll
-      for (int nt = 0; nt < BC / 8; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int col = c0 + nt * 8 + (lane & 3) * 2 + (e & 1);
-          const int row = r0 + (e >> 1) * 8;
-          if (col > row || col >= T) s[4 * nt + e] = -INFINITY;
-        }
-    }
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      // Four independent max and sum chains: with two warps per scheduler, a single chain of
-      // dependent adds would leave the warp waiting on latency.
-      float mp[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
-#pragma unroll
-      for (int nt = 0; nt < BC / 8; ++nt)
-        mp[nt & 3] = fmaxf(mp[nt & 3], fmaxf(s[4 * nt + 2 * r], s[4 * nt + 2 * r + 1]));
-      float mx = fmaxf(fmaxf(mp[0], mp[1]), fmaxf(mp[2], mp[3]));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float m_new = fmaxf(m[r], mx * scale_log2);
-      const float m_use = m_new == -INFINITY ? 0.f : m_new;  // a row with nothing visible yet
-      alpha[r] = fast_exp2(m[r] - m_use);
-      m[r] = m_new;
-      float sp[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-      for (int nt = 0; nt < BC / 8; ++nt) {
-        float& x0 = s[4 * nt + 2 * r];
-        float& x1 = s[4 * nt + 2 * r + 1];
-        x0 = fast_exp2(fmaf(x0, scale_log2, -m_use));
-        x1 = fast_exp2(fmaf(x1, scale_log2, -m_use));
-        sp[nt & 3] += x0 + x1;
-      }
-      l[r] = l[r] * alpha[r] + ((sp[0] + sp[1]) + (sp[2] + sp[3]));
-    }
+    online_softmax_tile<BC>(s, m, l, alpha, j * BC, wrow0, r0, T, scale_log2, lane);
     store_acc_cm<BC>(sP + (j & 1) * kBr * BC, wg * 64 + wq * 16, s, lane);
   };
 
@@ -266,6 +221,7 @@ __global__ void sm90a_probe_kernel(int* flag) {
 std::mutex g_probe_mutex;
 std::vector<int> g_probe;  // per device: -1 unknown, 0 no, 1 yes
 bool g_sm90_allowed = true;
+bool g_ws_forward = true;
 
 }  // namespace
 
@@ -297,6 +253,12 @@ bool sm90_enabled() {
 
 void forward_sm90(void* out, float* lse, const void* q, const void* k, const void* v, int B, int T, int H, int KVH,
                   int hd, cudaStream_t stream) {
+  bool ws = false;
+  {
+    std::lock_guard<std::mutex> lock(g_probe_mutex);
+    ws = g_ws_forward && forward_ws_supports(hd);
+  }
+  if (ws) return forward_sm90_ws(out, lse, q, k, v, B, T, H, KVH, hd, stream);
   switch (hd) {
     // Shared memory: Q + NS stages of K, V + 2 P buffers = 160, 184, 160, 208 KB. Four warpgroups
     // (256 query rows) a block where they fit: 21-24 % faster than two at hd 64/80/128 (log 9).
@@ -315,5 +277,16 @@ void attention_use_sm90(bool enable) {
 }
 
 bool attention_sm90_active() { return attn::sm90_enabled(); }
+
+void attention_use_ws_forward(bool enable) {
+  std::lock_guard<std::mutex> lock(attn::g_probe_mutex);
+  attn::g_ws_forward = enable;
+}
+
+bool attention_ws_forward_active(int hd) {
+  if (!attn::sm90_enabled() || !attn::forward_ws_supports(hd)) return false;
+  std::lock_guard<std::mutex> lock(attn::g_probe_mutex);
+  return attn::g_ws_forward;
+}
 
 }  // namespace mlkv::cuda

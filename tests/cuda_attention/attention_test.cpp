@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <random>
 #include <string>
 #include <vector>
@@ -24,10 +25,17 @@ namespace {
 
 using namespace mlkv::test;
 
-// Selects a kernel family for one test and restores the default afterwards.
+// Selects a kernel family (and, within sm90, the forward kernel) for one test and restores the
+// defaults afterwards.
 struct KernelFamily {
-  explicit KernelFamily(bool sm90) { mlkv::cuda::attention_use_sm90(sm90); }
-  ~KernelFamily() { mlkv::cuda::attention_use_sm90(true); }
+  explicit KernelFamily(bool sm90, bool ws_forward = true) {
+    mlkv::cuda::attention_use_sm90(sm90);
+    mlkv::cuda::attention_use_ws_forward(ws_forward);
+  }
+  ~KernelFamily() {
+    mlkv::cuda::attention_use_sm90(true);
+    mlkv::cuda::attention_use_ws_forward(true);
+  }
 };
 
 void check_case(const AttnShape& s);
@@ -38,7 +46,17 @@ class AttentionCase : public ::testing::TestWithParam<AttnShape> {};
 TEST_P(AttentionCase, ForwardBackwardMatchReference) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
   KernelFamily family(true);
-  std::printf("  [%s kernels]\n", mlkv::cuda::attention_sm90_active() ? "sm90 wgmma" : "mma.sync");
+  const AttnShape& s = GetParam();
+  std::printf("  [%s kernels%s]\n", mlkv::cuda::attention_sm90_active() ? "sm90 wgmma" : "mma.sync",
+              mlkv::cuda::attention_ws_forward_active(s.hd) ? ", warp-specialised forward" : "");
+  check_case(GetParam());
+}
+
+// The sm90 family with the lockstep forward instead of the warp-specialised one (hd 64/128/256;
+// hd 80 runs the lockstep forward in every test).
+TEST_P(AttentionCase, LockstepForwardMatchesReference) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  KernelFamily family(true, false);
   check_case(GetParam());
 }
 
@@ -101,6 +119,31 @@ TEST(Attention, HeadSplitAccumulatesAcrossLayers) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
   check_layers_sharing_kv(mlkv::cuda::attention_forward, mlkv::cuda::attention_backward, AttnShape{1, 260, 4, 1, 80},
                           78);
+}
+
+// The warp-specialised forward with one block per SM walking the work tiles (its K/V ring and
+// barrier phases running on across tiles) and with one block per work tile: both match the
+// reference and each other bitwise. The shapes have more work tiles than an H100/H200 has SMs, so
+// persistent blocks take several, ragged last tiles included.
+TEST(Attention, PersistentAndPerTileForwardAgree) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  KernelFamily family(true);
+  for (const AttnShape& s : {AttnShape{4, 700, 6, 2, 64}, AttnShape{6, 1000, 4, 1, 128}, AttnShape{4, 600, 8, 2, 256}}) {
+    std::mt19937_64 rng(0xfeed0000ull + s.hd);
+    Inputs in(s, rng);
+    Forward per_sm(s), per_tile(s);
+    ::setenv("MLKV_ATTN_PERSISTENT", "1", 1);
+    per_sm.run(mlkv::cuda::attention_forward, s, in);
+    ::setenv("MLKV_ATTN_PERSISTENT", "0", 1);
+    per_tile.run(mlkv::cuda::attention_forward, s, in);
+    ::unsetenv("MLKV_ATTN_PERSISTENT");
+    per_sm.check(s, in);
+    per_tile.check(s, in);
+    EXPECT_TRUE(download<uint16_t>(per_sm.out, s.q_elems()) == download<uint16_t>(per_tile.out, s.q_elems()))
+        << "out " << name(s);
+    EXPECT_TRUE(download<float>(per_sm.lse, s.vec_elems()) == download<float>(per_tile.lse, s.vec_elems()))
+        << "lse " << name(s);
+  }
 }
 
 TEST(Attention, RejectsUnsupportedShapes) {

@@ -1,0 +1,323 @@
+// MLKV flash-attention forward, warp-specialised (FlashAttention-3's Hopper structure, sm_90a):
+// out[B, T, H·hd] and lse[B, H, T] from q[B, H, T, hd], k/v[B, KVH, T, hd], causal; the same
+// contract as attention_fwd_sm90_kernel (attention_sm90_forward.cu), which hd 80 keeps.
+//
+// One block = one producer warpgroup + two consumer warpgroups; a work tile is 128 query rows of
+// one (b, h), heaviest first; a block takes one work tile, or (PERSISTENT) one block per SM walks
+// the work tiles with its K/V ring running on from one to the next.
+//   producer (one thread): TMA loads of the Q tile, then of each K/V tile into an NS-stage
+//     shared-memory ring; stage s is refilled once both consumers have released it (mbarriers:
+//     full[s] counts the TMA bytes, empty[s] the consumer warps' arrivals).
+//   consumers (64 query rows each), per K/V tile j:
+//     S_j = Q·K_jᵀ            wgmma, Q and K from shared memory (K-major, 128-byte swizzle)
+//     O  += P_{j-1}·V_{j-1}   wgmma, P from registers (bf16), V from shared memory (MN-major)
+//     softmax of S_j in registers while P_{j-1}·V_{j-1} runs (intra-warpgroup overlap); then
+//     O *= alpha_j and P_j is packed to bf16 in place of P_{j-1}, whose product has retired.
+//   Ping-pong (PINGPONG): the consumers issue their products in turn, handing the turn over
+//     with named barriers, so one warpgroup's softmax runs while the other's products use the
+//     tensor cores, instead of both softmaxes falling in the same window.
+// The producer gives registers to the consumers (setmaxnreg): it needs few.
+#include <algorithm>
+#include <climits>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+
+#include "kernels/cuda/attention_sm90.cuh"
+#include "kernels/cuda/attention_sm90.h"
+#include "kernels/cuda/attention_tma.cuh"
+
+namespace mlkv::cuda::attn {
+namespace {
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define MLKV_SM90A 1
+#endif
+// Outside the sm_90a pass the kernel body is empty, so its helpers look unused there.
+#pragma nv_diag_suppress 177
+
+template <int HD, int BC, int NS>
+struct WsFwdTile {
+  static constexpr int kConsumers = 2;
+  static constexpr int kBr = 64 * kConsumers;
+  static constexpr int kThreads = 128 * (kConsumers + 1);
+  static constexpr int kChunks = HD / 64;  // 64-column TMA boxes per row
+  static constexpr uint32_t kQBytes = kBr * HD * 2;
+  static constexpr uint32_t kKVBytes = BC * HD * 2;         // K or V, one stage
+  static constexpr size_t kSmem = 1024 + kQBytes + size_t(2) * NS * kKVBytes;  // + 1024-byte alignment slack
+  static_assert(HD % 64 == 0, "TMA boxes are 64 columns (128 bytes) wide");
+  static_assert(kSmem <= 227 * 1024, "shared memory per block");
+  static_assert(NS >= 2, "a consumer waits for tile j before it releases tile j-1");
+};
+
+// Registers per thread after the hand-over: (40 + 2·232)·128 = 64,512 of the SM's 65,536.
+constexpr int kProducerRegs = 40;
+constexpr int kConsumerRegs = 232;
+
+// Work tile w (128 query rows of one (b, h)), numbered with the query tile slowest and from the
+// last (the most causal K/V tiles) down, so the heaviest tiles start first everywhere.
+struct WorkTile {
+  int q0, h, b;
+};
+__device__ __forceinline__ WorkTile work_tile(int w, int n_qt, int H, int B, int br) {
+  const int per_qt = H * B;
+  const int rest = w % per_qt;
+  return {(n_qt - 1 - w / per_qt) * br, rest % H, rest / H};
+}
+
+template <int HD, int BC, int NS, bool PINGPONG>
+__global__ void __launch_bounds__(384, 1)
+    attention_fwd_ws_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
+                            const __grid_constant__ CUtensorMap tm_v, bf16* __restrict__ out,
+                            float* __restrict__ lse, int B, int T, int H, int group, float scale_log2) {
+#ifdef MLKV_SM90A
+  using Tile = WsFwdTile<HD, BC, NS>;
+  constexpr int kBr = Tile::kBr, kChunks = Tile::kChunks, kNC = Tile::kConsumers;
+  extern __shared__ unsigned char smem_raw[];
+  __shared__ __align__(8) uint64_t bar_q_full, bar_q_empty, bar_full[NS], bar_empty[NS];
+  // 128-byte-swizzled regions must start on 1024 bytes.
+  bf16* sQ = reinterpret_cast<bf16*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  bf16* sK = sQ + kBr * HD;      // [NS][kChunks][BC × 64]
+  bf16* sV = sK + NS * BC * HD;  // [NS][kChunks][BC × 64]
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp >> 2;
+  const int KVH = H / group;
+  const int n_qt = (T + kBr - 1) / kBr, n_work = n_qt * H * B;
+  auto tiles_of = [&](int q0) { return (min(q0 + kBr, T) + BC - 1) / BC; };
+
+  if (tid == 0) {
+    mbar_init(&bar_q_full, 1);
+    mbar_init(&bar_q_empty, kNC * 4);  // one arrival per consumer warp
+#pragma unroll
+    for (int s = 0; s < NS; ++s) {
+      mbar_init(&bar_full[s], 1);
+      mbar_init(&bar_empty[s], kNC * 4);
+    }
+    mbar_init_fence();
+  }
+  __syncthreads();  // the last block-wide barrier: the producer leaves early
+
+  // Persistent: each block takes work tiles blockIdx.x, + gridDim.x, ... The K/V ring runs on
+  // across work tiles (`it` counts the K/V tiles so far: stage it % NS, phase it / NS), so the
+  // producer loads the next work tile's Q and K/V while the consumers finish the current one.
+  if (wg == 0) {
+    regs_dealloc<kProducerRegs>();
+    if (tid == 0) {
+      tma_prefetch_map(&tm_q);
+      tma_prefetch_map(&tm_k);
+      tma_prefetch_map(&tm_v);
+      int it = 0, wi = 0;
+      for (int w = blockIdx.x; w < n_work; w += gridDim.x, ++wi) {
+        const WorkTile wt = work_tile(w, n_qt, H, B, kBr);
+        const int kv_row = wt.b * KVH + wt.h / group;
+        if (wi > 0) mbar_wait(&bar_q_empty, (wi - 1) & 1);  // the previous Q is no longer read
+        mbar_arrive_expect_tx(&bar_q_full, Tile::kQBytes);
+#pragma unroll
+        for (int c = 0; c < kChunks; ++c)
+          tma_load_3d(sQ + c * kBr * 64, &tm_q, c * 64, wt.q0, wt.b * H + wt.h, &bar_q_full);
+        const int n_tiles = tiles_of(wt.q0);
+        for (int t = 0; t < n_tiles; ++t, ++it) {
+          const int s = it % NS;
+          if (it >= NS) mbar_wait(&bar_empty[s], (it / NS - 1) & 1);  // K/V tile it-NS released
+          mbar_arrive_expect_tx(&bar_full[s], 2 * Tile::kKVBytes);
+#pragma unroll
+          for (int c = 0; c < kChunks; ++c) {
+            tma_load_3d(sK + (s * kChunks + c) * BC * 64, &tm_k, c * 64, t * BC, kv_row, &bar_full[s]);
+            tma_load_3d(sV + (s * kChunks + c) * BC * 64, &tm_v, c * 64, t * BC, kv_row, &bar_full[s]);
+          }
+        }
+      }
+    }
+    return;
+  }
+
+  regs_alloc<kConsumerRegs>();
+  const int cw = wg - 1, wq = warp & 3;  // consumer warpgroup, warp within it
+  float o[HD / 2];
+  float s[BC / 2];
+#pragma unroll
+  for (int i = 0; i < BC / 2; ++i) s[i] = 0.f;
+  uint32_t p[BC / 16][4];  // P of the newest tile, the A operand of P·V
+  float m[2], l[2], alpha[2];
+  int it = 0, wi = 0, n_tiles = 0, wrow0 = 0, r0 = 0;
+  // Ping-pong turns: consumer cw waits on barrier 1 + cw and hands the turn to the other on
+  // 2 - cw; per work tile, consumer 1 hands consumer 0 the first turn and skips its own last
+  // hand-over, so every barrier sees as many arrivals as waits.
+  auto take_turn = [&] {
+    if (PINGPONG) named_sync(1 + cw, 256);
+  };
+  auto pass_turn = [&](int j) {
+    if (PINGPONG && !(cw == 1 && j == n_tiles - 1)) named_arrive(2 - cw, 256);
+  };
+
+  const uint32_t q_addr = smem_addr(sQ) + cw * 64 * 128;
+  auto issue_s = [&](int j) {
+    const uint32_t k_addr = smem_addr(sK + ((it + j) % NS) * kChunks * BC * 64);
+#pragma unroll
+    for (int ks = 0; ks < HD / 16; ++ks) {
+      const uint32_t in = (ks % 4) * 32;  // k-step within its 64-column region
+      WgmmaSS<BC>::run(s, desc_sw128(q_addr + (ks / 4) * kBr * 128 + in, 16, 1024),
+                       desc_sw128(k_addr + (ks / 4) * BC * 128 + in, 16, 1024), ks > 0);
+    }
+  };
+  auto issue_pv = [&](int j) {
+    const uint32_t v_addr = smem_addr(sV + ((it + j) % NS) * kChunks * BC * 64);
+#pragma unroll
+    for (int kk = 0; kk < BC / 16; ++kk) WgmmaRS<HD>::run(o, p[kk], desc_sw128(v_addr + kk * 2048, BC * 128, 1024), 1);
+  };
+  auto release = [&](int j) {  // this warp is done reading tile j's stage
+    __syncwarp();
+    if (lane == 0) mbar_arrive(&bar_empty[(it + j) % NS]);
+  };
+  auto wait_full = [&](int j) { mbar_wait(&bar_full[(it + j) % NS], ((it + j) / NS) & 1); };
+  auto softmax = [&](int j) { online_softmax_tile<BC>(s, m, l, alpha, j * BC, wrow0, r0, T, scale_log2, lane); };
+  // O *= alpha (before the newest P's product is added), then P packed as 16-key A fragments
+  // (two n8 accumulator tiles each).
+  auto rescale_pack = [&] {
+    scale_rows<HD>(o, alpha);
+#pragma unroll
+    for (int kk = 0; kk < BC / 16; ++kk) {
+      p[kk][0] = pack_bf16(s[8 * kk], s[8 * kk + 1]);
+      p[kk][1] = pack_bf16(s[8 * kk + 2], s[8 * kk + 3]);
+      p[kk][2] = pack_bf16(s[8 * kk + 4], s[8 * kk + 5]);
+      p[kk][3] = pack_bf16(s[8 * kk + 6], s[8 * kk + 7]);
+    }
+  };
+
+  for (int w = blockIdx.x; w < n_work; w += gridDim.x, ++wi) {
+    const WorkTile wt = work_tile(w, n_qt, H, B, kBr);
+    n_tiles = tiles_of(wt.q0);
+    wrow0 = wt.q0 + cw * 64 + wq * 16;
+    r0 = wrow0 + (lane >> 2);  // this thread's rows r0, r0 + 8
+#pragma unroll
+    for (int i = 0; i < HD / 2; ++i) o[i] = 0.f;
+    m[0] = m[1] = -INFINITY;
+    l[0] = l[1] = 0.f;
+    if (PINGPONG && cw == 1) named_arrive(1, 256);
+
+    mbar_wait(&bar_q_full, wi & 1);
+    wait_full(0);
+    take_turn();
+    fence_regs(s);
+    wgmma_fence();
+    issue_s(0);
+    wgmma_commit();
+    pass_turn(0);
+    wgmma_wait<0>();
+    fence_regs(s);
+    softmax(0);
+    rescale_pack();
+    for (int j = 1; j < n_tiles; ++j) {
+      wait_full(j);
+      take_turn();
+      fence_regs(s);
+      fence_regs(o);
+      wgmma_fence();
+      issue_s(j);
+      wgmma_commit();
+      issue_pv(j - 1);
+      wgmma_commit();
+      pass_turn(j);
+      wgmma_wait<1>();  // S_j done; P_{j-1}·V_{j-1} may still run
+      fence_regs(s);
+      softmax(j);
+      wgmma_wait<0>();  // P_{j-1}·V_{j-1} done: O and the P registers are free
+      fence_regs(o);
+      fence_regs_u32(p);
+      release(j - 1);
+      rescale_pack();
+    }
+    fence_regs(o);
+    wgmma_fence();
+    issue_pv(n_tiles - 1);
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_regs(o);
+    fence_regs_u32(p);
+    release(n_tiles - 1);
+    __syncwarp();
+    if (lane == 0) mbar_arrive(&bar_q_empty);  // every S of this work tile is done
+    it += n_tiles;
+
+    // Epilogue: normalise and write this thread's two rows (4-byte pieces; the 4 lanes of a row
+    // cover 16 contiguous bytes per 8 columns).
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+      l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+    }
+    const float inv0 = 1.f / l[0], inv1 = 1.f / l[1];
+    bf16* row0 = out + (int64_t(wt.b) * T + r0) * H * HD + wt.h * HD;
+    bf16* row1 = row0 + int64_t(8) * H * HD;
+#pragma unroll
+    for (int dt = 0; dt < HD / 8; ++dt) {
+      const int col = dt * 8 + (lane & 3) * 2;
+      if (r0 < T) *reinterpret_cast<uint32_t*>(row0 + col) = pack_bf16(o[4 * dt] * inv0, o[4 * dt + 1] * inv0);
+      if (r0 + 8 < T)
+        *reinterpret_cast<uint32_t*>(row1 + col) = pack_bf16(o[4 * dt + 2] * inv1, o[4 * dt + 3] * inv1);
+    }
+    if ((lane & 3) == 0) {
+      float* lp = lse + (int64_t(wt.b) * H + wt.h) * T;
+      if (r0 < T) lp[r0] = (m[0] + log2f(l[0])) * kLn2;
+      if (r0 + 8 < T) lp[r0 + 8] = (m[1] + log2f(l[1])) * kLn2;
+    }
+  }
+#endif
+}
+
+// Measurement switches: MLKV_ATTN_PINGPONG=0 turns the ping-pong off; MLKV_ATTN_PERSISTENT=0 or
+// =1 forces one block per work tile or one per SM over the per-head-dim default.
+int env_switch(const char* name) {
+  const char* e = std::getenv(name);
+  if (!e) return -1;
+  return std::strcmp(e, "0") == 0 ? 0 : 1;
+}
+
+int sm_count() {
+  int dev = 0, n = 0;
+  check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
+  check_cuda(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute");
+  return n;
+}
+
+// PERSISTENT: one block per SM walking the work tiles (the next tile's loads overlap the current
+// one's epilogue) rather than one block per work tile (the hardware balances the causal tail).
+template <int HD, int BC, int NS, bool PERSISTENT>
+void launch_fwd_ws(void* out, float* lse, const void* q, const void* k, const void* v, int B, int T, int H, int KVH,
+                   cudaStream_t stream) {
+  using Tile = WsFwdTile<HD, BC, NS>;
+  static const bool pingpong = env_switch("MLKV_ATTN_PINGPONG") != 0;
+  const int forced = env_switch("MLKV_ATTN_PERSISTENT");  // read per call: the tests flip it
+  const bool persistent = forced < 0 ? PERSISTENT : forced == 1;
+  const CUtensorMap tm_q = make_tmap_bf16_3d(q, HD, T, uint64_t(B) * H, Tile::kBr);
+  const CUtensorMap tm_k = make_tmap_bf16_3d(k, HD, T, uint64_t(B) * KVH, BC);
+  const CUtensorMap tm_v = make_tmap_bf16_3d(v, HD, T, uint64_t(B) * KVH, BC);
+  auto kernel = pingpong ? attention_fwd_ws_kernel<HD, BC, NS, true> : attention_fwd_ws_kernel<HD, BC, NS, false>;
+  allow_smem(kernel, Tile::kSmem);
+  const int64_t n_work = int64_t((T + Tile::kBr - 1) / Tile::kBr) * H * B;
+  if (n_work > INT32_MAX) throw Error("attention_forward: too many query tiles for one launch");
+  const int grid = persistent ? int(std::min<int64_t>(n_work, sm_count())) : int(n_work);
+  kernel<<<grid, Tile::kThreads, Tile::kSmem, stream>>>(tm_q, tm_k, tm_v, static_cast<bf16*>(out), lse, B, T, H,
+                                                        H / KVH, kLog2e / std::sqrt(float(HD)));
+  check_launch("attention_fwd_ws_kernel");
+}
+
+}  // namespace
+
+bool forward_ws_supports(int hd) { return hd == 64 || hd == 128 || hd == 256; }
+
+void forward_sm90_ws(void* out, float* lse, const void* q, const void* k, const void* v, int B, int T, int H,
+                     int KVH, int hd, cudaStream_t stream) {
+  switch (hd) {
+    // K/V tiles of 128, 128, 64 keys; shared memory Q + NS stages of K and V = 112, 160, 192 KB.
+    // Measured against 3 consumer warpgroups (hd 64, 128) and 80-key tiles (hd 256), and
+    // persistent against not (5 % faster at hd 64, 2-5 % slower at 128 and 256): ATTENTION_NOTES
+    // log 12.
+    case 64: launch_fwd_ws<64, 128, 3, true>(out, lse, q, k, v, B, T, H, KVH, stream); break;
+    case 128: launch_fwd_ws<128, 128, 2, false>(out, lse, q, k, v, B, T, H, KVH, stream); break;
+    case 256: launch_fwd_ws<256, 64, 2, false>(out, lse, q, k, v, B, T, H, KVH, stream); break;
+    default: throw Error("attention: the warp-specialised forward has no head dim " + std::to_string(hd));
+  }
+}
+
+}  // namespace mlkv::cuda::attn

@@ -1,0 +1,127 @@
+// Hopper asynchronous-copy building blocks of the warp-specialised attention forward
+// (attention_sm90_ws_forward.cu): TMA tensor maps (host), TMA tile loads, mbarriers, named
+// barriers, register-count hand-over, and the 128-byte-swizzle wgmma descriptors that read what
+// TMA writes.
+//
+// Tile layout ("SW128"). TMA copies a box of R rows × 64 bf16 (128 bytes a row) with
+// CU_TENSOR_MAP_SWIZZLE_128B: row r lands at r·128 bytes with its 16-byte chunks permuted by
+// (chunk ^ (r % 8)). A head dim of 64·C is C such boxes, each its own R × 128-byte region. That
+// is the canonical 128-byte-swizzle layout wgmma reads (regions 1024-byte aligned):
+//   * K-major (GEMM k = d; Q and K in S = Q·Kᵀ): SBO = 1024 (next 8 rows), LBO unused; the k-step
+//     s (16 of d) of region s / 4 starts 32·(s % 4) bytes in (the swizzle is a function of the
+//     address bits, so a start inside the 1024-byte atom reads the right chunks);
+//   * MN-major (GEMM k = row; V in O = P·V): SBO = 1024 (next 8 rows = k), LBO = the region
+//     stride (next 64 of n = d); the k-step s (16 rows) starts 2048·s bytes in.
+#pragma once
+#include <cuda.h>
+#include <cudaTypedefs.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+
+#include "kernels/cuda/attention_launch.cuh"
+#include "kernels/cuda/attention_tile.cuh"
+
+namespace mlkv::cuda::attn {
+
+// ---- host: a 3-D bf16 tensor map [outer][rows][cols] (cols contiguous) read in boxes of
+// box_rows × 64 columns, 128-byte swizzled; elements outside the tensor read as zeros.
+inline CUtensorMap make_tmap_bf16_3d(const void* base, uint64_t cols, uint64_t rows, uint64_t outer,
+                                     uint32_t box_rows) {
+  static PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    check_cuda(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found),
+               "cudaGetDriverEntryPointByVersion(cuTensorMapEncodeTiled)");
+    if (found != cudaDriverEntryPointSuccess || fn == nullptr)
+      throw Error("attention: the CUDA driver has no cuTensorMapEncodeTiled (needs driver 12.0 or newer)");
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
+  }();
+  CUtensorMap map;
+  const cuuint64_t dims[3] = {cols, rows, outer};
+  const cuuint64_t strides[2] = {cols * 2, rows * cols * 2};  // bytes, dims 1 and 2
+  const cuuint32_t box[3] = {64, box_rows, 1};
+  const cuuint32_t elem_strides[3] = {1, 1, 1};
+  const CUresult r = encode(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, const_cast<void*>(base), dims, strides, box,
+                            elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (r != CUDA_SUCCESS)
+    throw Error("attention: cuTensorMapEncodeTiled failed (CUresult " + std::to_string(int(r)) + ") for a [" +
+                std::to_string(outer) + ", " + std::to_string(rows) + ", " + std::to_string(cols) +
+                "] bf16 tensor, box " + std::to_string(box_rows) + " × 64");
+  return map;
+}
+
+// ---- device
+__device__ __forceinline__ uint64_t desc_sw128(uint32_t addr, uint32_t lbo, uint32_t sbo) {
+  return uint64_t((addr >> 4) & 0x3FFF) | (uint64_t((lbo >> 4) & 0x3FFF) << 16) |
+         (uint64_t((sbo >> 4) & 0x3FFF) << 32) | (uint64_t(1) << 62);  // layout type 1: 128-byte swizzle
+}
+
+__device__ __forceinline__ void mbar_init(uint64_t* bar, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(count));
+}
+// Makes the initialised barriers visible to the async proxy (TMA) before first use.
+__device__ __forceinline__ void mbar_init_fence() { asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"); }
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t* bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(bytes)
+               : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_addr(bar)) : "memory");
+}
+// Waits until the barrier's phase with the given parity has completed.
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
+  asm volatile(
+      "{\n.reg .pred done;\nWAIT_%=:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra WAIT_%=;\n}\n" ::"r"(smem_addr(bar)),
+      "r"(parity)
+      : "memory");
+}
+
+// TMA: box (c0 = column, c1 = row, c2 = outer index) of `map` into shared memory at dst; the
+// bytes are counted on `bar` (complete_tx).
+__device__ __forceinline__ void tma_load_3d(void* dst, const CUtensorMap* map, int c0, int c1, int c2,
+                                            uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], [%5];\n" ::
+          "r"(smem_addr(dst)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(smem_addr(bar))
+      : "memory");
+}
+__device__ __forceinline__ void tma_prefetch_map(const CUtensorMap* map) {
+  asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(map)) : "memory");
+}
+
+// Named barriers (ids 1..15; 0 is __syncthreads): sync waits for `count` threads, arrive counts
+// this warp's threads without waiting.
+__device__ __forceinline__ void named_sync(int id, int count) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
+}
+__device__ __forceinline__ void named_arrive(int id, int count) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(count) : "memory");
+}
+
+// Hands registers between warpgroups (every warp of a warpgroup executes the same one).
+template <int N>
+__device__ __forceinline__ void regs_dealloc() {
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+template <int N>
+__device__ __forceinline__ void regs_alloc() {
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+
+// Keeps 32-bit registers live (and unchanged by the compiler) up to this point: placed after
+// the wgmma.wait_group that retires a product reading them as its A operand.
+template <int N>
+__device__ __forceinline__ void fence_regs_u32(uint32_t (&r)[N][4]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) asm volatile("" : "+r"(r[i][e])::"memory");
+}
+
+}  // namespace mlkv::cuda::attn
