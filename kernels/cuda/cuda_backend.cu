@@ -460,8 +460,9 @@ class CudaBackend final : public Backend {
   std::map<int, AutoChoice> auto_choices_;  // per head dim, decided at its first use
 
   // train.attention = "auto" at head dim hd: cuDNN's SDPA where it measured faster than our
-  // kernels (every head dim scripts/bench_attention.sh covers: fwd+bwd 0.46-0.82x our time at hd
-  // 64, 80, 128 and 256, README's attention table and issue 15) or where ours has no kernel;
+  // kernels (every head dim scripts/bench_attention.sh covers: fwd+bwd 0.49-0.84x our time at hd
+  // 64, 80, 128 and 256 with the warp-specialised forward, README's attention tables, issue 15;
+  // our backward is the gap) or where ours has no kernel;
   // ours otherwise, and in builds without cuDNN. Revisit the list when our kernel wins a shape.
   AutoChoice& auto_choice(int hd) {
     auto it = auto_choices_.find(hd);
