@@ -131,11 +131,8 @@ int main(int argc, char** argv) {
     check(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties");
     std::printf("mlkv-bench-attention on %s, %s kernels, causal bf16, median of %d\n", prop.name,
                 mlkv::cuda::attention_sm90_active() ? "sm90 wgmma" : "mma.sync", iters);
-    const char* pp = std::getenv("MLKV_ATTN_PINGPONG");
-    std::printf("forward at hd 64/128/256: %s\n",
-                !mlkv::cuda::attention_ws_forward_active(64)  ? "lockstep"
-                : pp && std::strcmp(pp, "0") == 0             ? "warp-specialised, no ping-pong"
-                                                              : "warp-specialised, ping-pong");
+    std::printf("forward at hd 64/128/256: %s; at hd 80: %s\n", mlkv::cuda::attention_forward_kernel(64),
+                mlkv::cuda::attention_forward_kernel(80));
 #ifdef MLKV_HAVE_CUDNN
     std::printf("our cuDNN SDPA backend: cuDNN %s at run time\n",
                 mlkv::cuda::cudnn_attention_library_version().c_str());

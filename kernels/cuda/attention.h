@@ -47,5 +47,9 @@ bool attention_sm90_active();  // whether calls on the current device take the w
 // lockstep one (all warpgroups behind one block barrier a tile), which hd 80 always runs.
 void attention_use_ws_forward(bool enable);
 bool attention_ws_forward_active(int hd);
+// The forward kernel that calls at head dim hd take on the current device, in words (benchmarks
+// and test logs): "warp-specialised, ping-pong", "warp-specialised, no ping-pong", "lockstep
+// wgmma" or "mma.sync".
+const char* attention_forward_kernel(int hd);
 
 }  // namespace mlkv::cuda

@@ -32,6 +32,11 @@ __device__ __forceinline__ uint64_t make_desc(uint32_t addr, uint32_t lbo, uint3
   return uint64_t((addr >> 4) & 0x3FFF) | (uint64_t((lbo >> 4) & 0x3FFF) << 16) |
          (uint64_t((sbo >> 4) & 0x3FFF) << 32);  // bits 62-63 = 0: no swizzle
 }
+// The same for a 128-byte-swizzled tile as TMA writes it (layout type 1 in bits 62-63; the
+// layout is described in attention_tma.cuh).
+__device__ __forceinline__ uint64_t desc_sw128(uint32_t addr, uint32_t lbo, uint32_t sbo) {
+  return make_desc(addr, lbo, sbo) | (uint64_t(1) << 62);
+}
 // Operand of k-step ks, rows from row0 (a multiple of 8), read K-major (k = d).
 template <int HD>
 __device__ __forceinline__ uint64_t desc_kmajor(const bf16* tile, int row0, int ks) {

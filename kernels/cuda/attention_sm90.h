@@ -13,6 +13,7 @@ bool sm90_enabled();
 // The warp-specialised forward (attention_sm90_ws_forward.cu) for hd 64, 128, 256; forward_sm90
 // takes it unless attention_use_ws_forward(false) was called.
 bool forward_ws_supports(int hd);
+bool ws_pingpong();  // false after MLKV_ATTN_PINGPONG=0 (a measurement switch)
 void forward_sm90_ws(void* out, float* lse, const void* q, const void* k, const void* v, int B, int T, int H,
                      int KVH, int hd, cudaStream_t stream);
 void forward_sm90(void* out, float* lse, const void* q, const void* k, const void* v, int B, int T, int H, int KVH,

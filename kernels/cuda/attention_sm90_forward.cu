@@ -289,4 +289,10 @@ bool attention_ws_forward_active(int hd) {
   return attn::g_ws_forward;
 }
 
+const char* attention_forward_kernel(int hd) {
+  if (!attn::sm90_enabled()) return "mma.sync";
+  if (!attention_ws_forward_active(hd)) return "lockstep wgmma";
+  return attn::ws_pingpong() ? "warp-specialised, ping-pong" : "warp-specialised, no ping-pong";
+}
+
 }  // namespace mlkv::cuda

@@ -286,7 +286,7 @@ template <int HD, int BC, int NS, bool PERSISTENT>
 void launch_fwd_ws(void* out, float* lse, const void* q, const void* k, const void* v, int B, int T, int H, int KVH,
                    cudaStream_t stream) {
   using Tile = WsFwdTile<HD, BC, NS>;
-  static const bool pingpong = env_switch("MLKV_ATTN_PINGPONG") != 0;
+  const bool pingpong = ws_pingpong();
   const int forced = env_switch("MLKV_ATTN_PERSISTENT");  // read per call: the tests flip it
   const bool persistent = forced < 0 ? PERSISTENT : forced == 1;
   const CUtensorMap tm_q = make_tmap_bf16_3d(q, HD, T, uint64_t(B) * H, Tile::kBr);
@@ -305,6 +305,11 @@ void launch_fwd_ws(void* out, float* lse, const void* q, const void* k, const vo
 }  // namespace
 
 bool forward_ws_supports(int hd) { return hd == 64 || hd == 128 || hd == 256; }
+
+bool ws_pingpong() {
+  static const bool on = env_switch("MLKV_ATTN_PINGPONG") != 0;
+  return on;
+}
 
 void forward_sm90_ws(void* out, float* lse, const void* q, const void* k, const void* v, int B, int T, int H,
                      int KVH, int hd, cudaStream_t stream) {

@@ -53,12 +53,7 @@ inline CUtensorMap make_tmap_bf16_3d(const void* base, uint64_t cols, uint64_t r
   return map;
 }
 
-// ---- device
-__device__ __forceinline__ uint64_t desc_sw128(uint32_t addr, uint32_t lbo, uint32_t sbo) {
-  return uint64_t((addr >> 4) & 0x3FFF) | (uint64_t((lbo >> 4) & 0x3FFF) << 16) |
-         (uint64_t((sbo >> 4) & 0x3FFF) << 32) | (uint64_t(1) << 62);  // layout type 1: 128-byte swizzle
-}
-
+// ---- device (the SW128 wgmma descriptor is desc_sw128 in attention_sm90.cuh)
 __device__ __forceinline__ void mbar_init(uint64_t* bar, uint32_t count) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(count));
 }

@@ -47,8 +47,8 @@ TEST_P(AttentionCase, ForwardBackwardMatchReference) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
   KernelFamily family(true);
   const AttnShape& s = GetParam();
-  std::printf("  [%s kernels%s]\n", mlkv::cuda::attention_sm90_active() ? "sm90 wgmma" : "mma.sync",
-              mlkv::cuda::attention_ws_forward_active(s.hd) ? ", warp-specialised forward" : "");
+  std::printf("  [%s kernels, forward: %s]\n", mlkv::cuda::attention_sm90_active() ? "sm90 wgmma" : "mma.sync",
+              mlkv::cuda::attention_forward_kernel(s.hd));
   check_case(GetParam());
 }
 
