@@ -19,7 +19,7 @@ long (up to 128 registers), hence the generator. Run: python3 scripts/gen_attent
 """
 import pathlib
 
-SS = [(32, 0), (64, 0), (80, 0), (96, 0), (128, 0), (64, 1), (80, 1), (128, 1), (256, 1)]  # (N, trans-b)
+SS = [(32, 0), (64, 0), (128, 0), (64, 1), (80, 1), (128, 1), (256, 1)]  # (N, trans-b)
 RS = [64, 128, 256]  # N; B always MN-major (V in O += P·V)
 
 
