@@ -7,9 +7,11 @@
 // inputs: the backward contract (dK/dV added into fp32 sums) included.
 //
 //   mlkv-bench-attention [--shapes "B,H,KVH,T,hd;..."] [--iters N] [--csv FILE] [--mma] [--lockstep-fwd]
+//                        [--two-kernel-bwd]
 // --mma forces the portable mma.sync kernels instead of the Hopper wgmma ones; --lockstep-fwd the
 // lockstep wgmma forward instead of the warp-specialised one (MLKV_ATTN_PINGPONG=0 turns the
-// latter's ping-pong off).
+// latter's ping-pong off); --two-kernel-bwd the two-kernel wgmma backward instead of the
+// warp-specialised one.
 #ifdef MLKV_HAVE_CUDA
 #include <cuda_runtime_api.h>
 
@@ -115,9 +117,11 @@ int main(int argc, char** argv) {
     else if (a == "--csv" && i + 1 < argc) csv = argv[++i];
     else if (a == "--mma") mlkv::cuda::attention_use_sm90(false);
     else if (a == "--lockstep-fwd") mlkv::cuda::attention_use_ws_forward(false);
+    else if (a == "--two-kernel-bwd") mlkv::cuda::attention_use_ws_backward(false);
     else {
       std::fprintf(stderr,
-                   "usage: %s [--shapes \"B,H,KVH,T,hd;...\"] [--iters N] [--csv FILE] [--mma] [--lockstep-fwd]\n",
+                   "usage: %s [--shapes \"B,H,KVH,T,hd;...\"] [--iters N] [--csv FILE] [--mma] [--lockstep-fwd] "
+                   "[--two-kernel-bwd]\n",
                    argv[0]);
       return mlkv::kExitBadInput;
     }
@@ -133,6 +137,8 @@ int main(int argc, char** argv) {
                 mlkv::cuda::attention_sm90_active() ? "sm90 wgmma" : "mma.sync", iters);
     std::printf("forward at hd 64/128/256: %s; at hd 80: %s\n", mlkv::cuda::attention_forward_kernel(64),
                 mlkv::cuda::attention_forward_kernel(80));
+    std::printf("backward at hd 64/128: %s; at hd 80/256: %s\n", mlkv::cuda::attention_backward_kernel(64),
+                mlkv::cuda::attention_backward_kernel(256));
 #ifdef MLKV_HAVE_CUDNN
     std::printf("our cuDNN SDPA backend: cuDNN %s at run time\n",
                 mlkv::cuda::cudnn_attention_library_version().c_str());

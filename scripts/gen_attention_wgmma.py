@@ -2,8 +2,10 @@
 """Writes kernels/cuda/attention_wgmma.cuh: inline-PTX wrappers for the Hopper warpgroup MMA
 (wgmma.mma_async m64nNk16, fp32 += bf16·bf16) that the sm_90a attention kernels use.
 
-  WgmmaSS<N, TRANS_B>::run(d, desc_a, desc_b, scale_d)  A (K-major) and B from shared memory;
-                                                        TRANS_B = 1 reads B MN-major
+  WgmmaSS<N, TRANS_B, TRANS_A>::run(d, desc_a, desc_b, scale_d)
+                                                        A and B from shared memory; TRANS_B = 1
+                                                        reads B MN-major, TRANS_A = 1 reads A
+                                                        MN-major (dQ = dS·K with dSᵀ stored)
   WgmmaRS<N>::run(d, a, desc_b, scale_d)                A from registers (4 × bf16x2 per thread,
                                                         per warp the mma.m16n8k16 A layout), B
                                                         MN-major from shared memory
@@ -19,7 +21,7 @@ long (up to 128 registers), hence the generator. Run: python3 scripts/gen_attent
 """
 import pathlib
 
-SS = [(32, 0), (64, 0), (128, 0), (64, 1), (80, 1), (128, 1), (256, 1)]  # (N, trans-b)
+SS = [(32, 0, 0), (64, 0, 0), (128, 0, 0), (64, 1, 0), (80, 1, 0), (128, 1, 0), (256, 1, 0), (64, 1, 1)]  # (N, trans-b, trans-a)
 RS = [64, 128, 256]  # N; B always MN-major (V in O += P·V)
 
 
@@ -31,14 +33,14 @@ def outs(n):
     return ", ".join(f'"+f"(d[{i}])' for i in range(n))
 
 
-def ss(N, tb):
+def ss(N, tb, ta):
     r = N // 2
     return f"""template <>
-struct WgmmaSS<{N}, {tb}> {{
+struct WgmmaSS<{N}, {tb}, {ta}> {{
   __device__ __forceinline__ static void run(float (&d)[{r}], uint64_t desc_a, uint64_t desc_b, int scale_d) {{
     asm volatile(
         "{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{r + 2}, 0;\\n"
-        "wgmma.mma_async.sync.aligned.m64n{N}k16.f32.bf16.bf16 {{{regs(r)}}}, %{r}, %{r + 1}, p, 1, 1, 0, {tb};\\n}}\\n"
+        "wgmma.mma_async.sync.aligned.m64n{N}k16.f32.bf16.bf16 {{{regs(r)}}}, %{r}, %{r + 1}, p, 1, 1, {ta}, {tb};\\n}}\\n"
         : {outs(r)}
         : "l"(desc_a), "l"(desc_b), "r"(scale_d));
   }}
@@ -70,14 +72,14 @@ def main():
         "",
         "namespace mlkv::cuda::attn {",
         "",
-        "template <int N, int TRANS_B = 0>",
+        "template <int N, int TRANS_B = 0, int TRANS_A = 0>",
         "struct WgmmaSS;",
         "",
         "template <int N>",
         "struct WgmmaRS;",
         "",
     ]
-    parts += [ss(n, t) for n, t in SS]
+    parts += [ss(n, tb, ta) for n, tb, ta in SS]
     parts += [rs(n) for n in RS]
     parts.append("}  // namespace mlkv::cuda::attn")
     path = pathlib.Path(__file__).resolve().parent.parent / "kernels/cuda/attention_wgmma.cuh"

@@ -418,8 +418,15 @@ size_t dvec_floats(int B, int T, int H) { return (size_t(B) * H * T + 63) / 64 *
 
 // The head split of whichever dK/dV kernel attention_backward will run for hd.
 DkdvSplit dkdv_split_for(int B, int T, int H, int KVH, int hd) {
+  if (ws_backward_enabled(hd)) return choose_dkdv_split(B, T, H, KVH, backward_ws_key_tile());
   const bool sm90 = sm90_enabled() && backward_dkdv_sm90_supports(hd);
   return choose_dkdv_split(B, T, H, KVH, sm90 ? backward_dkdv_sm90_key_tile(hd) : kDkdvKeyTile);
+}
+
+// Workspace floats: the warp-specialised backward's scratch (D among it) or the two-kernel
+// scheme's D; then the head split's partials.
+size_t head_floats(int B, int T, int H, int hd) {
+  return ws_backward_enabled(hd) ? ws_backward_scratch_floats(B, T, H, hd) : dvec_floats(B, T, H);
 }
 
 }  // namespace
@@ -427,7 +434,7 @@ DkdvSplit dkdv_split_for(int B, int T, int H, int KVH, int hd) {
 
 size_t attention_backward_workspace_bytes(int B, int T, int H, int KVH, int hd) {
   const attn::DkdvSplit split = attn::dkdv_split_for(B, T, H, KVH, hd);
-  return (attn::dvec_floats(B, T, H) + attn::dkdv_partial_floats(split, B, T, KVH, hd)) * sizeof(float);
+  return (attn::head_floats(B, T, H, hd) + attn::dkdv_partial_floats(split, B, T, KVH, hd)) * sizeof(float);
 }
 
 void attention_release_workspace() { attn::g_workspace.release(); }
@@ -441,9 +448,16 @@ void attention_backward(void* dq, float* dk, float* dv, const void* dout, const 
     if (!attn::aligned16(p)) throw Error("attention_backward: all tensors must be 16-byte aligned");
   attn::DkdvSplit split = attn::dkdv_split_for(B, T, H, KVH, hd);
   const size_t n_part = attn::dkdv_partial_floats(split, B, T, KVH, hd);
-  float* dvec = attn::workspace((attn::dvec_floats(B, T, H) + n_part) * sizeof(float));
-  split.part_k = dvec + attn::dvec_floats(B, T, H);
+  const size_t n_head = attn::head_floats(B, T, H, hd);
+  float* dvec = attn::workspace((n_head + n_part) * sizeof(float));
+  split.part_k = dvec + n_head;
   split.part_v = split.part_k + n_part / 2;
+  if (attn::ws_backward_enabled(hd)) {
+    const attn::WsBwdScratch ws = attn::ws_backward_scratch(dvec, B, T, H, hd);
+    attn::backward_sm90_ws(dq, dk, dv, dout, q, k, v, out, lse, B, T, H, KVH, hd, split, ws, stream);
+    attn::add_dkdv_partials(dk, dv, split, B, T, KVH, hd, stream);
+    return;
+  }
   const bool sm90 = attn::sm90_enabled();
   // Kernel 1 (dq, and D for kernel 2), then kernel 2 (dK, dV), then the sum of kernel 2's head-split
   // partials (if any), on the same stream.

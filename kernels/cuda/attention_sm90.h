@@ -3,6 +3,8 @@
 #pragma once
 #include <cuda_runtime_api.h>
 
+#include <cstddef>
+
 namespace mlkv::cuda::attn {
 
 // True when the current device is compute capability 9.0, the sm_90a kernels were compiled into
@@ -30,5 +32,24 @@ int backward_dkdv_sm90_key_tile(int hd);
 void backward_dkdv_sm90(float* dk, float* dv, const void* dout, const void* q, const void* k, const void* v,
                         const float* lse, const float* dvec, int B, int T, int H, int KVH, int hd,
                         const DkdvSplit& split, cudaStream_t stream);
+
+
+// The warp-specialised backward (attention_sm90_ws_backward.cu): dQ, dK, dV in one kernel for hd 64
+// and 128, with key tiles of backward_ws_key_tile() keys (the head split is chosen for that).
+// Its scratch, carved from ws_backward_scratch_floats() floats of 256-byte-aligned workspace:
+struct WsBwdScratch {
+  float* dvec = nullptr;    // D = rowsum(dO∘O), [B·H, T padded to 64]
+  float* lse2 = nullptr;    // lse·log2e, same layout (+inf past T)
+  float* dq_acc = nullptr;  // fp32 dQ, [B·H, T padded, hd]
+  int* dq_turn = nullptr;   // per (b, h, query tile): key tiles added so far
+};
+bool backward_ws_supports(int hd);
+int backward_ws_key_tile();
+size_t ws_backward_scratch_floats(int B, int T, int H, int hd);
+WsBwdScratch ws_backward_scratch(float* base, int B, int T, int H, int hd);
+void backward_sm90_ws(void* dq, float* dk, float* dv, const void* dout, const void* q, const void* k, const void* v,
+                      const void* out, const float* lse, int B, int T, int H, int KVH, int hd,
+                      const DkdvSplit& split, const WsBwdScratch& ws, cudaStream_t stream);
+bool ws_backward_enabled(int hd);  // sm90 on, hd supported, not turned off by attention_use_ws_backward
 
 }  // namespace mlkv::cuda::attn

@@ -222,6 +222,7 @@ std::mutex g_probe_mutex;
 std::vector<int> g_probe;  // per device: -1 unknown, 0 no, 1 yes
 bool g_sm90_allowed = true;
 bool g_ws_forward = true;
+bool g_ws_backward = true;
 
 }  // namespace
 
@@ -269,6 +270,12 @@ void forward_sm90(void* out, float* lse, const void* q, const void* k, const voi
   }
 }
 
+bool ws_backward_enabled(int hd) {
+  if (!sm90_enabled() || !backward_ws_supports(hd)) return false;
+  std::lock_guard<std::mutex> lock(g_probe_mutex);
+  return g_ws_backward;
+}
+
 }  // namespace attn
 
 void attention_use_sm90(bool enable) {
@@ -287,6 +294,19 @@ bool attention_ws_forward_active(int hd) {
   if (!attn::sm90_enabled() || !attn::forward_ws_supports(hd)) return false;
   std::lock_guard<std::mutex> lock(attn::g_probe_mutex);
   return attn::g_ws_forward;
+}
+
+void attention_use_ws_backward(bool enable) {
+  std::lock_guard<std::mutex> lock(attn::g_probe_mutex);
+  attn::g_ws_backward = enable;
+}
+
+bool attention_ws_backward_active(int hd) { return attn::ws_backward_enabled(hd); }
+
+const char* attention_backward_kernel(int hd) {
+  if (!attn::sm90_enabled()) return "mma.sync";
+  if (attn::ws_backward_enabled(hd)) return "warp-specialised";
+  return attn::backward_dkdv_sm90_supports(hd) ? "two-kernel wgmma" : "two-kernel wgmma (mma.sync dK/dV)";
 }
 
 const char* attention_forward_kernel(int hd) {

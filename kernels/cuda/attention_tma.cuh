@@ -1,6 +1,6 @@
-// Hopper asynchronous-copy building blocks of the warp-specialised attention forward
-// (attention_sm90_ws_forward.cu): TMA tensor maps (host), TMA tile loads, mbarriers, named
-// barriers, register-count hand-over, and the 128-byte-swizzle wgmma descriptors that read what
+// Hopper asynchronous-copy building blocks of the warp-specialised attention kernels
+// (attention_sm90_ws_forward.cu, attention_sm90_ws_backward.cu): TMA tensor maps (host), TMA tile
+// loads and stores, bulk copies, mbarriers, named barriers, register-count hand-over, and the 128-byte-swizzle wgmma descriptors that read what
 // TMA writes.
 //
 // Tile layout ("SW128"). TMA copies a box of R rows × 64 bf16 (128 bytes a row) with
@@ -25,10 +25,8 @@
 
 namespace mlkv::cuda::attn {
 
-// ---- host: a 3-D bf16 tensor map [outer][rows][cols] (cols contiguous) read in boxes of
-// box_rows × 64 columns, 128-byte swizzled; elements outside the tensor read as zeros.
-inline CUtensorMap make_tmap_bf16_3d(const void* base, uint64_t cols, uint64_t rows, uint64_t outer,
-                                     uint32_t box_rows) {
+// ---- host
+inline PFN_cuTensorMapEncodeTiled_v12000 tmap_encoder() {
   static PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
     void* fn = nullptr;
     cudaDriverEntryPointQueryResult found{};
@@ -38,19 +36,42 @@ inline CUtensorMap make_tmap_bf16_3d(const void* base, uint64_t cols, uint64_t r
       throw Error("attention: the CUDA driver has no cuTensorMapEncodeTiled (needs driver 12.0 or newer)");
     return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
   }();
+  return encode;
+}
+
+// A RANK-dimensional tensor map (dims[0] contiguous) read or written in 128-byte-swizzled boxes
+// whose rows are 128 bytes (64 bf16 or 32 fp32); elements outside the tensor read as zeros and
+// are not written.
+template <int RANK>
+inline CUtensorMap make_tmap_sw128(CUtensorMapDataType type, uint32_t elem_bytes, const void* base,
+                                   const cuuint64_t (&dims)[RANK], const cuuint32_t (&box)[RANK]) {
   CUtensorMap map;
-  const cuuint64_t dims[3] = {cols, rows, outer};
-  const cuuint64_t strides[2] = {cols * 2, rows * cols * 2};  // bytes, dims 1 and 2
-  const cuuint32_t box[3] = {64, box_rows, 1};
-  const cuuint32_t elem_strides[3] = {1, 1, 1};
-  const CUresult r = encode(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, const_cast<void*>(base), dims, strides, box,
-                            elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  if (r != CUDA_SUCCESS)
-    throw Error("attention: cuTensorMapEncodeTiled failed (CUresult " + std::to_string(int(r)) + ") for a [" +
-                std::to_string(outer) + ", " + std::to_string(rows) + ", " + std::to_string(cols) +
-                "] bf16 tensor, box " + std::to_string(box_rows) + " × 64");
+  cuuint64_t strides[RANK - 1];  // bytes, dims 1..RANK-1
+  cuuint64_t stride = elem_bytes;
+  for (int i = 0; i < RANK - 1; ++i) strides[i] = stride *= dims[i];
+  cuuint32_t elem_strides[RANK];
+  for (int i = 0; i < RANK; ++i) elem_strides[i] = 1;
+  const CUresult r = tmap_encoder()(&map, type, RANK, const_cast<void*>(base), dims, strides, box, elem_strides,
+                                    CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                                    CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (r != CUDA_SUCCESS) {
+    std::string shape;
+    for (int i = RANK - 1; i >= 0; --i) shape += std::to_string(dims[i]) + (i ? ", " : "");
+    throw Error("attention: cuTensorMapEncodeTiled failed (CUresult " + std::to_string(int(r)) + ") for a [" + shape +
+                "] tensor of " + std::to_string(elem_bytes) + "-byte elements, box " + std::to_string(box[1]) +
+                " × " + std::to_string(box[0]));
+  }
   return map;
+}
+
+// A 3-D bf16 tensor [outer][rows][cols] read in boxes of box_rows × 64 columns.
+inline CUtensorMap make_tmap_bf16_3d(const void* base, uint64_t cols, uint64_t rows, uint64_t outer,
+                                     uint32_t box_rows) {
+  return make_tmap_sw128<3>(CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, base, {cols, rows, outer}, {64, box_rows, 1});
+}
+// A 2-D fp32 tensor [rows][cols] written (stored or reduce-added) in boxes of box_rows × 32 columns.
+inline CUtensorMap make_tmap_f32_2d(const void* base, uint64_t cols, uint64_t rows, uint32_t box_rows) {
+  return make_tmap_sw128<2>(CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 4, base, {cols, rows}, {32, box_rows});
 }
 
 // ---- device (the SW128 wgmma descriptor is desc_sw128 in attention_sm90.cuh)
@@ -88,6 +109,55 @@ __device__ __forceinline__ void tma_load_3d(void* dst, const CUtensorMap* map, i
 }
 __device__ __forceinline__ void tma_prefetch_map(const CUtensorMap* map) {
   asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(map)) : "memory");
+}
+
+// Plain bulk copy of `bytes` (a multiple of 16, both addresses 16-byte aligned) from global to
+// shared memory, counted on `bar` like a TMA load.
+__device__ __forceinline__ void bulk_load(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
+                   smem_addr(dst)),
+               "l"(reinterpret_cast<uint64_t>(src)), "r"(bytes), "r"(smem_addr(bar))
+               : "memory");
+}
+
+// TMA writes of a shared-memory box to global memory (tensor map coordinates c0 = column, c1 =
+// row): a store, or an fp32 add performed in L2. Both are asynchronous (bulk async-groups): commit,
+// then wait with bulk_wait_read (the shared-memory source may be overwritten) or bulk_wait (the
+// global writes are done).
+__device__ __forceinline__ void tma_store_2d(const CUtensorMap* map, int c0, int c1, const void* src) {
+  asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.tile.bulk_group [%0, {%2, %3}], [%1];\n" ::"l"(
+                   reinterpret_cast<uint64_t>(map)),
+               "r"(smem_addr(src)), "r"(c0), "r"(c1)
+               : "memory");
+}
+__device__ __forceinline__ void tma_reduce_add_2d(const CUtensorMap* map, int c0, int c1, const void* src) {
+  asm volatile("cp.reduce.async.bulk.tensor.2d.global.shared::cta.add.tile.bulk_group [%0, {%2, %3}], [%1];\n" ::"l"(
+                   reinterpret_cast<uint64_t>(map)),
+               "r"(smem_addr(src)), "r"(c0), "r"(c1)
+               : "memory");
+}
+__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void bulk_wait_read() {
+  asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(N) : "memory");
+}
+template <int N>
+__device__ __forceinline__ void bulk_wait() {
+  asm volatile("cp.async.bulk.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+// Ordering between thread blocks through a counter in global memory (one thread each side).
+__device__ __forceinline__ int ld_acquire(const int* p) {
+  int v;
+  asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+__device__ __forceinline__ void st_release(int* p, int v) {
+  asm volatile("st.release.gpu.global.b32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
+}
+// Orders this thread's generic-proxy global accesses with its async-proxy (TMA) ones.
+__device__ __forceinline__ void fence_proxy_async_global() {
+  asm volatile("fence.proxy.async.global;\n" ::: "memory");
 }
 
 // Named barriers (ids 1..15; 0 is __syncthreads): sync waits for `count` threads, arrive counts

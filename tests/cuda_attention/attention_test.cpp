@@ -25,16 +25,18 @@ namespace {
 
 using namespace mlkv::test;
 
-// Selects a kernel family (and, within sm90, the forward kernel) for one test and restores the
-// defaults afterwards.
+// Selects a kernel family (and, within sm90, the forward and backward kernels) for one test and
+// restores the defaults afterwards.
 struct KernelFamily {
-  explicit KernelFamily(bool sm90, bool ws_forward = true) {
+  explicit KernelFamily(bool sm90, bool ws_forward = true, bool ws_backward = true) {
     mlkv::cuda::attention_use_sm90(sm90);
     mlkv::cuda::attention_use_ws_forward(ws_forward);
+    mlkv::cuda::attention_use_ws_backward(ws_backward);
   }
   ~KernelFamily() {
     mlkv::cuda::attention_use_sm90(true);
     mlkv::cuda::attention_use_ws_forward(true);
+    mlkv::cuda::attention_use_ws_backward(true);
   }
 };
 
@@ -47,8 +49,9 @@ TEST_P(AttentionCase, ForwardBackwardMatchReference) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
   KernelFamily family(true);
   const AttnShape& s = GetParam();
-  std::printf("  [%s kernels, forward: %s]\n", mlkv::cuda::attention_sm90_active() ? "sm90 wgmma" : "mma.sync",
-              mlkv::cuda::attention_forward_kernel(s.hd));
+  std::printf("  [%s kernels, forward: %s, backward: %s]\n",
+              mlkv::cuda::attention_sm90_active() ? "sm90 wgmma" : "mma.sync",
+              mlkv::cuda::attention_forward_kernel(s.hd), mlkv::cuda::attention_backward_kernel(s.hd));
   check_case(GetParam());
 }
 
@@ -57,6 +60,14 @@ TEST_P(AttentionCase, ForwardBackwardMatchReference) {
 TEST_P(AttentionCase, LockstepForwardMatchesReference) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
   KernelFamily family(true, false);
+  check_case(GetParam());
+}
+
+// The sm90 family with the two-kernel backward (dq kernel + dK/dV kernel) instead of the
+// warp-specialised one (hd 64/128; hd 80 and 256 run the two-kernel backward in every test).
+TEST_P(AttentionCase, TwoKernelBackwardMatchesReference) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  KernelFamily family(true, true, false);
   check_case(GetParam());
 }
 
@@ -119,6 +130,18 @@ TEST(Attention, HeadSplitAccumulatesAcrossLayers) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
   check_layers_sharing_kv(mlkv::cuda::attention_forward, mlkv::cuda::attention_backward, AttnShape{1, 260, 4, 1, 80},
                           78);
+}
+
+// The warp-specialised backward's two remaining paths across layers: the head split (4 slices of
+// one head; slices 1..3 as partials) at hd 128, and dQ's ordered key-tile adds over 9 query tiles
+// with three layers at hd 64 (each layer's dq assigned, dk/dv summed).
+TEST(Attention, WsBackwardAccumulatesAcrossLayers) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  KernelFamily family(true);
+  check_layers_sharing_kv(mlkv::cuda::attention_forward, mlkv::cuda::attention_backward, AttnShape{1, 260, 4, 1, 128},
+                          79);
+  check_layers_sharing_kv(mlkv::cuda::attention_forward, mlkv::cuda::attention_backward, AttnShape{3, 555, 6, 3, 64},
+                          80);
 }
 
 // The warp-specialised forward with one block per SM walking the work tiles (its K/V ring and

@@ -1,0 +1,484 @@
+// MLKV flash-attention backward, warp-specialised (FlashAttention-3's Hopper structure, sm_90a),
+// for hd 64 and 128: one kernel computes dQ, dK and dV with 5 tile products per (query tile, key
+// tile) pair instead of the two-kernel scheme's 7 (attention_sm90_backward.cu, which hd 80 and 256
+// keep). Same contract as attention_backward (attention.h): dq assigned, dk/dv fp32 accumulated,
+// bitwise deterministic.
+//
+// One block = one producer warpgroup + two consumer warpgroups, per (key tile of 128 keys, b, KV
+// head, head slice); it loops over the query heads of its slice and, per head, over the query
+// tiles of 64 rows at or below the diagonal ("steps"). K and V stay in shared memory.
+//   producer warp 0 (one thread): TMA loads of K, V, then per step of Q, dO (128-byte swizzle)
+//     and bulk copies of that tile's lse·log2e and D into an NS-stage ring (mbarriers).
+//   producer warp 1 (one thread), the dQ writer: per step, once the consumers have put the fp32
+//     dQ partial in shared memory, waits for this query tile's turn (below) and adds it into the
+//     fp32 dQ accumulator with a TMA reduce-add (the first key tile stores instead).
+//   consumers (64 keys each), per step:
+//     Sᵀ = K·Qᵀ, dPᵀ = V·dOᵀ     wgmma, all operands from shared memory (K-major)
+//     Pᵀ = exp2(Sᵀ·c − lse₂), dSᵀ = Pᵀ∘(dPᵀ − D)   registers, packed to bf16 A fragments
+//     dV += Pᵀ·dO, dK += dSᵀ·Q    wgmma, A from registers, dO and Q read MN-major
+//     dSᵀ → shared memory; both consumers meet (named barrier); then
+//     dQ = dS·K                   wgmma, dS read MN-major from dSᵀ: at hd 64 one consumer a step
+//                                 (they alternate), at hd 128 each its 64-column half
+//   then dK, dV are added into dk, dv once, as in the two-kernel scheme (head split included).
+// Determinism of dQ: the partials of query tile i come from key tiles 0..i/2 and are added in that
+// order. A counter per (b, h, query tile) in global memory holds the number of key tiles already
+// added; key tile jt's writer waits until it reads jt, adds, waits for the add to land, and stores
+// jt + 1. Blocks are numbered with the key tile slowest (dkdv_block), so every block waits only on
+// blocks numbered before it: no deadlock, and by the time key tile jt runs, tile jt-1 is mostly done.
+// A pre-pass writes D = rowsum(dO∘O) and lse·log2e padded to whole query tiles (lse₂ = +inf past T,
+// so those rows' P is 0); a post-pass turns the fp32 dQ into bf16 dq.
+#include <cmath>
+#include <cstdint>
+
+#include "kernels/cuda/attention_launch.cuh"
+#include "kernels/cuda/attention_sm90.cuh"
+#include "kernels/cuda/attention_sm90.h"
+#include "kernels/cuda/attention_tma.cuh"
+
+namespace mlkv::cuda::attn {
+namespace {
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define MLKV_SM90A 1
+#endif
+#pragma nv_diag_suppress 177
+
+constexpr int kWsBc = 128;  // keys a block (two consumers × 64)
+constexpr int kWsBr = 64;   // query rows a step (one dSᵀ row = 64 bf16 = one 128-byte swizzle row)
+
+template <int HD, int NS>
+struct WsBwdTile {
+  static constexpr int kBc = kWsBc, kBr = kWsBr, kChunks = HD / 64;
+  static constexpr bool kDqAlternate = HD == 64;          // one consumer computes a step's dQ
+  static constexpr int kDqN = kDqAlternate ? HD : HD / 2;  // dQ columns a consumer computes
+  static constexpr uint32_t kKVBytes = kBc * HD * 2;       // K or V
+  static constexpr uint32_t kQBytes = kBr * HD * 2;        // Q or dO, one stage
+  static constexpr uint32_t kDSBytes = kBc * kBr * 2;      // dSᵀ, one buffer
+  static constexpr uint32_t kDQBytes = kBr * HD * 4;       // fp32 dQ partial
+  static constexpr uint32_t kVecBytes = kBr * 4;           // lse₂ or D, one stage
+  static constexpr size_t kSmem =
+      1024 + 2 * size_t(kKVBytes) + 2 * size_t(NS) * kQBytes + 2 * kDSBytes + kDQBytes + 2 * size_t(NS) * kVecBytes;
+  static_assert(HD == 64 || HD == 128, "hd 80 and 256 keep the two-kernel backward");
+  static_assert(kSmem <= 227 * 1024, "shared memory per block");
+  static_assert(kDqN == 64, "the dQ product reads one 64-column region of K");
+};
+
+constexpr int kBwdProducerRegs = 40;
+constexpr int kBwdConsumerRegs = 232;  // (40 + 2·232)·128 = 64,512 of 65,536
+
+// The (head, query tile) of step t of a block whose slice starts at head h0.
+struct Step {
+  int h, qi;
+};
+__device__ __forceinline__ Step step_of(int t, int h0, int q_first, int per_head) {
+  return {h0 + t / per_head, q_first + t % per_head};
+}
+
+template <int HD, int NS>
+__global__ void __launch_bounds__(384, 1)
+    attention_bwd_ws_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
+                            const __grid_constant__ CUtensorMap tm_v, const __grid_constant__ CUtensorMap tm_do,
+                            const __grid_constant__ CUtensorMap tm_dq, const float* __restrict__ lse2,
+                            const float* __restrict__ dvec, int* __restrict__ dq_turn, float* __restrict__ dk,
+                            float* __restrict__ dv, int B, int T, int H, int group, DkdvSplit split,
+                            float scale_log2, float scale) {
+#ifdef MLKV_SM90A
+  using Tile = WsBwdTile<HD, NS>;
+  constexpr int kBc = Tile::kBc, kBr = Tile::kBr, kChunks = Tile::kChunks;
+  extern __shared__ unsigned char smem_raw[];
+  __shared__ __align__(8) uint64_t bar_kv, bar_full[NS], bar_empty[NS], bar_dq_full, bar_dq_empty;
+  unsigned char* base =
+      reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  bf16* sK = reinterpret_cast<bf16*>(base);           // [kChunks][kBc × 64]
+  bf16* sV = sK + kBc * HD;                           // [kChunks][kBc × 64]
+  bf16* sQ = sV + kBc * HD;                           // [NS][kChunks][kBr × 64]
+  bf16* sdO = sQ + NS * kBr * HD;                     // [NS][kChunks][kBr × 64]
+  bf16* sdS = sdO + NS * kBr * HD;                    // [2][kBc × kBr]  dSᵀ, keys × queries
+  float* sDQ = reinterpret_cast<float*>(sdS + 2 * kBc * kBr);  // [HD / 32][kBr × 32]
+  float* sL = sDQ + kBr * HD;                         // [NS][kBr]  lse₂
+  float* sD = sL + NS * kBr;                          // [NS][kBr]  D
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp >> 2;
+  const int KVH = H / group;
+  const DkdvBlock blk = dkdv_block(split, B, KVH);
+  const int jt = blk.jt, g = blk.g, b = blk.b;
+  const int h0 = g * group + blk.slice * split.heads_per;
+  const int kv0 = jt * kBc;
+  const int n_q = (T + kBr - 1) / kBr, t_pad = n_q * kBr;
+  const int q_first = kv0 / kBr;
+  const int per_head = n_q - q_first;
+  const int n_steps = split.heads_per * per_head;
+
+  if (tid == 0) {
+    mbar_init(&bar_kv, 1);
+#pragma unroll
+    for (int s = 0; s < NS; ++s) {
+      mbar_init(&bar_full[s], 1);
+      mbar_init(&bar_empty[s], 8);  // one arrival per consumer warp
+    }
+    mbar_init(&bar_dq_full, Tile::kDqAlternate ? 4 : 8);
+    mbar_init(&bar_dq_empty, 1);
+    mbar_init_fence();
+  }
+  __syncthreads();
+
+  if (wg == 0) {
+    regs_dealloc<kBwdProducerRegs>();
+    if (tid == 0) {  // loads
+      tma_prefetch_map(&tm_q);
+      tma_prefetch_map(&tm_do);
+      const int kv_row = b * KVH + g;
+      mbar_arrive_expect_tx(&bar_kv, 2 * Tile::kKVBytes);
+#pragma unroll
+      for (int c = 0; c < kChunks; ++c) {
+        tma_load_3d(sK + c * kBc * 64, &tm_k, c * 64, kv0, kv_row, &bar_kv);
+        tma_load_3d(sV + c * kBc * 64, &tm_v, c * 64, kv0, kv_row, &bar_kv);
+      }
+      for (int t = 0; t < n_steps; ++t) {
+        const int s = t % NS;
+        if (t >= NS) mbar_wait(&bar_empty[s], (t / NS - 1) & 1);
+        const Step st = step_of(t, h0, q_first, per_head);
+        const int qr0 = st.qi * kBr;
+        mbar_arrive_expect_tx(&bar_full[s], 2 * Tile::kQBytes + 2 * Tile::kVecBytes);
+#pragma unroll
+        for (int c = 0; c < kChunks; ++c) {
+          tma_load_3d(sQ + (s * kChunks + c) * kBr * 64, &tm_q, c * 64, qr0, b * H + st.h, &bar_full[s]);
+          tma_load_3d(sdO + (s * kChunks + c) * kBr * 64, &tm_do, st.h * HD + c * 64, qr0, b, &bar_full[s]);
+        }
+        const int64_t vec0 = (int64_t(b) * H + st.h) * t_pad + qr0;
+        bulk_load(sL + s * kBr, lse2 + vec0, Tile::kVecBytes, &bar_full[s]);
+        bulk_load(sD + s * kBr, dvec + vec0, Tile::kVecBytes, &bar_full[s]);
+      }
+    } else if (tid == 32) {  // the dQ writer
+      for (int t = 0; t < n_steps; ++t) {
+        const Step st = step_of(t, h0, q_first, per_head);
+        mbar_wait(&bar_dq_full, t & 1);
+        int* turn = dq_turn + (int64_t(b) * H + st.h) * n_q + st.qi;
+        while (ld_acquire(turn) != jt) {
+        }
+        fence_proxy_async_global();
+        const int row = (b * H + st.h) * t_pad + st.qi * kBr;
+#pragma unroll
+        for (int r = 0; r < HD / 32; ++r) {
+          if (jt == 0)
+            tma_store_2d(&tm_dq, r * 32, row, sDQ + r * kBr * 32);
+          else
+            tma_reduce_add_2d(&tm_dq, r * 32, row, sDQ + r * kBr * 32);
+        }
+        bulk_commit();
+        bulk_wait_read<0>();
+        mbar_arrive(&bar_dq_empty);  // the consumers may overwrite sDQ
+        bulk_wait<0>();
+        fence_proxy_async_global();
+        st_release(turn, jt + 1);
+      }
+    }
+    return;
+  }
+
+  regs_alloc<kBwdConsumerRegs>();
+  const int cw = wg - 1, wq = warp & 3;
+  const int wg_key0 = kv0 + cw * 64;
+  const int key_r = wg_key0 + wq * 16 + (lane >> 2);  // this thread's keys: key_r, key_r + 8
+  float dva[HD / 2], dka[HD / 2];
+#pragma unroll
+  for (int i = 0; i < HD / 2; ++i) dva[i] = dka[i] = 0.f;
+  // Products that start a fresh accumulator (scale-d 0) still take it as an asm input; zeroing it
+  // just before the issue keeps the previous step's values from being live across the loop.
+  float s_t[kBr / 2], dpt[kBr / 2], dqa[Tile::kDqN / 2];
+  uint32_t pa[kBr / 16][4], dsa[kBr / 16][4];  // Pᵀ, dSᵀ as A fragments (16 queries each)
+
+  const uint32_t k_addr = smem_addr(sK), v_addr = smem_addr(sV);
+  mbar_wait(&bar_kv, 0);
+
+  for (int t = 0; t < n_steps; ++t) {
+    const int s = t % NS;
+    const Step stp = step_of(t, h0, q_first, per_head);
+    const int qr0 = stp.qi * kBr;
+    const uint32_t q_addr = smem_addr(sQ + s * kChunks * kBr * 64);
+    const uint32_t do_addr = smem_addr(sdO + s * kChunks * kBr * 64);
+    mbar_wait(&bar_full[s], (t / NS) & 1);
+
+    // Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ (this consumer's 64 keys × 64 queries).
+#pragma unroll
+    for (int i = 0; i < kBr / 2; ++i) s_t[i] = dpt[i] = 0.f;
+    fence_regs(s_t);
+    fence_regs(dpt);
+    wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < HD / 16; ++ks) {
+      const uint32_t in = (ks / 4) * kBc * 128 + cw * 64 * 128 + (ks % 4) * 32;
+      const uint32_t inq = (ks / 4) * kBr * 128 + (ks % 4) * 32;
+      WgmmaSS<kBr>::run(s_t, desc_sw128(k_addr + in, 16, 1024), desc_sw128(q_addr + inq, 16, 1024), ks > 0);
+    }
+    wgmma_commit();
+#pragma unroll
+    for (int ks = 0; ks < HD / 16; ++ks) {
+      const uint32_t in = (ks / 4) * kBc * 128 + cw * 64 * 128 + (ks % 4) * 32;
+      const uint32_t inq = (ks / 4) * kBr * 128 + (ks % 4) * 32;
+      WgmmaSS<kBr>::run(dpt, desc_sw128(v_addr + in, 16, 1024), desc_sw128(do_addr + inq, 16, 1024), ks > 0);
+    }
+    wgmma_commit();
+
+    // Pᵀ: causal mask where some query of the tile precedes some key of this consumer.
+    const float* cL = sL + s * kBr;
+    const float* cD = sD + s * kBr;
+    const bool need_mask = qr0 < wg_key0 + 63;
+    wgmma_wait<1>();
+    fence_regs(s_t);
+#pragma unroll
+    for (int nt = 0; nt < kBr / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int qc = nt * 8 + (lane & 3) * 2 + (e & 1);
+        float p = fast_exp2(fmaf(s_t[4 * nt + e], scale_log2, -cL[qc]));
+        if (need_mask && qr0 + qc < key_r + (e >> 1) * 8) p = 0.f;
+        s_t[4 * nt + e] = p;
+      }
+    wgmma_wait<0>();
+    fence_regs(dpt);
+    // dSᵀ, and both packed as bf16 A fragments 16 queries at a time (so that the fp32 values die
+    // as their packed copies appear).
+#pragma unroll
+    for (int kk = 0; kk < kBr / 16; ++kk)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int e0 = 8 * kk + 2 * i, qc = (e0 / 4) * 8 + (lane & 3) * 2;  // columns qc, qc + 1
+        const float ds0 = s_t[e0] * (dpt[e0] - cD[qc]), ds1 = s_t[e0 + 1] * (dpt[e0 + 1] - cD[qc + 1]);
+        pa[kk][i] = pack_bf16(s_t[e0], s_t[e0 + 1]);
+        dsa[kk][i] = pack_bf16(ds0, ds1);
+      }
+
+    // dV += Pᵀ·dO, dK += dSᵀ·Q (16 queries a k-step).
+    fence_regs(dva);
+    fence_regs(dka);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kBr / 16; ++kk)
+      WgmmaRS<HD>::run(dva, pa[kk], desc_sw128(do_addr + kk * 2048, kBr * 128, 1024), 1);
+#pragma unroll
+    for (int kk = 0; kk < kBr / 16; ++kk)
+      WgmmaRS<HD>::run(dka, dsa[kk], desc_sw128(q_addr + kk * 2048, kBr * 128, 1024), 1);
+    wgmma_commit();
+
+    // dSᵀ → buffer t % 2 in the 128-byte-swizzle layout (row = key, 64 queries = 128 bytes; the
+    // 16-byte chunk nt of row r sits at chunk nt ^ (r % 8), and r % 8 = lane / 4 here).
+    {
+      uint32_t row_off = (cw * 64 + wq * 16 + (lane >> 2)) * 128 + (lane & 3) * 4, sw = lane >> 2;
+      // Opaque to the optimiser, so that the 16 store offsets are not hoisted out of the step loop
+      // into 16 live registers (at hd 128 that spills).
+      asm volatile("" : "+r"(row_off), "+r"(sw));
+      unsigned char* buf = reinterpret_cast<unsigned char*>(sdS + (t & 1) * kBc * kBr) + row_off;
+#pragma unroll
+      for (int hr = 0; hr < 2; ++hr)
+#pragma unroll
+        for (int nt = 0; nt < kBr / 8; ++nt)
+          *reinterpret_cast<uint32_t*>(buf + hr * 1024 + ((nt ^ sw) << 4)) = dsa[nt / 2][(nt & 1) * 2 + hr];
+    }
+    fence_proxy_async();
+    named_sync(1, 256);  // both halves of dSᵀ are written
+    // dV, dK done before dQ is issued: the P/dS fragments then die before the dQ accumulator is
+    // live (at hd 128 all three together spill), and the stage can be handed back earlier.
+    wgmma_wait<0>();
+    fence_regs(dva);
+    fence_regs(dka);
+    fence_regs_u32(pa);
+    fence_regs_u32(dsa);
+    __syncwarp();
+    if (lane == 0) mbar_arrive(&bar_empty[s]);  // Q, dO, lse₂, D of this stage are read
+
+    const bool my_dq = !Tile::kDqAlternate || (t & 1) == cw;
+    if (my_dq) {
+      const uint32_t ds_addr = smem_addr(sdS + (t & 1) * kBc * kBr);
+      const uint32_t kn_addr = k_addr + (Tile::kDqAlternate ? 0 : cw * kBc * 128);  // K's column region
+#pragma unroll
+      for (int i = 0; i < Tile::kDqN / 2; ++i) dqa[i] = 0.f;
+      fence_regs(dqa);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < kBc / 16; ++kk)
+        WgmmaSS<64, 1, 1>::run(dqa, desc_sw128(ds_addr + kk * 2048, kBc * 128, 1024),
+                               desc_sw128(kn_addr + kk * 2048, kBc * 128, 1024), kk > 0);
+      wgmma_commit();
+    }
+    if (my_dq) {
+      wgmma_wait<0>();
+      fence_regs(dqa);
+      // fp32 dQ partial → sDQ, 128-byte swizzle per 32-column region (the TMA box layout).
+      if (t > 0) mbar_wait(&bar_dq_empty, (t - 1) & 1);
+      // Columns col0 + 8·nt + 2·(lane % 4) + {0, 1}: region (32 columns) col0/32 + nt/4, chunk
+      // 2·(nt % 4) + (lane % 4)/2, swizzled by row % 8 = lane / 4, offset 8·(lane % 2) inside it.
+      uint32_t row_off = (wq * 16 + (lane >> 2)) * 128 + (lane & 1) * 8, sw = ((lane & 3) >> 1) ^ (lane >> 2);
+      asm volatile("" : "+r"(row_off), "+r"(sw));  // as for dSᵀ: no hoisted offsets
+      unsigned char* buf = reinterpret_cast<unsigned char*>(sDQ) + row_off +
+                           (Tile::kDqAlternate ? 0 : cw * 2) * kBr * 128;
+#pragma unroll
+      for (int hr = 0; hr < 2; ++hr)
+#pragma unroll
+        for (int nt = 0; nt < Tile::kDqN / 8; ++nt)
+          *reinterpret_cast<float2*>(buf + (nt / 4) * kBr * 128 + hr * 1024 + (((2 * (nt % 4)) ^ sw) << 4)) =
+              make_float2(dqa[4 * nt + 2 * hr], dqa[4 * nt + 2 * hr + 1]);
+      fence_proxy_async();
+      __syncwarp();
+      if (lane == 0) mbar_arrive(&bar_dq_full);
+    }
+  }
+
+  // dK, dV: slice 0 adds into the caller's sums; slice s > 0 writes partial s-1.
+  const bool first = blk.slice == 0;
+  const int64_t part = (blk.slice - 1) * (int64_t(B) * KVH * T * HD);
+  const int64_t kvbase = (int64_t(b) * KVH + g) * T * HD;
+  float* ok = first ? dk : split.part_k + part;
+  float* ov = first ? dv : split.part_v + part;
+#pragma unroll
+  for (int dt = 0; dt < HD / 8; ++dt) {
+    const int col = dt * 8 + (lane & 3) * 2;
+#pragma unroll
+    for (int hr = 0; hr < 2; ++hr) {
+      const int key = key_r + hr * 8;
+      if (key >= T) continue;
+      float2* pk = reinterpret_cast<float2*>(ok + kvbase + int64_t(key) * HD + col);
+      float2* pv = reinterpret_cast<float2*>(ov + kvbase + int64_t(key) * HD + col);
+      float2 xk = first ? *pk : make_float2(0.f, 0.f), xv = first ? *pv : make_float2(0.f, 0.f);
+      xk.x += dka[4 * dt + 2 * hr] * scale;
+      xk.y += dka[4 * dt + 2 * hr + 1] * scale;
+      xv.x += dva[4 * dt + 2 * hr];
+      xv.y += dva[4 * dt + 2 * hr + 1];
+      *pk = xk;
+      *pv = xv;
+    }
+  }
+#endif
+}
+
+// Pre-pass: for every (b, h) and padded row t < t_pad, D = rowsum(dO∘O) and lse₂ = lse·log2e
+// (0 and +inf past T). HD/8 lanes a row, 8 elements each.
+template <int HD>
+__global__ void ws_bwd_prepass_kernel(float* __restrict__ dvec, float* __restrict__ lse2,
+                                      const bf16* __restrict__ dout, const bf16* __restrict__ out,
+                                      const float* __restrict__ lse, int T, int H, int t_pad, int64_t n_rows) {
+  constexpr int kLanes = HD / 8;
+  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  const int64_t r = i / kLanes;
+  const int c = int(i % kLanes);
+  const bool live = r < n_rows;
+  const int64_t bh = live ? r / t_pad : 0;
+  const int t = live ? int(r % t_pad) : 0;
+  float acc = 0.f;
+  if (live && t < T) {
+    const int64_t off = ((bh / H) * T + t) * int64_t(H) * HD + (bh % H) * HD + c * 8;
+    const uint4 x = *reinterpret_cast<const uint4*>(dout + off);
+    const uint4 y = *reinterpret_cast<const uint4*>(out + off);
+    const __nv_bfloat162* x2 = reinterpret_cast<const __nv_bfloat162*>(&x);
+    const __nv_bfloat162* y2 = reinterpret_cast<const __nv_bfloat162*>(&y);
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const float2 xf = __bfloat1622float2(x2[e]), yf = __bfloat1622float2(y2[e]);
+      acc = fmaf(xf.x, yf.x, fmaf(xf.y, yf.y, acc));
+    }
+  }
+#pragma unroll
+  for (int o = kLanes / 2; o > 0; o /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+  if (live && c == 0) {
+    dvec[r] = acc;
+    lse2[r] = t < T ? lse[bh * T + t] * kLog2e : INFINITY;
+  }
+}
+
+// Post-pass: dq[B, H, T, hd] bf16 = scale · the fp32 accumulator [B·H, t_pad, hd] (rows < T).
+__global__ void ws_bwd_dq_cast_kernel(bf16* __restrict__ dq, const float4* __restrict__ acc, int T, int t_pad,
+                                      int hd4, int64_t n4, float scale) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n4; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t row = i / hd4;  // row of dq: (b·H + h)·T + t
+    const int64_t bh = row / T;
+    const int t = int(row % T);
+    const float4 a = acc[(bh * t_pad + t) * hd4 + i % hd4];
+    uint2 o;
+    o.x = pack_bf16(a.x * scale, a.y * scale);
+    o.y = pack_bf16(a.z * scale, a.w * scale);
+    reinterpret_cast<uint2*>(dq)[i] = o;
+  }
+}
+
+int sm_count() {
+  int dev = 0, n = 0;
+  check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
+  check_cuda(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute");
+  return n;
+}
+
+template <int HD, int NS>
+void launch_bwd_ws(void* dq, float* dk, float* dv, const void* dout, const void* q, const void* k, const void* v,
+                   const void* out, const float* lse, int B, int T, int H, int KVH, const DkdvSplit& split,
+                   const WsBwdScratch& ws, cudaStream_t stream) {
+  using Tile = WsBwdTile<HD, NS>;
+  const int n_q = (T + kWsBr - 1) / kWsBr, t_pad = n_q * kWsBr;
+  const int64_t rows = int64_t(B) * H * t_pad;
+  const float scale = 1.f / std::sqrt(float(HD));
+
+  check_cuda(cudaMemsetAsync(ws.dq_turn, 0, size_t(B) * H * n_q * sizeof(int), stream), "cudaMemsetAsync(dq turns)");
+  {
+    const int64_t threads = rows * (HD / 8);
+    ws_bwd_prepass_kernel<HD><<<unsigned((threads + 255) / 256), 256, 0, stream>>>(
+        ws.dvec, ws.lse2, static_cast<const bf16*>(dout), static_cast<const bf16*>(out), lse, T, H, t_pad, rows);
+    check_launch("ws_bwd_prepass_kernel");
+  }
+
+  const CUtensorMap tm_q = make_tmap_bf16_3d(q, HD, T, uint64_t(B) * H, kWsBr);
+  const CUtensorMap tm_k = make_tmap_bf16_3d(k, HD, T, uint64_t(B) * KVH, kWsBc);
+  const CUtensorMap tm_v = make_tmap_bf16_3d(v, HD, T, uint64_t(B) * KVH, kWsBc);
+  const CUtensorMap tm_do = make_tmap_bf16_3d(dout, uint64_t(H) * HD, T, B, kWsBr);
+  const CUtensorMap tm_dq = make_tmap_f32_2d(ws.dq_acc, HD, uint64_t(rows), kWsBr);
+  auto kernel = attention_bwd_ws_kernel<HD, NS>;
+  allow_smem(kernel, Tile::kSmem);
+  const int64_t blocks = int64_t((T + kWsBc - 1) / kWsBc) * KVH * B * split.split;
+  kernel<<<dim3(unsigned(blocks)), 384, Tile::kSmem, stream>>>(tm_q, tm_k, tm_v, tm_do, tm_dq, ws.lse2, ws.dvec,
+                                                               ws.dq_turn, dk, dv, B, T, H, H / KVH, split,
+                                                               scale * kLog2e, scale);
+  check_launch("attention_bwd_ws_kernel");
+
+  const int64_t n4 = int64_t(B) * H * T * HD / 4;
+  const int cast_blocks = int(std::min<int64_t>((n4 + 255) / 256, 8 * int64_t(sm_count())));
+  ws_bwd_dq_cast_kernel<<<cast_blocks, 256, 0, stream>>>(static_cast<bf16*>(dq),
+                                                         reinterpret_cast<const float4*>(ws.dq_acc), T, t_pad, HD / 4,
+                                                         n4, scale);
+  check_launch("ws_bwd_dq_cast_kernel");
+}
+
+}  // namespace
+
+bool backward_ws_supports(int hd) { return hd == 64 || hd == 128; }
+int backward_ws_key_tile() { return kWsBc; }
+
+size_t ws_backward_scratch_floats(int B, int T, int H, int hd) {
+  const size_t n_q = (T + kWsBr - 1) / kWsBr, rows = size_t(B) * H * n_q * kWsBr;
+  // D, lse₂, the fp32 dQ, the turn counters (ints, as floats' worth of space); each piece a
+  // multiple of 64 floats so the next stays 256-byte aligned.
+  auto round = [](size_t n) { return (n + 63) / 64 * 64; };
+  return round(rows) * 2 + round(rows * hd) + round(size_t(B) * H * n_q);
+}
+
+WsBwdScratch ws_backward_scratch(float* base, int B, int T, int H, int hd) {
+  const size_t n_q = (T + kWsBr - 1) / kWsBr, rows = size_t(B) * H * n_q * kWsBr;
+  auto round = [](size_t n) { return (n + 63) / 64 * 64; };
+  WsBwdScratch ws;
+  ws.dvec = base;
+  ws.lse2 = ws.dvec + round(rows);
+  ws.dq_acc = ws.lse2 + round(rows);
+  ws.dq_turn = reinterpret_cast<int*>(ws.dq_acc + round(rows * hd));
+  return ws;
+}
+
+void backward_sm90_ws(void* dq, float* dk, float* dv, const void* dout, const void* q, const void* k, const void* v,
+                      const void* out, const float* lse, int B, int T, int H, int KVH, int hd,
+                      const DkdvSplit& split, const WsBwdScratch& ws, cudaStream_t stream) {
+  switch (hd) {
+    // Shared memory: K, V + NS stages of Q, dO, lse₂, D + 2 dSᵀ buffers + the fp32 dQ partial =
+    // 129 KB (hd 64, 3 stages) and 193 KB (hd 128, 2 stages).
+    case 64: launch_bwd_ws<64, 3>(dq, dk, dv, dout, q, k, v, out, lse, B, T, H, KVH, split, ws, stream); break;
+    case 128: launch_bwd_ws<128, 2>(dq, dk, dv, dout, q, k, v, out, lse, B, T, H, KVH, split, ws, stream); break;
+    default: throw Error("attention: the warp-specialised backward has no head dim " + std::to_string(hd));
+  }
+}
+
+}  // namespace mlkv::cuda::attn
