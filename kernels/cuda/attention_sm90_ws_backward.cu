@@ -8,7 +8,7 @@
 // head, head slice); it loops over the query heads of its slice and, per head, over the query
 // tiles of 64 rows at or below the diagonal ("steps"). K and V stay in shared memory.
 //   producer warp 0 (one thread): TMA loads of K, V, then per step of Q, dO (128-byte swizzle)
-//     and bulk copies of that tile's lse·log2e and D into an NS-stage ring (mbarriers).
+//     and of that tile's lse·log2e and D into an NS-stage ring (mbarriers).
 //   producer warp 1 (one thread), the dQ writer: per step, once the consumers have put the fp32
 //     dQ partial in shared memory, waits for this query tile's turn (below) and adds it into the
 //     fp32 dQ accumulator with a TMA reduce-add (the first key tile stores instead).
@@ -27,6 +27,8 @@
 // blocks numbered before it: no deadlock, and by the time key tile jt runs, tile jt-1 is mostly done.
 // A pre-pass writes D = rowsum(dO∘O) and lse·log2e padded to whole query tiles (lse₂ = +inf past T,
 // so those rows' P is 0); a post-pass turns the fp32 dQ into bf16 dq.
+#include <algorithm>
+#include <climits>
 #include <cmath>
 #include <cstdint>
 
@@ -54,10 +56,12 @@ struct WsBwdTile {
   static constexpr uint32_t kKVBytes = kBc * HD * 2;       // K or V
   static constexpr uint32_t kQBytes = kBr * HD * 2;        // Q or dO, one stage
   static constexpr uint32_t kDSBytes = kBc * kBr * 2;      // dSᵀ, one buffer
-  static constexpr uint32_t kDQBytes = kBr * HD * 4;       // fp32 dQ partial
+  static constexpr uint32_t kDQBytes = kBr * HD * 4;       // fp32 dQ partial, one buffer
   static constexpr uint32_t kVecBytes = kBr * 4;           // lse₂ or D, one stage
-  static constexpr size_t kSmem =
-      1024 + 2 * size_t(kKVBytes) + 2 * size_t(NS) * kQBytes + 2 * kDSBytes + kDQBytes + 2 * size_t(NS) * kVecBytes;
+  // Two dQ buffers where they fit (hd 64: then each consumer has its own, as they alternate).
+  static constexpr int kNdq = HD == 64 ? 2 : 1;
+  static constexpr size_t kSmem = 1024 + 2 * size_t(kKVBytes) + 2 * size_t(NS) * kQBytes + 2 * kDSBytes +
+                                  size_t(kNdq) * kDQBytes + 2 * size_t(NS) * kVecBytes;
   static_assert(HD == 64 || HD == 128, "hd 80 and 256 keep the two-kernel backward");
   static_assert(kSmem <= 227 * 1024, "shared memory per block");
   static_assert(kDqN == 64, "the dQ product reads one 64-column region of K");
@@ -78,15 +82,15 @@ template <int HD, int NS>
 __global__ void __launch_bounds__(384, 1)
     attention_bwd_ws_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
                             const __grid_constant__ CUtensorMap tm_v, const __grid_constant__ CUtensorMap tm_do,
-                            const __grid_constant__ CUtensorMap tm_dq, const float* __restrict__ lse2,
-                            const float* __restrict__ dvec, int* __restrict__ dq_turn, float* __restrict__ dk,
+                            const __grid_constant__ CUtensorMap tm_dq, const __grid_constant__ CUtensorMap tm_lse2,
+                            const __grid_constant__ CUtensorMap tm_dvec, int* __restrict__ dq_turn, float* __restrict__ dk,
                             float* __restrict__ dv, int B, int T, int H, int group, DkdvSplit split,
                             float scale_log2, float scale) {
 #ifdef MLKV_SM90A
   using Tile = WsBwdTile<HD, NS>;
-  constexpr int kBc = Tile::kBc, kBr = Tile::kBr, kChunks = Tile::kChunks;
+  constexpr int kBc = Tile::kBc, kBr = Tile::kBr, kChunks = Tile::kChunks, kNdq = Tile::kNdq;
   extern __shared__ unsigned char smem_raw[];
-  __shared__ __align__(8) uint64_t bar_kv, bar_full[NS], bar_empty[NS], bar_dq_full, bar_dq_empty;
+  __shared__ __align__(8) uint64_t bar_kv, bar_full[NS], bar_empty[NS], bar_dq_full[kNdq], bar_dq_empty[kNdq];
   unsigned char* base =
       reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
   bf16* sK = reinterpret_cast<bf16*>(base);           // [kChunks][kBc × 64]
@@ -94,8 +98,8 @@ __global__ void __launch_bounds__(384, 1)
   bf16* sQ = sV + kBc * HD;                           // [NS][kChunks][kBr × 64]
   bf16* sdO = sQ + NS * kBr * HD;                     // [NS][kChunks][kBr × 64]
   bf16* sdS = sdO + NS * kBr * HD;                    // [2][kBc × kBr]  dSᵀ, keys × queries
-  float* sDQ = reinterpret_cast<float*>(sdS + 2 * kBc * kBr);  // [HD / 32][kBr × 32]
-  float* sL = sDQ + kBr * HD;                         // [NS][kBr]  lse₂
+  float* sDQ = reinterpret_cast<float*>(sdS + 2 * kBc * kBr);  // [kNdq][HD / 32][kBr × 32]
+  float* sL = sDQ + kNdq * kBr * HD;                  // [NS][kBr]  lse₂
   float* sD = sL + NS * kBr;                          // [NS][kBr]  D
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp >> 2;
@@ -116,8 +120,11 @@ __global__ void __launch_bounds__(384, 1)
       mbar_init(&bar_full[s], 1);
       mbar_init(&bar_empty[s], 8);  // one arrival per consumer warp
     }
-    mbar_init(&bar_dq_full, Tile::kDqAlternate ? 4 : 8);
-    mbar_init(&bar_dq_empty, 1);
+#pragma unroll
+    for (int i = 0; i < kNdq; ++i) {
+      mbar_init(&bar_dq_full[i], Tile::kDqAlternate ? 4 : 8);
+      mbar_init(&bar_dq_empty[i], 1);
+    }
     mbar_init_fence();
   }
   __syncthreads();
@@ -127,6 +134,8 @@ __global__ void __launch_bounds__(384, 1)
     if (tid == 0) {  // loads
       tma_prefetch_map(&tm_q);
       tma_prefetch_map(&tm_do);
+      tma_prefetch_map(&tm_lse2);
+      tma_prefetch_map(&tm_dvec);
       const int kv_row = b * KVH + g;
       mbar_arrive_expect_tx(&bar_kv, 2 * Tile::kKVBytes);
 #pragma unroll
@@ -145,14 +154,16 @@ __global__ void __launch_bounds__(384, 1)
           tma_load_3d(sQ + (s * kChunks + c) * kBr * 64, &tm_q, c * 64, qr0, b * H + st.h, &bar_full[s]);
           tma_load_3d(sdO + (s * kChunks + c) * kBr * 64, &tm_do, st.h * HD + c * 64, qr0, b, &bar_full[s]);
         }
-        const int64_t vec0 = (int64_t(b) * H + st.h) * t_pad + qr0;
-        bulk_load(sL + s * kBr, lse2 + vec0, Tile::kVecBytes, &bar_full[s]);
-        bulk_load(sD + s * kBr, dvec + vec0, Tile::kVecBytes, &bar_full[s]);
+        const int vec0 = (b * H + st.h) * t_pad + qr0;
+        tma_load_1d(sL + s * kBr, &tm_lse2, vec0, &bar_full[s]);
+        tma_load_1d(sD + s * kBr, &tm_dvec, vec0, &bar_full[s]);
       }
     } else if (tid == 32) {  // the dQ writer
       for (int t = 0; t < n_steps; ++t) {
         const Step st = step_of(t, h0, q_first, per_head);
-        mbar_wait(&bar_dq_full, t & 1);
+        const int nb = t % kNdq;
+        const float* src = sDQ + nb * kBr * HD;
+        mbar_wait(&bar_dq_full[nb], (t / kNdq) & 1);
         int* turn = dq_turn + (int64_t(b) * H + st.h) * n_q + st.qi;
         while (ld_acquire(turn) != jt) {
         }
@@ -161,13 +172,13 @@ __global__ void __launch_bounds__(384, 1)
 #pragma unroll
         for (int r = 0; r < HD / 32; ++r) {
           if (jt == 0)
-            tma_store_2d(&tm_dq, r * 32, row, sDQ + r * kBr * 32);
+            tma_store_2d(&tm_dq, r * 32, row, src + r * kBr * 32);
           else
-            tma_reduce_add_2d(&tm_dq, r * 32, row, sDQ + r * kBr * 32);
+            tma_reduce_add_2d(&tm_dq, r * 32, row, src + r * kBr * 32);
         }
         bulk_commit();
         bulk_wait_read<0>();
-        mbar_arrive(&bar_dq_empty);  // the consumers may overwrite sDQ
+        mbar_arrive(&bar_dq_empty[nb]);  // the consumers may overwrite this buffer
         bulk_wait<0>();
         fence_proxy_async_global();
         st_release(turn, jt + 1);
@@ -305,12 +316,14 @@ __global__ void __launch_bounds__(384, 1)
       wgmma_wait<0>();
       fence_regs(dqa);
       // fp32 dQ partial → sDQ, 128-byte swizzle per 32-column region (the TMA box layout).
-      if (t > 0) mbar_wait(&bar_dq_empty, (t - 1) & 1);
+      // Buffer t % kNdq is free once the writer has read what step t - kNdq put there.
+      const int nb = t % kNdq;
+      if (t >= kNdq) mbar_wait(&bar_dq_empty[nb], (t / kNdq - 1) & 1);
       // Columns col0 + 8·nt + 2·(lane % 4) + {0, 1}: region (32 columns) col0/32 + nt/4, chunk
       // 2·(nt % 4) + (lane % 4)/2, swizzled by row % 8 = lane / 4, offset 8·(lane % 2) inside it.
       uint32_t row_off = (wq * 16 + (lane >> 2)) * 128 + (lane & 1) * 8, sw = ((lane & 3) >> 1) ^ (lane >> 2);
       asm volatile("" : "+r"(row_off), "+r"(sw));  // as for dSᵀ: no hoisted offsets
-      unsigned char* buf = reinterpret_cast<unsigned char*>(sDQ) + row_off +
+      unsigned char* buf = reinterpret_cast<unsigned char*>(sDQ + nb * kBr * HD) + row_off +
                            (Tile::kDqAlternate ? 0 : cw * 2) * kBr * 128;
 #pragma unroll
       for (int hr = 0; hr < 2; ++hr)
@@ -320,7 +333,7 @@ __global__ void __launch_bounds__(384, 1)
               make_float2(dqa[4 * nt + 2 * hr], dqa[4 * nt + 2 * hr + 1]);
       fence_proxy_async();
       __syncwarp();
-      if (lane == 0) mbar_arrive(&bar_dq_full);
+      if (lane == 0) mbar_arrive(&bar_dq_full[nb]);
     }
   }
 
@@ -429,10 +442,13 @@ void launch_bwd_ws(void* dq, float* dk, float* dv, const void* dout, const void*
   const CUtensorMap tm_v = make_tmap_bf16_3d(v, HD, T, uint64_t(B) * KVH, kWsBc);
   const CUtensorMap tm_do = make_tmap_bf16_3d(dout, uint64_t(H) * HD, T, B, kWsBr);
   const CUtensorMap tm_dq = make_tmap_f32_2d(ws.dq_acc, HD, uint64_t(rows), kWsBr);
+  const CUtensorMap tm_lse2 = make_tmap_f32_1d(ws.lse2, uint64_t(rows), kWsBr);
+  const CUtensorMap tm_dvec = make_tmap_f32_1d(ws.dvec, uint64_t(rows), kWsBr);
+  if (rows > INT32_MAX) throw Error("attention_backward: too many rows for the warp-specialised backward");
   auto kernel = attention_bwd_ws_kernel<HD, NS>;
   allow_smem(kernel, Tile::kSmem);
   const int64_t blocks = int64_t((T + kWsBc - 1) / kWsBc) * KVH * B * split.split;
-  kernel<<<dim3(unsigned(blocks)), 384, Tile::kSmem, stream>>>(tm_q, tm_k, tm_v, tm_do, tm_dq, ws.lse2, ws.dvec,
+  kernel<<<dim3(unsigned(blocks)), 384, Tile::kSmem, stream>>>(tm_q, tm_k, tm_v, tm_do, tm_dq, tm_lse2, tm_dvec,
                                                                ws.dq_turn, dk, dv, B, T, H, H / KVH, split,
                                                                scale * kLog2e, scale);
   check_launch("attention_bwd_ws_kernel");
@@ -473,8 +489,8 @@ void backward_sm90_ws(void* dq, float* dk, float* dv, const void* dout, const vo
                       const void* out, const float* lse, int B, int T, int H, int KVH, int hd,
                       const DkdvSplit& split, const WsBwdScratch& ws, cudaStream_t stream) {
   switch (hd) {
-    // Shared memory: K, V + NS stages of Q, dO, lse₂, D + 2 dSᵀ buffers + the fp32 dQ partial =
-    // 129 KB (hd 64, 3 stages) and 193 KB (hd 128, 2 stages).
+    // Shared memory: K, V + NS stages of Q, dO, lse₂, D + 2 dSᵀ buffers + the fp32 dQ partial
+    // buffers = 145 KB (hd 64, 3 stages, 2 dQ buffers) and 193 KB (hd 128, 2 stages, 1).
     case 64: launch_bwd_ws<64, 3>(dq, dk, dv, dout, q, k, v, out, lse, B, T, H, KVH, split, ws, stream); break;
     case 128: launch_bwd_ws<128, 2>(dq, dk, dv, dout, q, k, v, out, lse, B, T, H, KVH, split, ws, stream); break;
     default: throw Error("attention: the warp-specialised backward has no head dim " + std::to_string(hd));

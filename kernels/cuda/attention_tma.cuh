@@ -39,27 +39,28 @@ inline PFN_cuTensorMapEncodeTiled_v12000 tmap_encoder() {
   return encode;
 }
 
-// A RANK-dimensional tensor map (dims[0] contiguous) read or written in 128-byte-swizzled boxes
-// whose rows are 128 bytes (64 bf16 or 32 fp32); elements outside the tensor read as zeros and
-// are not written.
+// A RANK-dimensional tensor map (dims[0] contiguous) read or written in boxes; with
+// CU_TENSOR_MAP_SWIZZLE_128B the box rows are 128 bytes (64 bf16 or 32 fp32). Elements outside the
+// tensor read as zeros and are not written.
 template <int RANK>
-inline CUtensorMap make_tmap_sw128(CUtensorMapDataType type, uint32_t elem_bytes, const void* base,
-                                   const cuuint64_t (&dims)[RANK], const cuuint32_t (&box)[RANK]) {
+inline CUtensorMap make_tmap(CUtensorMapDataType type, uint32_t elem_bytes, const void* base,
+                             const cuuint64_t (&dims)[RANK], const cuuint32_t (&box)[RANK],
+                             CUtensorMapSwizzle swizzle = CU_TENSOR_MAP_SWIZZLE_128B) {
   CUtensorMap map;
-  cuuint64_t strides[RANK - 1];  // bytes, dims 1..RANK-1
+  cuuint64_t strides[RANK > 1 ? RANK - 1 : 1];  // bytes, dims 1..RANK-1
   cuuint64_t stride = elem_bytes;
   for (int i = 0; i < RANK - 1; ++i) strides[i] = stride *= dims[i];
   cuuint32_t elem_strides[RANK];
   for (int i = 0; i < RANK; ++i) elem_strides[i] = 1;
   const CUresult r = tmap_encoder()(&map, type, RANK, const_cast<void*>(base), dims, strides, box, elem_strides,
-                                    CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                                    CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+                                    CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   if (r != CUDA_SUCCESS) {
     std::string shape;
     for (int i = RANK - 1; i >= 0; --i) shape += std::to_string(dims[i]) + (i ? ", " : "");
+    std::string box_s;
+    for (int i = RANK - 1; i >= 0; --i) box_s += std::to_string(box[i]) + (i ? " × " : "");
     throw Error("attention: cuTensorMapEncodeTiled failed (CUresult " + std::to_string(int(r)) + ") for a [" + shape +
-                "] tensor of " + std::to_string(elem_bytes) + "-byte elements, box " + std::to_string(box[1]) +
-                " × " + std::to_string(box[0]));
+                "] tensor of " + std::to_string(elem_bytes) + "-byte elements, box " + box_s);
   }
   return map;
 }
@@ -67,11 +68,15 @@ inline CUtensorMap make_tmap_sw128(CUtensorMapDataType type, uint32_t elem_bytes
 // A 3-D bf16 tensor [outer][rows][cols] read in boxes of box_rows × 64 columns.
 inline CUtensorMap make_tmap_bf16_3d(const void* base, uint64_t cols, uint64_t rows, uint64_t outer,
                                      uint32_t box_rows) {
-  return make_tmap_sw128<3>(CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, base, {cols, rows, outer}, {64, box_rows, 1});
+  return make_tmap<3>(CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, base, {cols, rows, outer}, {64, box_rows, 1});
 }
 // A 2-D fp32 tensor [rows][cols] written (stored or reduce-added) in boxes of box_rows × 32 columns.
 inline CUtensorMap make_tmap_f32_2d(const void* base, uint64_t cols, uint64_t rows, uint32_t box_rows) {
-  return make_tmap_sw128<2>(CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 4, base, {cols, rows}, {32, box_rows});
+  return make_tmap<2>(CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 4, base, {cols, rows}, {32, box_rows});
+}
+// A 1-D fp32 vector read in unswizzled boxes of `box` elements.
+inline CUtensorMap make_tmap_f32_1d(const void* base, uint64_t n, uint32_t box) {
+  return make_tmap<1>(CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 4, base, {n}, {box}, CU_TENSOR_MAP_SWIZZLE_NONE);
 }
 
 // ---- device (the SW128 wgmma descriptor is desc_sw128 in attention_sm90.cuh)
@@ -111,12 +116,11 @@ __device__ __forceinline__ void tma_prefetch_map(const CUtensorMap* map) {
   asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(map)) : "memory");
 }
 
-// Plain bulk copy of `bytes` (a multiple of 16, both addresses 16-byte aligned) from global to
-// shared memory, counted on `bar` like a TMA load.
-__device__ __forceinline__ void bulk_load(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
-  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
-                   smem_addr(dst)),
-               "l"(reinterpret_cast<uint64_t>(src)), "r"(bytes), "r"(smem_addr(bar))
+// TMA: the 1-D box at element c0 of `map` into shared memory at dst, counted on `bar`.
+__device__ __forceinline__ void tma_load_1d(void* dst, const CUtensorMap* map, int c0, uint64_t* bar) {
+  asm volatile("cp.async.bulk.tensor.1d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2}], [%3];\n" ::
+                   "r"(smem_addr(dst)),
+               "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(smem_addr(bar))
                : "memory");
 }
 
