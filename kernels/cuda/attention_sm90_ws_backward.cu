@@ -16,12 +16,14 @@
 //     Sᵀ = K·Qᵀ, dPᵀ = V·dOᵀ     wgmma, all operands from shared memory (K-major)
 //     Pᵀ = exp2(Sᵀ·c − lse₂), dSᵀ = Pᵀ∘(dPᵀ − D)   registers, packed to bf16 A fragments
 //     dV += Pᵀ·dO, dK += dSᵀ·Q    wgmma, A from registers, dO and Q read MN-major
-//     dSᵀ → shared memory; both consumers meet (named barrier); then
-//     dQ = dS·K                   wgmma, dS read MN-major from dSᵀ: at hd 64 one consumer a step
-//                                 (they alternate), at hd 128 each its 64-column half
+//     dSᵀ → shared memory; then
+//     dQ = dS·K                   wgmma, dS read MN-major from dSᵀ, one of three ways (DqMode):
+//                                 each consumer over its own 64 keys (two partials, added one
+//                                 after the other), or after both have written dSᵀ (named
+//                                 barrier) each its 64-column half, or one consumer a step
 //   then dK, dV are added into dk, dv once, as in the two-kernel scheme (head split included).
-// Determinism of dQ: the partials of query tile i come from key tiles 0..i/2 and are added in that
-// order. A counter per (b, h, query tile) in global memory holds the number of key tiles already
+// Determinism of dQ: the partials of query tile i come from key tiles 0..i/2 (with own_keys two per
+// key tile, consumer 0's first) and are added in that order. A counter per (b, h, query tile) in global memory holds the number of key tiles already
 // added; key tile jt's writer waits until it reads jt, adds, waits for the add to land, and stores
 // jt + 1. Blocks are numbered with the key tile slowest (dkdv_block), so every block waits only on
 // blocks numbered before it: no deadlock, and by the time key tile jt runs, tile jt-1 is mostly done.
@@ -31,6 +33,8 @@
 #include <climits>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 
 #include "kernels/cuda/attention_launch.cuh"
 #include "kernels/cuda/attention_sm90.cuh"
@@ -48,23 +52,33 @@ namespace {
 constexpr int kWsBc = 128;  // keys a block (two consumers × 64)
 constexpr int kWsBr = 64;   // query rows a step (one dSᵀ row = 64 bf16 = one 128-byte swizzle row)
 
-template <int HD, int NS>
+// How the two consumers share a step's dQ = dS·K (64 queries × hd, over 128 keys).
+enum class DqMode {
+  own_keys,   // each over its own 64 keys, all hd columns: two partials, no wait for the other
+  half_cols,  // each over all 128 keys, its hd/2 columns: both dSᵀ halves first (named barrier)
+  alternate,  // one consumer a step, all of it, taking turns (named barrier)
+};
+
+template <int HD, int NS, DqMode DQ>
 struct WsBwdTile {
   static constexpr int kBc = kWsBc, kBr = kWsBr, kChunks = HD / 64;
-  static constexpr bool kDqAlternate = HD == 64;          // one consumer computes a step's dQ
-  static constexpr int kDqN = kDqAlternate ? HD : HD / 2;  // dQ columns a consumer computes
+  static constexpr int kDqN = DQ == DqMode::half_cols ? HD / 2 : HD;  // dQ columns a consumer computes
+  static constexpr int kDqKeys = DQ == DqMode::own_keys ? 64 : kBc;  // keys it sums over
   static constexpr uint32_t kKVBytes = kBc * HD * 2;       // K or V
   static constexpr uint32_t kQBytes = kBr * HD * 2;        // Q or dO, one stage
   static constexpr uint32_t kDSBytes = kBc * kBr * 2;      // dSᵀ, one buffer
   static constexpr uint32_t kDQBytes = kBr * HD * 4;       // fp32 dQ partial, one buffer
   static constexpr uint32_t kVecBytes = kBr * 4;           // lse₂ or D, one stage
-  // Two dQ buffers where they fit (hd 64: then each consumer has its own, as they alternate).
-  static constexpr int kNdq = HD == 64 ? 2 : 1;
+  // dQ buffers: one per consumer (own_keys: each its partial; alternate: each its turns), or
+  // one both write halves of (half_cols).
+  static constexpr int kNdq = DQ == DqMode::half_cols ? 1 : 2;
+  static constexpr int kDqWarps = DQ == DqMode::half_cols ? 8 : 4;  // warps writing one buffer
   static constexpr size_t kSmem = 1024 + 2 * size_t(kKVBytes) + 2 * size_t(NS) * kQBytes + 2 * kDSBytes +
                                   size_t(kNdq) * kDQBytes + 2 * size_t(NS) * kVecBytes;
   static_assert(HD == 64 || HD == 128, "hd 80 and 256 keep the two-kernel backward");
   static_assert(kSmem <= 227 * 1024, "shared memory per block");
-  static_assert(kDqN == 64, "the dQ product reads one 64-column region of K");
+  static_assert(kDqN == 64, "the dQ product reads one 64-column region of K (a 64 × 64 accumulator)");
+  static_assert(DQ != DqMode::half_cols || HD == 128, "half columns = one 64-column region each");
 };
 
 constexpr int kBwdProducerRegs = 40;
@@ -78,7 +92,7 @@ __device__ __forceinline__ Step step_of(int t, int h0, int q_first, int per_head
   return {h0 + t / per_head, q_first + t % per_head};
 }
 
-template <int HD, int NS>
+template <int HD, int NS, DqMode DQ>
 __global__ void __launch_bounds__(384, 1)
     attention_bwd_ws_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
                             const __grid_constant__ CUtensorMap tm_v, const __grid_constant__ CUtensorMap tm_do,
@@ -87,7 +101,7 @@ __global__ void __launch_bounds__(384, 1)
                             float* __restrict__ dv, int B, int T, int H, int group, DkdvSplit split,
                             float scale_log2, float scale) {
 #ifdef MLKV_SM90A
-  using Tile = WsBwdTile<HD, NS>;
+  using Tile = WsBwdTile<HD, NS, DQ>;
   constexpr int kBc = Tile::kBc, kBr = Tile::kBr, kChunks = Tile::kChunks, kNdq = Tile::kNdq;
   extern __shared__ unsigned char smem_raw[];
   __shared__ __align__(8) uint64_t bar_kv, bar_full[NS], bar_empty[NS], bar_dq_full[kNdq], bar_dq_empty[kNdq];
@@ -122,7 +136,7 @@ __global__ void __launch_bounds__(384, 1)
     }
 #pragma unroll
     for (int i = 0; i < kNdq; ++i) {
-      mbar_init(&bar_dq_full[i], Tile::kDqAlternate ? 4 : 8);
+      mbar_init(&bar_dq_full[i], Tile::kDqWarps);
       mbar_init(&bar_dq_empty[i], 1);
     }
     mbar_init_fence();
@@ -159,27 +173,40 @@ __global__ void __launch_bounds__(384, 1)
         tma_load_1d(sD + s * kBr, &tm_dvec, vec0, &bar_full[s]);
       }
     } else if (tid == 32) {  // the dQ writer
+      // Buffers written at step t: both (own_keys, added in consumer order), buffer t % 2
+      // (alternate), the one (half_cols).
+      constexpr int kPerStep = DQ == DqMode::own_keys ? 2 : 1;
       for (int t = 0; t < n_steps; ++t) {
         const Step st = step_of(t, h0, q_first, per_head);
-        const int nb = t % kNdq;
-        const float* src = sDQ + nb * kBr * HD;
-        mbar_wait(&bar_dq_full[nb], (t / kNdq) & 1);
         int* turn = dq_turn + (int64_t(b) * H + st.h) * n_q + st.qi;
-        while (ld_acquire(turn) != jt) {
-        }
-        fence_proxy_async_global();
         const int row = (b * H + st.h) * t_pad + st.qi * kBr;
+        for (int i = 0; i < kPerStep; ++i) {
+          const int nb = DQ == DqMode::alternate ? t % 2 : i;
+          const int use = DQ == DqMode::alternate ? t / 2 : t;  // this buffer's uses before
+          const float* src = sDQ + nb * kBr * HD;
+          mbar_wait(&bar_dq_full[nb], use & 1);
+          if (i == 0) {
+            while (ld_acquire(turn) != jt) {
+            }
+            fence_proxy_async_global();
+          }
 #pragma unroll
-        for (int r = 0; r < HD / 32; ++r) {
-          if (jt == 0)
-            tma_store_2d(&tm_dq, r * 32, row, src + r * kBr * 32);
-          else
-            tma_reduce_add_2d(&tm_dq, r * 32, row, src + r * kBr * 32);
+          for (int r = 0; r < HD / 32; ++r) {
+            if (jt == 0 && i == 0)
+              tma_store_2d(&tm_dq, r * 32, row, src + r * kBr * 32);
+            else
+              tma_reduce_add_2d(&tm_dq, r * 32, row, src + r * kBr * 32);
+          }
+          bulk_commit();
+          if (i + 1 < kPerStep) {
+            bulk_wait<0>();  // landed before the next partial is added to the same rows
+            mbar_arrive(&bar_dq_empty[nb]);
+          } else {
+            bulk_wait_read<0>();
+            mbar_arrive(&bar_dq_empty[nb]);  // the consumers may overwrite this buffer
+            bulk_wait<0>();
+          }
         }
-        bulk_commit();
-        bulk_wait_read<0>();
-        mbar_arrive(&bar_dq_empty[nb]);  // the consumers may overwrite this buffer
-        bulk_wait<0>();
         fence_proxy_async_global();
         st_release(turn, jt + 1);
       }
@@ -287,7 +314,10 @@ __global__ void __launch_bounds__(384, 1)
           *reinterpret_cast<uint32_t*>(buf + hr * 1024 + ((nt ^ sw) << 4)) = dsa[nt / 2][(nt & 1) * 2 + hr];
     }
     fence_proxy_async();
-    named_sync(1, 256);  // both halves of dSᵀ are written
+    if (DQ == DqMode::own_keys)
+      named_sync(2 + cw, 128);  // this consumer's dSᵀ rows are written
+    else
+      named_sync(1, 256);  // both halves of dSᵀ are written
     // dV, dK done before dQ is issued: the P/dS fragments then die before the dQ accumulator is
     // live (at hd 128 all three together spill), and the stage can be handed back earlier.
     wgmma_wait<0>();
@@ -298,17 +328,21 @@ __global__ void __launch_bounds__(384, 1)
     __syncwarp();
     if (lane == 0) mbar_arrive(&bar_empty[s]);  // Q, dO, lse₂, D of this stage are read
 
-    const bool my_dq = !Tile::kDqAlternate || (t & 1) == cw;
+    const bool my_dq = DQ != DqMode::alternate || (t & 1) == cw;
     if (my_dq) {
       const uint32_t ds_addr = smem_addr(sdS + (t & 1) * kBc * kBr);
-      const uint32_t kn_addr = k_addr + (Tile::kDqAlternate ? 0 : cw * kBc * 128);  // K's column region
+      // own_keys: this consumer's 64 rows of dSᵀ and K; half_cols: its 64-column region of K.
+      const uint32_t a_addr = ds_addr + (DQ == DqMode::own_keys ? cw * 64 * 128 : 0);
+      const uint32_t kn_addr = k_addr + (DQ == DqMode::own_keys    ? cw * 64 * 128
+                                         : DQ == DqMode::half_cols ? cw * kBc * 128
+                                                                   : 0);
 #pragma unroll
       for (int i = 0; i < Tile::kDqN / 2; ++i) dqa[i] = 0.f;
       fence_regs(dqa);
       wgmma_fence();
 #pragma unroll
-      for (int kk = 0; kk < kBc / 16; ++kk)
-        WgmmaSS<64, 1, 1>::run(dqa, desc_sw128(ds_addr + kk * 2048, kBc * 128, 1024),
+      for (int kk = 0; kk < Tile::kDqKeys / 16; ++kk)
+        WgmmaSS<64, 1, 1>::run(dqa, desc_sw128(a_addr + kk * 2048, kBc * 128, 1024),
                                desc_sw128(kn_addr + kk * 2048, kBc * 128, 1024), kk > 0);
       wgmma_commit();
     }
@@ -316,15 +350,16 @@ __global__ void __launch_bounds__(384, 1)
       wgmma_wait<0>();
       fence_regs(dqa);
       // fp32 dQ partial → sDQ, 128-byte swizzle per 32-column region (the TMA box layout).
-      // Buffer t % kNdq is free once the writer has read what step t - kNdq put there.
-      const int nb = t % kNdq;
-      if (t >= kNdq) mbar_wait(&bar_dq_empty[nb], (t / kNdq - 1) & 1);
-      // Columns col0 + 8·nt + 2·(lane % 4) + {0, 1}: region (32 columns) col0/32 + nt/4, chunk
+      // The buffer is free once the writer has read what its previous use put there.
+      const int nb = DQ == DqMode::half_cols ? 0 : cw;
+      const int use = DQ == DqMode::alternate ? t / 2 : t;
+      if (use > 0) mbar_wait(&bar_dq_empty[nb], (use - 1) & 1);
+      // Columns col0 (64·consumer for half_cols, else 0) + 8·nt + 2·(lane % 4) + {0, 1}: region (32 columns) col0/32 + nt/4, chunk
       // 2·(nt % 4) + (lane % 4)/2, swizzled by row % 8 = lane / 4, offset 8·(lane % 2) inside it.
       uint32_t row_off = (wq * 16 + (lane >> 2)) * 128 + (lane & 1) * 8, sw = ((lane & 3) >> 1) ^ (lane >> 2);
       asm volatile("" : "+r"(row_off), "+r"(sw));  // as for dSᵀ: no hoisted offsets
       unsigned char* buf = reinterpret_cast<unsigned char*>(sDQ + nb * kBr * HD) + row_off +
-                           (Tile::kDqAlternate ? 0 : cw * 2) * kBr * 128;
+                           (DQ == DqMode::half_cols ? cw * 2 : 0) * kBr * 128;
 #pragma unroll
       for (int hr = 0; hr < 2; ++hr)
 #pragma unroll
@@ -413,6 +448,13 @@ __global__ void ws_bwd_dq_cast_kernel(bf16* __restrict__ dq, const float4* __res
   }
 }
 
+// Measurement switch, read per call: MLKV_ATTN_BWD_DQ=1 has the consumers alternate on dQ at
+// hd 64 instead of each summing over its own keys.
+int bwd_dq_mode() {
+  const char* e = std::getenv("MLKV_ATTN_BWD_DQ");
+  return e && std::strcmp(e, "1") == 0 ? 1 : 0;
+}
+
 int sm_count() {
   int dev = 0, n = 0;
   check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
@@ -420,11 +462,11 @@ int sm_count() {
   return n;
 }
 
-template <int HD, int NS>
+template <int HD, int NS, DqMode DQ>
 void launch_bwd_ws(void* dq, float* dk, float* dv, const void* dout, const void* q, const void* k, const void* v,
                    const void* out, const float* lse, int B, int T, int H, int KVH, const DkdvSplit& split,
                    const WsBwdScratch& ws, cudaStream_t stream) {
-  using Tile = WsBwdTile<HD, NS>;
+  using Tile = WsBwdTile<HD, NS, DQ>;
   const int n_q = (T + kWsBr - 1) / kWsBr, t_pad = n_q * kWsBr;
   const int64_t rows = int64_t(B) * H * t_pad;
   const float scale = 1.f / std::sqrt(float(HD));
@@ -445,7 +487,7 @@ void launch_bwd_ws(void* dq, float* dk, float* dv, const void* dout, const void*
   const CUtensorMap tm_lse2 = make_tmap_f32_1d(ws.lse2, uint64_t(rows), kWsBr);
   const CUtensorMap tm_dvec = make_tmap_f32_1d(ws.dvec, uint64_t(rows), kWsBr);
   if (rows > INT32_MAX) throw Error("attention_backward: too many rows for the warp-specialised backward");
-  auto kernel = attention_bwd_ws_kernel<HD, NS>;
+  auto kernel = attention_bwd_ws_kernel<HD, NS, DQ>;
   allow_smem(kernel, Tile::kSmem);
   const int64_t blocks = int64_t((T + kWsBc - 1) / kWsBc) * KVH * B * split.split;
   kernel<<<dim3(unsigned(blocks)), 384, Tile::kSmem, stream>>>(tm_q, tm_k, tm_v, tm_do, tm_dq, tm_lse2, tm_dvec,
@@ -491,8 +533,15 @@ void backward_sm90_ws(void* dq, float* dk, float* dv, const void* dout, const vo
   switch (hd) {
     // Shared memory: K, V + NS stages of Q, dO, lse₂, D + 2 dSᵀ buffers + the fp32 dQ partial
     // buffers = 145 KB (hd 64, 3 stages, 2 dQ buffers) and 193 KB (hd 128, 2 stages, 1).
-    case 64: launch_bwd_ws<64, 3>(dq, dk, dv, dout, q, k, v, out, lse, B, T, H, KVH, split, ws, stream); break;
-    case 128: launch_bwd_ws<128, 2>(dq, dk, dv, dout, q, k, v, out, lse, B, T, H, KVH, split, ws, stream); break;
+    case 64:
+      if (bwd_dq_mode() == 1)
+        launch_bwd_ws<64, 3, DqMode::alternate>(dq, dk, dv, dout, q, k, v, out, lse, B, T, H, KVH, split, ws, stream);
+      else
+        launch_bwd_ws<64, 3, DqMode::own_keys>(dq, dk, dv, dout, q, k, v, out, lse, B, T, H, KVH, split, ws, stream);
+      break;
+    case 128:  // own_keys and alternate would need a 64 × 128 dQ accumulator besides dK, dV
+      launch_bwd_ws<128, 2, DqMode::half_cols>(dq, dk, dv, dout, q, k, v, out, lse, B, T, H, KVH, split, ws, stream);
+      break;
     default: throw Error("attention: the warp-specialised backward has no head dim " + std::to_string(hd));
   }
 }

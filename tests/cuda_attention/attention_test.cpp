@@ -144,6 +144,17 @@ TEST(Attention, WsBackwardAccumulatesAcrossLayers) {
                           80);
 }
 
+// The warp-specialised backward at hd 64 with the consumers taking turns on dQ (the measurement
+// switch MLKV_ATTN_BWD_DQ=1) instead of each summing its own keys: reference and determinism.
+TEST(Attention, WsBackwardAlternateDqMatchesReference) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  KernelFamily family(true);
+  ::setenv("MLKV_ATTN_BWD_DQ", "1", 1);
+  for (const AttnShape& s : {AttnShape{2, 200, 6, 2, 64}, AttnShape{1, 1100, 2, 1, 64}, AttnShape{34, 300, 4, 1, 64}})
+    check_case(s);
+  ::unsetenv("MLKV_ATTN_BWD_DQ");
+}
+
 // The warp-specialised forward with one block per SM walking the work tiles (its K/V ring and
 // barrier phases running on across tiles) and with one block per work tile: both match the
 // reference and each other bitwise. The shapes have more work tiles than an H100/H200 has SMs, so
