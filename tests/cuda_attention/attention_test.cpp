@@ -144,9 +144,10 @@ TEST(Attention, WsBackwardAccumulatesAcrossLayers) {
                           80);
 }
 
-// The warp-specialised backward at hd 64 with the consumers taking turns on dQ (the measurement
-// switch MLKV_ATTN_BWD_DQ=1) instead of each summing its own keys: reference and determinism.
-TEST(Attention, WsBackwardAlternateDqMatchesReference) {
+// The warp-specialised backward at hd 64 with each consumer summing dQ over its own keys (two
+// ordered partials a key tile; the measurement switch MLKV_ATTN_BWD_DQ=1) instead of the two
+// taking turns: reference and determinism.
+TEST(Attention, WsBackwardOwnKeysDqMatchesReference) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
   KernelFamily family(true);
   ::setenv("MLKV_ATTN_BWD_DQ", "1", 1);
