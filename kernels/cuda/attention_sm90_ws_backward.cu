@@ -49,19 +49,22 @@ namespace {
 #endif
 #pragma nv_diag_suppress 177
 
-constexpr int kWsBc = 128;  // keys a block (two consumers × 64)
-constexpr int kWsBr = 64;   // query rows a step (one dSᵀ row = 64 bf16 = one 128-byte swizzle row)
+constexpr int kWsBc = 128;    // keys a block (two consumers × 64)
+constexpr int kWsPad = 128;   // D, lse₂ and the fp32 dQ have T rounded up to this (every query tile size)
+constexpr int kWsBrMin = 64;  // the smallest query tile: the turn counters are sized for it
 
 // How the two consumers share a step's dQ = dS·K (64 queries × hd, over 128 keys).
 enum class DqMode {
   own_keys,   // each over its own 64 keys, all hd columns: two partials, no wait for the other
   half_cols,  // each over all 128 keys, its hd/2 columns: both dSᵀ halves first (named barrier)
+  half_rows,  // 128 queries a step: each over all 128 keys, its 64 query rows (named barrier)
   alternate,  // one consumer a step, all of it, taking turns (named barrier)
 };
 
-template <int HD, int NS, DqMode DQ>
+// BR query rows a step (64 or 128: one or two 64-query, 128-byte swizzle regions of dSᵀ).
+template <int HD, int BR, int NS, DqMode DQ>
 struct WsBwdTile {
-  static constexpr int kBc = kWsBc, kBr = kWsBr, kChunks = HD / 64;
+  static constexpr int kBc = kWsBc, kBr = BR, kChunks = HD / 64;
   static constexpr int kDqN = DQ == DqMode::half_cols ? HD / 2 : HD;  // dQ columns a consumer computes
   static constexpr int kDqKeys = DQ == DqMode::own_keys ? 64 : kBc;  // keys it sums over
   static constexpr uint32_t kKVBytes = kBc * HD * 2;       // K or V
@@ -71,18 +74,28 @@ struct WsBwdTile {
   static constexpr uint32_t kVecBytes = kBr * 4;           // lse₂ or D, one stage
   // dQ buffers: one per consumer (own_keys: each its partial; alternate: each its turns), or
   // one both write halves of (half_cols).
-  static constexpr int kNdq = DQ == DqMode::half_cols ? 1 : 2;
-  static constexpr int kDqWarps = DQ == DqMode::half_cols ? 8 : 4;  // warps writing one buffer
+  static constexpr bool kShared = DQ == DqMode::half_cols || DQ == DqMode::half_rows;  // one buffer, both write
+  static constexpr int kNdq = kShared ? 1 : 2;
+  static constexpr int kDqWarps = kShared ? 8 : 4;  // warps writing one buffer
   static constexpr size_t kSmem = 1024 + 2 * size_t(kKVBytes) + 2 * size_t(NS) * kQBytes + 2 * kDSBytes +
                                   size_t(kNdq) * kDQBytes + 2 * size_t(NS) * kVecBytes;
   static_assert(HD == 64 || HD == 128, "hd 80 and 256 keep the two-kernel backward");
   static_assert(kSmem <= 227 * 1024, "shared memory per block");
   static_assert(kDqN == 64, "the dQ product reads one 64-column region of K (a 64 × 64 accumulator)");
   static_assert(DQ != DqMode::half_cols || HD == 128, "half columns = one 64-column region each");
+  static_assert((DQ == DqMode::half_rows) == (BR == 128), "128 query rows are split by rows, 64 are not");
+  static_assert(BR % 64 == 0 && kWsPad % BR == 0, "query tiles of whole swizzle regions that tile the padding");
 };
 
-constexpr int kBwdProducerRegs = 40;
-constexpr int kBwdConsumerRegs = 232;  // (40 + 2·232)·128 = 64,512 of 65,536
+// A float2 from shared memory at this point of the program (asm volatile: not hoisted).
+__device__ __forceinline__ float2 lds_f2(uint32_t addr) {
+  float2 v;
+  asm volatile("ld.shared.v2.f32 {%0, %1}, [%2];\n" : "=f"(v.x), "=f"(v.y) : "r"(addr));
+  return v;
+}
+
+constexpr int kBwdProducerRegs = 24;
+constexpr int kBwdConsumerRegs = 240;  // (24 + 2·240)·128 = 64,512 of 65,536
 
 // The (head, query tile) of step t of a block whose slice starts at head h0.
 struct Step {
@@ -92,16 +105,16 @@ __device__ __forceinline__ Step step_of(int t, int h0, int q_first, int per_head
   return {h0 + t / per_head, q_first + t % per_head};
 }
 
-template <int HD, int NS, DqMode DQ>
+template <int HD, int BR, int NS, DqMode DQ>
 __global__ void __launch_bounds__(384, 1)
     attention_bwd_ws_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
                             const __grid_constant__ CUtensorMap tm_v, const __grid_constant__ CUtensorMap tm_do,
                             const __grid_constant__ CUtensorMap tm_dq, const __grid_constant__ CUtensorMap tm_lse2,
                             const __grid_constant__ CUtensorMap tm_dvec, int* __restrict__ dq_turn, float* __restrict__ dk,
-                            float* __restrict__ dv, int B, int T, int H, int group, DkdvSplit split,
+                            float* __restrict__ dv, int B, int T, int t_pad, int H, int group, DkdvSplit split,
                             float scale_log2, float scale) {
 #ifdef MLKV_SM90A
-  using Tile = WsBwdTile<HD, NS, DQ>;
+  using Tile = WsBwdTile<HD, BR, NS, DQ>;
   constexpr int kBc = Tile::kBc, kBr = Tile::kBr, kChunks = Tile::kChunks, kNdq = Tile::kNdq;
   extern __shared__ unsigned char smem_raw[];
   __shared__ __align__(8) uint64_t bar_kv, bar_full[NS], bar_empty[NS], bar_dq_full[kNdq], bar_dq_empty[kNdq];
@@ -122,7 +135,7 @@ __global__ void __launch_bounds__(384, 1)
   const int jt = blk.jt, g = blk.g, b = blk.b;
   const int h0 = g * group + blk.slice * split.heads_per;
   const int kv0 = jt * kBc;
-  const int n_q = (T + kBr - 1) / kBr, t_pad = n_q * kBr;
+  const int n_q = (T + kBr - 1) / kBr;
   const int q_first = kv0 / kBr;
   const int per_head = n_q - q_first;
   const int n_steps = split.heads_per * per_head;
@@ -259,20 +272,24 @@ __global__ void __launch_bounds__(384, 1)
     wgmma_commit();
 
     // Pᵀ: causal mask where some query of the tile precedes some key of this consumer.
-    const float* cL = sL + s * kBr;
-    const float* cD = sD + s * kBr;
     const bool need_mask = qr0 < wg_key0 + 63;
+    // lse₂ and D of this thread's columns 8·nt + 2·(lane % 4) + {0, 1}, read where used (lds_f2:
+    // the compiler would otherwise load all of them up front, 2·BR/4 registers).
+    const uint32_t col_addr = smem_addr(sL + s * kBr + (lane & 3) * 2);
+    const uint32_t d_delta = uint32_t(NS * kBr * 4);  // sD is NS stages past sL
     wgmma_wait<1>();
     fence_regs(s_t);
 #pragma unroll
-    for (int nt = 0; nt < kBr / 8; ++nt)
+    for (int nt = 0; nt < kBr / 8; ++nt) {
+      const float2 l2 = lds_f2(col_addr + nt * 32);
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int qc = nt * 8 + (lane & 3) * 2 + (e & 1);
-        float p = fast_exp2(fmaf(s_t[4 * nt + e], scale_log2, -cL[qc]));
+        float p = fast_exp2(fmaf(s_t[4 * nt + e], scale_log2, -((e & 1) ? l2.y : l2.x)));
         if (need_mask && qr0 + qc < key_r + (e >> 1) * 8) p = 0.f;
         s_t[4 * nt + e] = p;
       }
+    }
     wgmma_wait<0>();
     fence_regs(dpt);
     // dSᵀ, and both packed as bf16 A fragments 16 queries at a time (so that the fp32 values die
@@ -281,8 +298,9 @@ __global__ void __launch_bounds__(384, 1)
     for (int kk = 0; kk < kBr / 16; ++kk)
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
-        const int e0 = 8 * kk + 2 * i, qc = (e0 / 4) * 8 + (lane & 3) * 2;  // columns qc, qc + 1
-        const float ds0 = s_t[e0] * (dpt[e0] - cD[qc]), ds1 = s_t[e0 + 1] * (dpt[e0 + 1] - cD[qc + 1]);
+        const int e0 = 8 * kk + 2 * i;  // columns 8·(e0 / 4) + 2·(lane % 4) + {0, 1}
+        const float2 d2 = lds_f2(col_addr + d_delta + (e0 / 4) * 32);
+        const float ds0 = s_t[e0] * (dpt[e0] - d2.x), ds1 = s_t[e0 + 1] * (dpt[e0 + 1] - d2.y);
         pa[kk][i] = pack_bf16(s_t[e0], s_t[e0 + 1]);
         dsa[kk][i] = pack_bf16(ds0, ds1);
       }
@@ -299,8 +317,9 @@ __global__ void __launch_bounds__(384, 1)
       WgmmaRS<HD>::run(dka, dsa[kk], desc_sw128(q_addr + kk * 2048, kBr * 128, 1024), 1);
     wgmma_commit();
 
-    // dSᵀ → buffer t % 2 in the 128-byte-swizzle layout (row = key, 64 queries = 128 bytes; the
-    // 16-byte chunk nt of row r sits at chunk nt ^ (r % 8), and r % 8 = lane / 4 here).
+    // dSᵀ → buffer t % 2 in the 128-byte-swizzle layout (row = key, 64 queries = 128 bytes a
+    // region, BR / 64 regions; the 16-byte chunk c of row r sits at chunk c ^ (r % 8), and
+    // r % 8 = lane / 4 here).
     {
       uint32_t row_off = (cw * 64 + wq * 16 + (lane >> 2)) * 128 + (lane & 3) * 4, sw = lane >> 2;
       // Opaque to the optimiser, so that the 16 store offsets are not hoisted out of the step loop
@@ -311,7 +330,8 @@ __global__ void __launch_bounds__(384, 1)
       for (int hr = 0; hr < 2; ++hr)
 #pragma unroll
         for (int nt = 0; nt < kBr / 8; ++nt)
-          *reinterpret_cast<uint32_t*>(buf + hr * 1024 + ((nt ^ sw) << 4)) = dsa[nt / 2][(nt & 1) * 2 + hr];
+          *reinterpret_cast<uint32_t*>(buf + (nt / 8) * kBc * 128 + hr * 1024 + (((nt % 8) ^ sw) << 4)) =
+              dsa[nt / 2][(nt & 1) * 2 + hr];
     }
     fence_proxy_async();
     if (DQ == DqMode::own_keys)
@@ -331,8 +351,11 @@ __global__ void __launch_bounds__(384, 1)
     const bool my_dq = DQ != DqMode::alternate || (t & 1) == cw;
     if (my_dq) {
       const uint32_t ds_addr = smem_addr(sdS + (t & 1) * kBc * kBr);
-      // own_keys: this consumer's 64 rows of dSᵀ and K; half_cols: its 64-column region of K.
-      const uint32_t a_addr = ds_addr + (DQ == DqMode::own_keys ? cw * 64 * 128 : 0);
+      // own_keys: this consumer's 64 rows of dSᵀ and K; half_cols: its 64-column region of K;
+      // half_rows: its 64-query region of dSᵀ.
+      const uint32_t a_addr = ds_addr + (DQ == DqMode::own_keys    ? cw * 64 * 128
+                                         : DQ == DqMode::half_rows ? cw * kBc * 128
+                                                                   : 0);
       const uint32_t kn_addr = k_addr + (DQ == DqMode::own_keys    ? cw * 64 * 128
                                          : DQ == DqMode::half_cols ? cw * kBc * 128
                                                                    : 0);
@@ -351,12 +374,13 @@ __global__ void __launch_bounds__(384, 1)
       fence_regs(dqa);
       // fp32 dQ partial → sDQ, 128-byte swizzle per 32-column region (the TMA box layout).
       // The buffer is free once the writer has read what its previous use put there.
-      const int nb = DQ == DqMode::half_cols ? 0 : cw;
+      const int nb = Tile::kShared ? 0 : cw;
       const int use = DQ == DqMode::alternate ? t / 2 : t;
       if (use > 0) mbar_wait(&bar_dq_empty[nb], (use - 1) & 1);
       // Columns col0 (64·consumer for half_cols, else 0) + 8·nt + 2·(lane % 4) + {0, 1}: region (32 columns) col0/32 + nt/4, chunk
       // 2·(nt % 4) + (lane % 4)/2, swizzled by row % 8 = lane / 4, offset 8·(lane % 2) inside it.
-      uint32_t row_off = (wq * 16 + (lane >> 2)) * 128 + (lane & 1) * 8, sw = ((lane & 3) >> 1) ^ (lane >> 2);
+      const int row0 = DQ == DqMode::half_rows ? cw * 64 : 0;
+      uint32_t row_off = (row0 + wq * 16 + (lane >> 2)) * 128 + (lane & 1) * 8, sw = ((lane & 3) >> 1) ^ (lane >> 2);
       asm volatile("" : "+r"(row_off), "+r"(sw));  // as for dSᵀ: no hoisted offsets
       unsigned char* buf = reinterpret_cast<unsigned char*>(sDQ + nb * kBr * HD) + row_off +
                            (DQ == DqMode::half_cols ? cw * 2 : 0) * kBr * 128;
@@ -448,11 +472,13 @@ __global__ void ws_bwd_dq_cast_kernel(bf16* __restrict__ dq, const float4* __res
   }
 }
 
-// Measurement switch, read per call: MLKV_ATTN_BWD_DQ=1 has each consumer sum dQ over its own
-// keys at hd 64 instead of the two taking turns.
+// Measurement switch, read per call: at hd 64, MLKV_ATTN_BWD_DQ=1 takes 64-query steps with each
+// consumer summing dQ over its own keys, =2 64-query steps with the two taking turns, instead of
+// 128-query steps split by rows.
 int bwd_dq_mode() {
   const char* e = std::getenv("MLKV_ATTN_BWD_DQ");
-  return e && std::strcmp(e, "1") == 0 ? 1 : 0;
+  if (!e) return 0;
+  return std::strcmp(e, "1") == 0 ? 1 : std::strcmp(e, "2") == 0 ? 2 : 0;
 }
 
 int sm_count() {
@@ -462,16 +488,17 @@ int sm_count() {
   return n;
 }
 
-template <int HD, int NS, DqMode DQ>
+template <int HD, int BR, int NS, DqMode DQ>
 void launch_bwd_ws(void* dq, float* dk, float* dv, const void* dout, const void* q, const void* k, const void* v,
                    const void* out, const float* lse, int B, int T, int H, int KVH, const DkdvSplit& split,
                    const WsBwdScratch& ws, cudaStream_t stream) {
-  using Tile = WsBwdTile<HD, NS, DQ>;
-  const int n_q = (T + kWsBr - 1) / kWsBr, t_pad = n_q * kWsBr;
+  using Tile = WsBwdTile<HD, BR, NS, DQ>;
+  const int n_turns = (T + kWsBrMin - 1) / kWsBrMin, t_pad = (T + kWsPad - 1) / kWsPad * kWsPad;
   const int64_t rows = int64_t(B) * H * t_pad;
   const float scale = 1.f / std::sqrt(float(HD));
 
-  check_cuda(cudaMemsetAsync(ws.dq_turn, 0, size_t(B) * H * n_q * sizeof(int), stream), "cudaMemsetAsync(dq turns)");
+  check_cuda(cudaMemsetAsync(ws.dq_turn, 0, size_t(B) * H * n_turns * sizeof(int), stream),
+             "cudaMemsetAsync(dq turns)");
   {
     const int64_t threads = rows * (HD / 8);
     ws_bwd_prepass_kernel<HD><<<unsigned((threads + 255) / 256), 256, 0, stream>>>(
@@ -479,19 +506,19 @@ void launch_bwd_ws(void* dq, float* dk, float* dv, const void* dout, const void*
     check_launch("ws_bwd_prepass_kernel");
   }
 
-  const CUtensorMap tm_q = make_tmap_bf16_3d(q, HD, T, uint64_t(B) * H, kWsBr);
+  const CUtensorMap tm_q = make_tmap_bf16_3d(q, HD, T, uint64_t(B) * H, BR);
   const CUtensorMap tm_k = make_tmap_bf16_3d(k, HD, T, uint64_t(B) * KVH, kWsBc);
   const CUtensorMap tm_v = make_tmap_bf16_3d(v, HD, T, uint64_t(B) * KVH, kWsBc);
-  const CUtensorMap tm_do = make_tmap_bf16_3d(dout, uint64_t(H) * HD, T, B, kWsBr);
-  const CUtensorMap tm_dq = make_tmap_f32_2d(ws.dq_acc, HD, uint64_t(rows), kWsBr);
-  const CUtensorMap tm_lse2 = make_tmap_f32_1d(ws.lse2, uint64_t(rows), kWsBr);
-  const CUtensorMap tm_dvec = make_tmap_f32_1d(ws.dvec, uint64_t(rows), kWsBr);
+  const CUtensorMap tm_do = make_tmap_bf16_3d(dout, uint64_t(H) * HD, T, B, BR);
+  const CUtensorMap tm_dq = make_tmap_f32_2d(ws.dq_acc, HD, uint64_t(rows), BR);
+  const CUtensorMap tm_lse2 = make_tmap_f32_1d(ws.lse2, uint64_t(rows), BR);
+  const CUtensorMap tm_dvec = make_tmap_f32_1d(ws.dvec, uint64_t(rows), BR);
   if (rows > INT32_MAX) throw Error("attention_backward: too many rows for the warp-specialised backward");
-  auto kernel = attention_bwd_ws_kernel<HD, NS, DQ>;
+  auto kernel = attention_bwd_ws_kernel<HD, BR, NS, DQ>;
   allow_smem(kernel, Tile::kSmem);
   const int64_t blocks = int64_t((T + kWsBc - 1) / kWsBc) * KVH * B * split.split;
   kernel<<<dim3(unsigned(blocks)), 384, Tile::kSmem, stream>>>(tm_q, tm_k, tm_v, tm_do, tm_dq, tm_lse2, tm_dvec,
-                                                               ws.dq_turn, dk, dv, B, T, H, H / KVH, split,
+                                                               ws.dq_turn, dk, dv, B, T, t_pad, H, H / KVH, split,
                                                                scale * kLog2e, scale);
   check_launch("attention_bwd_ws_kernel");
 
@@ -509,15 +536,15 @@ bool backward_ws_supports(int hd) { return hd == 64 || hd == 128; }
 int backward_ws_key_tile() { return kWsBc; }
 
 size_t ws_backward_scratch_floats(int B, int T, int H, int hd) {
-  const size_t n_q = (T + kWsBr - 1) / kWsBr, rows = size_t(B) * H * n_q * kWsBr;
+  const size_t n_turns = (T + kWsBrMin - 1) / kWsBrMin, rows = size_t(B) * H * ((T + kWsPad - 1) / kWsPad * kWsPad);
   // D, lse₂, the fp32 dQ, the turn counters (ints, as floats' worth of space); each piece a
   // multiple of 64 floats so the next stays 256-byte aligned.
   auto round = [](size_t n) { return (n + 63) / 64 * 64; };
-  return round(rows) * 2 + round(rows * hd) + round(size_t(B) * H * n_q);
+  return round(rows) * 2 + round(rows * hd) + round(size_t(B) * H * n_turns);
 }
 
 WsBwdScratch ws_backward_scratch(float* base, int B, int T, int H, int hd) {
-  const size_t n_q = (T + kWsBr - 1) / kWsBr, rows = size_t(B) * H * n_q * kWsBr;
+  const size_t n_turns = (T + kWsBrMin - 1) / kWsBrMin, rows = size_t(B) * H * ((T + kWsPad - 1) / kWsPad * kWsPad);
   auto round = [](size_t n) { return (n + 63) / 64 * 64; };
   WsBwdScratch ws;
   ws.dvec = base;
@@ -534,15 +561,24 @@ void backward_sm90_ws(void* dq, float* dk, float* dv, const void* dout, const vo
     // Shared memory: K, V + NS stages of Q, dO, lse₂, D + 2 dSᵀ buffers + the fp32 dQ partial
     // buffers = 145 KB (hd 64, 3 stages, 2 dQ buffers) and 193 KB (hd 128, 2 stages, 1).
     case 64:
-      // alternate measured 16-20 % faster than own_keys, whose writer waits for one partial's
-      // add to land before the next (ATTENTION_NOTES log 13).
-      if (bwd_dq_mode() == 1)
-        launch_bwd_ws<64, 3, DqMode::own_keys>(dq, dk, dv, dout, q, k, v, out, lse, B, T, H, KVH, split, ws, stream);
-      else
-        launch_bwd_ws<64, 3, DqMode::alternate>(dq, dk, dv, dout, q, k, v, out, lse, B, T, H, KVH, split, ws, stream);
+      // 64-query steps: alternate measured 16-20 % faster than own_keys, whose writer waits for
+      // one partial's add to land before the next (ATTENTION_NOTES log 13).
+      switch (bwd_dq_mode()) {
+        case 1:
+          launch_bwd_ws<64, 64, 3, DqMode::own_keys>(dq, dk, dv, dout, q, k, v, out, lse, B, T, H, KVH, split, ws,
+                                                     stream);
+          break;
+        case 2:
+          launch_bwd_ws<64, 64, 3, DqMode::alternate>(dq, dk, dv, dout, q, k, v, out, lse, B, T, H, KVH, split, ws,
+                                                      stream);
+          break;
+        default:
+          launch_bwd_ws<64, 128, 2, DqMode::half_rows>(dq, dk, dv, dout, q, k, v, out, lse, B, T, H, KVH, split, ws,
+                                                       stream);
+      }
       break;
     case 128:  // own_keys and alternate would need a 64 × 128 dQ accumulator besides dK, dV
-      launch_bwd_ws<128, 2, DqMode::half_cols>(dq, dk, dv, dout, q, k, v, out, lse, B, T, H, KVH, split, ws, stream);
+      launch_bwd_ws<128, 64, 2, DqMode::half_cols>(dq, dk, dv, dout, q, k, v, out, lse, B, T, H, KVH, split, ws, stream);
       break;
     default: throw Error("attention: the warp-specialised backward has no head dim " + std::to_string(hd));
   }

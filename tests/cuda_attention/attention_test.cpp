@@ -144,15 +144,18 @@ TEST(Attention, WsBackwardAccumulatesAcrossLayers) {
                           80);
 }
 
-// The warp-specialised backward at hd 64 with each consumer summing dQ over its own keys (two
-// ordered partials a key tile; the measurement switch MLKV_ATTN_BWD_DQ=1) instead of the two
-// taking turns: reference and determinism.
-TEST(Attention, WsBackwardOwnKeysDqMatchesReference) {
+// The warp-specialised backward's other forms at hd 64 (the measurement switch MLKV_ATTN_BWD_DQ):
+// 64-query steps with each consumer summing dQ over its own keys (=1, two ordered partials a key
+// tile) or with the two taking turns (=2), instead of 128-query steps: reference and determinism.
+TEST(Attention, WsBackwardOtherDqFormsMatchReference) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
   KernelFamily family(true);
-  ::setenv("MLKV_ATTN_BWD_DQ", "1", 1);
-  for (const AttnShape& s : {AttnShape{2, 200, 6, 2, 64}, AttnShape{1, 1100, 2, 1, 64}, AttnShape{34, 300, 4, 1, 64}})
-    check_case(s);
+  for (const char* mode : {"1", "2"}) {
+    ::setenv("MLKV_ATTN_BWD_DQ", mode, 1);
+    for (const AttnShape& s :
+         {AttnShape{2, 200, 6, 2, 64}, AttnShape{1, 1100, 2, 1, 64}, AttnShape{34, 300, 4, 1, 64}})
+      check_case(s);
+  }
   ::unsetenv("MLKV_ATTN_BWD_DQ");
 }
 
