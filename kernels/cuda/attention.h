@@ -19,13 +19,17 @@ void attention_forward(void* out, float* lse, const void* q, const void* k, cons
 
 // dq[B, H, T, hd] bf16 assigned; dk, dv[B, KVH, T, hd] fp32 ACCUMULATED (+=): the sum over all
 // query heads that read each KV head, and (across calls) over all layers sharing the K/V.
-// dout[B, T, H·hd] bf16; out and lse as from the forward. Deterministic: no float atomics, each
-// K/V tile's sums are made by one thread block (or, with few KV heads, by a fixed set of blocks
-// whose partials are added in a fixed order), dq by one thread block per query tile.
+// dout[B, T, H·hd] bf16; out and lse as from the forward. Bitwise deterministic: each K/V tile's
+// sums are made by one thread block (or, with few KV heads, by a fixed set of blocks whose
+// partials are added in a fixed order); dq either by one thread block per query tile (two-kernel
+// backward) or, in the warp-specialised backward, as fp32 partials of the key-tile blocks added in
+// key-tile order (a turn counter per query tile orders the adds).
 //
-// Scratch: the backward uses an internal, lazily grown, per-device workspace (D = rowsum(dO∘O),
-// fp32 [B, H, T], and with few KV heads the dK/dV partials of the head split, fp32
-// [split-1, 2, B, KVH, T, hd]); attention_backward_workspace_bytes says how much. The workspace is reused by
+// Scratch: the backward uses an internal, lazily grown, per-device workspace (D = rowsum(dO∘O)
+// fp32 [B, H, T]; for the warp-specialised backward also lse·log2e and the fp32 dQ, [B·H, T
+// rounded up to 128(, hd)], and a turn counter per 64-row query tile; with few KV heads the dK/dV
+// partials of the head split, fp32 [split-1, 2, B, KVH, T, hd]); attention_backward_workspace_bytes
+// says how much. The workspace is reused by
 // every call, so calls on different streams of the same device must not overlap in time (the
 // trainer runs attention on one stream). attention_release_workspace frees it (tests, shutdown).
 // CUDA graphs: growing the workspace (cudaMalloc) and the first call on a device (a probe kernel

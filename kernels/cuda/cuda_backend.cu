@@ -460,9 +460,10 @@ class CudaBackend final : public Backend {
   std::map<int, AutoChoice> auto_choices_;  // per head dim, decided at its first use
 
   // train.attention = "auto" at head dim hd: cuDNN's SDPA where it measured faster than our
-  // kernels (every head dim scripts/bench_attention.sh covers: fwd+bwd 0.49-0.84x our time at hd
-  // 64, 80, 128 and 256 with the warp-specialised forward, README's attention tables, issue 15;
-  // our backward is the gap) or where ours has no kernel;
+  // kernels (scripts/bench_attention.sh, README's attention tables, issue 15; 2026-12-03 with the
+  // warp-specialised backward, ours / torch cuDNN fwd+bwd: hd 64 1.09-1.13 with 1 or 12 KV heads
+  // but 0.89-0.92 with 2 or 4, hd 80 1.22-1.26, hd 128 1.12-1.26, hd 256 1.92-2.04; the
+  // trained MLKV plans have 1 KV head a layer, so hd 64 stays cuDNN) or where ours has no kernel;
   // ours otherwise, and in builds without cuDNN. Revisit the list when our kernel wins a shape.
   AutoChoice& auto_choice(int hd) {
     auto it = auto_choices_.find(hd);
