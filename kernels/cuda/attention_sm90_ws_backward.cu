@@ -6,7 +6,8 @@
 //
 // One block = one producer warpgroup + two consumer warpgroups, per (key tile of 128 keys, b, KV
 // head, head slice); it loops over the query heads of its slice and, per head, over the query
-// tiles of 64 rows at or below the diagonal ("steps"). K and V stay in shared memory.
+// tiles of BR rows (128 at hd 64, 64 at hd 128) at or below the diagonal ("steps"). K and V stay
+// in shared memory.
 //   producer warp 0 (one thread): TMA loads of K, V, then per step of Q, dO (128-byte swizzle)
 //     and of that tile's lse·log2e and D into an NS-stage ring (mbarriers).
 //   producer warp 1 (one thread), the dQ writer: per step, once the consumers have put the fp32
@@ -17,17 +18,17 @@
 //     Pᵀ = exp2(Sᵀ·c − lse₂), dSᵀ = Pᵀ∘(dPᵀ − D)   registers, packed to bf16 A fragments
 //     dV += Pᵀ·dO, dK += dSᵀ·Q    wgmma, A from registers, dO and Q read MN-major
 //     dSᵀ → shared memory; then
-//     dQ = dS·K                   wgmma, dS read MN-major from dSᵀ, one of three ways (DqMode):
-//                                 each consumer over its own 64 keys (two partials, added one
-//                                 after the other), or after both have written dSᵀ (named
-//                                 barrier) each its 64-column half, or one consumer a step
+//     dQ = dS·K                   wgmma, dS read MN-major from dSᵀ, shared by the consumers one
+//                                 of four ways (DqMode; the defaults: split by query rows at hd
+//                                 64, by columns at hd 128, both after a named barrier)
 //   then dK, dV are added into dk, dv once, as in the two-kernel scheme (head split included).
-// Determinism of dQ: the partials of query tile i come from key tiles 0..i/2 (with own_keys two per
-// key tile, consumer 0's first) and are added in that order. A counter per (b, h, query tile) in global memory holds the number of key tiles already
-// added; key tile jt's writer waits until it reads jt, adds, waits for the add to land, and stores
-// jt + 1. Blocks are numbered with the key tile slowest (dkdv_block), so every block waits only on
-// blocks numbered before it: no deadlock, and by the time key tile jt runs, tile jt-1 is mostly done.
-// A pre-pass writes D = rowsum(dO∘O) and lse·log2e padded to whole query tiles (lse₂ = +inf past T,
+// Determinism of dQ: the partials of a query tile come from the key tiles at or before it (with
+// own_keys two per key tile, consumer 0's first) and are added in key-tile order. A counter per
+// (b, h, query tile) in global memory holds the number of key tiles already added; key tile jt's
+// writer waits until it reads jt, adds, waits for the add to land, and stores jt + 1. Blocks are
+// numbered with the key tile slowest (dkdv_block), so every block waits only on blocks numbered
+// before it: no deadlock, and by the time key tile jt runs, tile jt-1 is mostly done.
+// A pre-pass writes D = rowsum(dO∘O) and lse·log2e with T padded to 128 rows (lse₂ = +inf past T,
 // so those rows' P is 0); a post-pass turns the fp32 dQ into bf16 dq.
 #include <algorithm>
 #include <climits>
