@@ -27,13 +27,6 @@ __global__ void add_dkdv_partials_kernel(float4* __restrict__ dk, float4* __rest
   }
 }
 
-int sm_count() {
-  int dev = 0, n = 0;
-  check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
-  check_cuda(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute");
-  return n;
-}
-
 }  // namespace
 
 DkdvSplit choose_dkdv_split(int B, int T, int H, int KVH, int key_tile) {

@@ -18,6 +18,14 @@ inline void check_cuda(cudaError_t e, const char* what) {
 // Throws after a launch that failed to start (bad configuration, too much shared memory).
 inline void check_launch(const char* kernel) { check_cuda(cudaGetLastError(), kernel); }
 
+// Streaming multiprocessors of the current device (grid sizes, the head split).
+inline int sm_count() {
+  int dev = 0, n = 0;
+  check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
+  check_cuda(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute");
+  return n;
+}
+
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
 inline void check_shape(const char* op, int B, int T, int H, int KVH, int hd) {

@@ -482,13 +482,6 @@ int bwd_dq_mode() {
   return std::strcmp(e, "1") == 0 ? 1 : std::strcmp(e, "2") == 0 ? 2 : 0;
 }
 
-int sm_count() {
-  int dev = 0, n = 0;
-  check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
-  check_cuda(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute");
-  return n;
-}
-
 template <int HD, int BR, int NS, DqMode DQ>
 void launch_bwd_ws(void* dq, float* dk, float* dv, const void* dout, const void* q, const void* k, const void* v,
                    const void* out, const float* lse, int B, int T, int H, int KVH, const DkdvSplit& split,

@@ -273,13 +273,6 @@ int env_switch(const char* name) {
   return std::strcmp(e, "0") == 0 ? 0 : 1;
 }
 
-int sm_count() {
-  int dev = 0, n = 0;
-  check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
-  check_cuda(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute");
-  return n;
-}
-
 // PERSISTENT: one block per SM walking the work tiles (the next tile's loads overlap the current
 // one's epilogue) rather than one block per work tile (the hardware balances the causal tail).
 template <int HD, int BC, int NS, bool PERSISTENT>
