@@ -15,6 +15,8 @@
 //
 // Kernel 2 recomputes what kernel 1 computed (S and dP): 7 tile products per (query, key) tile
 // pair instead of FlashAttention-2's 5, the price of no atomics and no per-KV-tile dQ partials.
+// On Hopper at hd 64 and 128, attention_backward takes the warp-specialised one-kernel backward
+// instead (attention_sm90_ws_backward.cu: 5 products, dQ partials added in key-tile order).
 #include <cmath>
 
 #include "kernels/cuda/attention.h"
