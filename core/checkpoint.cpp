@@ -27,6 +27,7 @@
 #include <sstream>
 #include <thread>
 
+#include "core/env.h"
 #include "core/errors.h"
 #include "core/logging.h"
 #include "core/param_layout.h"
@@ -91,10 +92,7 @@ std::string read_small_file(const std::string& path) {
 
 // Test hook (checkpoint.h): a pause between files so a SIGKILL can land inside a write.
 void test_pause() {
-  static const long ms = [] {
-    const char* s = std::getenv("MLKV_TEST_SLOW_CHECKPOINT_MS");
-    return s ? std::strtol(s, nullptr, 10) : 0L;
-  }();
+  static const long ms = env_int("MLKV_TEST_SLOW_CHECKPOINT_MS", 0);
   if (ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(ms));
 }
 

@@ -5,6 +5,7 @@
 
 #include <cstdlib>
 
+#include "core/env.h"
 #include "core/errors.h"
 #include "parallel/mpi_communicator.h"
 
@@ -16,13 +17,6 @@ std::string Topology::describe() const {
          std::to_string(local_rank) + ")";
 }
 
-static int env_int(const char* name, int fallback) {
-  const char* v = std::getenv(name);
-  if (!v || !*v) return fallback;
-  char* end = nullptr;
-  const long x = std::strtol(v, &end, 10);
-  return (end && *end == '\0') ? static_cast<int>(x) : fallback;
-}
 
 LaunchInfo detect_launch() {
   LaunchInfo li;
@@ -38,11 +32,11 @@ LaunchInfo detect_launch() {
       {"PMI_SIZE", "PMI_RANK", "MPI_LOCALRANKID", "PMI_*"},
   };
   for (const Vars& v : kVars) {
-    const int rank = env_int(v.rank, -1);
+    const int rank = static_cast<int>(env_int(v.rank, -1));
     if (rank < 0) continue;
     li.world_rank = rank;
-    li.world_size = env_int(v.size, 1);
-    li.local_rank = env_int(v.local, -1);
+    li.world_size = static_cast<int>(env_int(v.size, 1));
+    li.local_rank = static_cast<int>(env_int(v.local, -1));
     li.source = v.source;
     // srun without --ntasks inside an allocation, or PMIX without a size variable: MPI decides.
     li.distributed = li.world_size > 1 || std::getenv("PMIX_RANK") || std::getenv("OMPI_COMM_WORLD_SIZE");

@@ -34,9 +34,8 @@
 #include <climits>
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
 
+#include "core/env.h"
 #include "kernels/cuda/attention_launch.cuh"
 #include "kernels/cuda/attention_sm90.cuh"
 #include "kernels/cuda/attention_sm90.h"
@@ -477,9 +476,8 @@ __global__ void ws_bwd_dq_cast_kernel(bf16* __restrict__ dq, const float4* __res
 // consumer summing dQ over its own keys, =2 64-query steps with the two taking turns, instead of
 // 128-query steps split by rows.
 int bwd_dq_mode() {
-  const char* e = std::getenv("MLKV_ATTN_BWD_DQ");
-  if (!e) return 0;
-  return std::strcmp(e, "1") == 0 ? 1 : std::strcmp(e, "2") == 0 ? 2 : 0;
+  const long m = env_int("MLKV_ATTN_BWD_DQ", 0);
+  return m == 1 || m == 2 ? int(m) : 0;
 }
 
 template <int HD, int BR, int NS, DqMode DQ>

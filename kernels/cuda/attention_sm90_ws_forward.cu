@@ -23,6 +23,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "core/env.h"
 #include "kernels/cuda/attention_sm90.cuh"
 #include "kernels/cuda/attention_sm90.h"
 #include "kernels/cuda/attention_tma.cuh"
@@ -265,13 +266,9 @@ __global__ void __launch_bounds__(384, 1)
 #endif
 }
 
-// Measurement switches: MLKV_ATTN_PINGPONG=0 turns the ping-pong off; MLKV_ATTN_PERSISTENT=0 or
-// =1 forces one block per work tile or one per SM over the per-head-dim default.
-int env_switch(const char* name) {
-  const char* e = std::getenv(name);
-  if (!e) return -1;
-  return std::strcmp(e, "0") == 0 ? 0 : 1;
-}
+// Measurement switches (core/env.h): MLKV_ATTN_PINGPONG=0 turns the ping-pong off;
+// MLKV_ATTN_PERSISTENT=0 or =1 forces one block per work tile or one per SM over the
+// per-head-dim default.
 
 // PERSISTENT: one block per SM walking the work tiles (the next tile's loads overlap the current
 // one's epilogue) rather than one block per work tile (the hardware balances the causal tail).

@@ -11,6 +11,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "core/env.h"
 #include "core/errors.h"
 #include "core/logging.h"
 #include "kernels/cuda/attention.h"
@@ -67,8 +68,7 @@ const bf16* B(const void* p) { return static_cast<const bf16*>(p); }
 class OpProfiler {
  public:
   explicit OpProfiler(cudaStream_t s) : stream_(s) {
-    const char* e = std::getenv("MLKV_CUDA_PROFILE");
-    on_ = e && *e && std::strcmp(e, "0") != 0;
+    on_ = env_switch("MLKV_CUDA_PROFILE") == 1;
   }
   // Medians, not means: the first call of a GEMM shape includes its one-off algorithm timing.
   ~OpProfiler() {
@@ -444,10 +444,7 @@ class CudaBackend final : public Backend {
   std::unique_ptr<Scratch> scratch_;
   std::unique_ptr<Gemm> gemm_;
   std::unique_ptr<OpProfiler> prof_;
-  const bool ln_pair_ = [] {
-    const char* e = std::getenv("MLKV_LN_PAIR");
-    return !(e && std::strcmp(e, "0") == 0);
-  }();
+  const bool ln_pair_ = env_switch("MLKV_LN_PAIR") != 0;
   enum class AttentionMode { automatic, flash, cudnn };
   // Until select_attention: our kernels. The executables select train.attention (default
   // "auto") through make_backend(TrainSection); a backend made directly (the op and model

@@ -20,6 +20,7 @@
 #include <cstdlib>
 #include <string>
 
+#include "core/env.h"
 #include "core/errors.h"
 #include "kernels/cuda/attention_tile.cuh"
 #include "kernels/cuda/backend_ops.cuh"
@@ -474,10 +475,7 @@ void launch_decode_mma(dim3 grid, cudaStream_t s, bf16* out, float* part_o, floa
 
 // The tensor-core kernel where it applies, unless MLKV_DECODE_MMA=0 (read once per process).
 bool decode_mma_enabled() {
-  static const bool on = [] {
-    const char* e = std::getenv("MLKV_DECODE_MMA");
-    return !(e && std::string(e) == "0");
-  }();
+  static const bool on = env_switch("MLKV_DECODE_MMA") != 0;
   return on;
 }
 

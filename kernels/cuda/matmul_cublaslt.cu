@@ -18,6 +18,7 @@
 
 #include <algorithm>
 
+#include "core/env.h"
 #include "core/errors.h"
 #include "kernels/cuda/backend_ops.cuh"
 
@@ -30,17 +31,12 @@ constexpr int kCandidates = 8;
 // Largest output copied aside to time an accumulating (beta = 1) GEMM without disturbing it.
 constexpr size_t kMaxTuneScratch = size_t{512} << 20;
 
-bool env_off(const char* name) {
-  const char* e = std::getenv(name);
-  return e && std::strcmp(e, "0") == 0;
-}
-bool autotune_enabled() { return !env_off("MLKV_GEMM_AUTOTUNE"); }
+bool autotune_enabled() { return env_switch("MLKV_GEMM_AUTOTUNE") != 0; }
 // MLKV_GEMM_BGRAD=1: bias gradients in the weight GEMM's BGRADB epilogue. Off by default: on one
 // H200 (2026-12-02, 160M MHA mb 16) it measured no faster than the column-sum pass (477.2K vs
 // 480.6K tokens/s, one run each), so the plainer path stays the default.
 bool bgrad_enabled() {
-  const char* e = std::getenv("MLKV_GEMM_BGRAD");
-  static const bool on = e && std::strcmp(e, "1") == 0;
+  static const bool on = env_switch("MLKV_GEMM_BGRAD") == 1;
   return on;
 }
 
