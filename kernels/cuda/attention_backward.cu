@@ -351,10 +351,7 @@ __global__ void __launch_bounds__(256)
 
   // Add this block's sums into the group buffers (rows it owns exclusively); slices after the
   // first write their partials instead (added by add_dkdv_partials).
-  const bool first = blk.slice == 0;
-  const int64_t part = (blk.slice - 1) * (int64_t(B) * KVH * T * HD);
-  float* ok = first ? dk : split.part_k + part;
-  float* ov = first ? dv : split.part_v + part;
+  const DkdvOut dst(dk, dv, split, blk.slice, int64_t(B) * KVH * T * HD);
   const int key_w = kv0 + r2 * 16 + (lane >> 2);
 #pragma unroll
   for (int nt = 0; nt < kNT2; ++nt) {
@@ -363,15 +360,8 @@ __global__ void __launch_bounds__(256)
     for (int hr = 0; hr < 2; ++hr) {
       const int key = key_w + hr * 8;
       if (key >= T) continue;
-      float2* pk = reinterpret_cast<float2*>(ok + kvbase + int64_t(key) * HD + col);
-      float2* pv = reinterpret_cast<float2*>(ov + kvbase + int64_t(key) * HD + col);
-      float2 xk = first ? *pk : make_float2(0.f, 0.f), xv = first ? *pv : make_float2(0.f, 0.f);
-      xk.x += dka[nt][2 * hr] * scale;
-      xk.y += dka[nt][2 * hr + 1] * scale;
-      xv.x += dva[nt][2 * hr];
-      xv.y += dva[nt][2 * hr + 1];
-      *pk = xk;
-      *pv = xv;
+      dst.add(kvbase + int64_t(key) * HD + col, dka[nt][2 * hr] * scale, dka[nt][2 * hr + 1] * scale,
+              dva[nt][2 * hr], dva[nt][2 * hr + 1]);
     }
   }
 }
@@ -418,25 +408,27 @@ float* workspace(size_t bytes) { return static_cast<float*>(g_workspace.get(byte
 // D's floats, rounded up so that the partials after it stay 16-byte aligned (float4 reduction).
 size_t dvec_floats(int B, int T, int H) { return (size_t(B) * H * T + 63) / 64 * 64; }
 
-// The head split of whichever dK/dV kernel attention_backward will run for hd.
-DkdvSplit dkdv_split_for(int B, int T, int H, int KVH, int hd) {
-  if (ws_backward_enabled(hd)) return choose_dkdv_split(B, T, H, KVH, backward_ws_key_tile());
+// The head split of whichever dK/dV kernel attention_backward will run for hd (ws: the
+// warp-specialised backward, ws_backward_enabled(hd)).
+DkdvSplit dkdv_split_for(int B, int T, int H, int KVH, int hd, bool ws) {
+  if (ws) return choose_dkdv_split(B, T, H, KVH, backward_ws_key_tile());
   const bool sm90 = sm90_enabled() && backward_dkdv_sm90_supports(hd);
   return choose_dkdv_split(B, T, H, KVH, sm90 ? backward_dkdv_sm90_key_tile(hd) : kDkdvKeyTile);
 }
 
 // Workspace floats: the warp-specialised backward's scratch (D among it) or the two-kernel
 // scheme's D; then the head split's partials.
-size_t head_floats(int B, int T, int H, int hd) {
-  return ws_backward_enabled(hd) ? ws_backward_scratch_floats(B, T, H, hd) : dvec_floats(B, T, H);
+size_t head_floats(int B, int T, int H, int hd, bool ws) {
+  return ws ? ws_backward_scratch_floats(B, T, H, hd) : dvec_floats(B, T, H);
 }
 
 }  // namespace
 }  // namespace attn
 
 size_t attention_backward_workspace_bytes(int B, int T, int H, int KVH, int hd) {
-  const attn::DkdvSplit split = attn::dkdv_split_for(B, T, H, KVH, hd);
-  return (attn::head_floats(B, T, H, hd) + attn::dkdv_partial_floats(split, B, T, KVH, hd)) * sizeof(float);
+  const bool ws = attn::ws_backward_enabled(hd);
+  const attn::DkdvSplit split = attn::dkdv_split_for(B, T, H, KVH, hd, ws);
+  return (attn::head_floats(B, T, H, hd, ws) + attn::dkdv_partial_floats(split, B, T, KVH, hd)) * sizeof(float);
 }
 
 void attention_release_workspace() { attn::g_workspace.release(); }
@@ -448,13 +440,14 @@ void attention_backward(void* dq, float* dk, float* dv, const void* dout, const 
   const void* ptrs[] = {dq, dk, dv, dout, q, k, v, out};
   for (const void* p : ptrs)
     if (!attn::aligned16(p)) throw Error("attention_backward: all tensors must be 16-byte aligned");
-  attn::DkdvSplit split = attn::dkdv_split_for(B, T, H, KVH, hd);
+  const bool ws = attn::ws_backward_enabled(hd);
+  attn::DkdvSplit split = attn::dkdv_split_for(B, T, H, KVH, hd, ws);
   const size_t n_part = attn::dkdv_partial_floats(split, B, T, KVH, hd);
-  const size_t n_head = attn::head_floats(B, T, H, hd);
+  const size_t n_head = attn::head_floats(B, T, H, hd, ws);
   float* dvec = attn::workspace((n_head + n_part) * sizeof(float));
   split.part_k = dvec + n_head;
   split.part_v = split.part_k + n_part / 2;
-  if (attn::ws_backward_enabled(hd)) {
+  if (ws) {
     const attn::WsBwdScratch ws = attn::ws_backward_scratch(dvec, B, T, H, hd);
     attn::backward_sm90_ws(dq, dk, dv, dout, q, k, v, out, lse, B, T, H, KVH, hd, split, ws, stream);
     attn::add_dkdv_partials(dk, dv, split, B, T, KVH, hd, stream);

@@ -88,4 +88,28 @@ __device__ __forceinline__ DkdvBlock dkdv_block(const DkdvSplit& sp, int B, int 
   return r;
 }
 
+// Where a dK/dV block's fp32 sums go: slice 0 adds them into the caller's dk, dv; slice s > 0
+// writes them to partial s-1 (add_dkdv_partials adds those afterwards). `off` is an element
+// offset into [B, KVH, T, hd]; each call stores two adjacent columns of one key row.
+struct DkdvOut {
+  float* k;
+  float* v;
+  bool first;
+  __device__ __forceinline__ DkdvOut(float* dk, float* dv, const DkdvSplit& sp, int slice, int64_t kv_elems)
+      : k(slice == 0 ? dk : sp.part_k + (slice - 1) * kv_elems),
+        v(slice == 0 ? dv : sp.part_v + (slice - 1) * kv_elems),
+        first(slice == 0) {}
+  __device__ __forceinline__ void add(int64_t off, float k0, float k1, float v0, float v1) const {
+    float2* pk = reinterpret_cast<float2*>(k + off);
+    float2* pv = reinterpret_cast<float2*>(v + off);
+    float2 xk = first ? *pk : make_float2(0.f, 0.f), xv = first ? *pv : make_float2(0.f, 0.f);
+    xk.x += k0;
+    xk.y += k1;
+    xv.x += v0;
+    xv.y += v1;
+    *pk = xk;
+    *pv = xv;
+  }
+};
+
 }  // namespace mlkv::cuda::attn

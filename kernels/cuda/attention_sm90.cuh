@@ -17,8 +17,17 @@
 #include <cmath>
 #include <cstdint>
 
+#include "kernels/cuda/attention_launch.cuh"
 #include "kernels/cuda/attention_tile.cuh"
 #include "kernels/cuda/attention_wgmma.cuh"
+
+// MLKV_SM90A: defined in the device pass that has the sm_90a features (wgmma, setmaxnreg, TMA);
+// the kernels' bodies are empty in every other pass, which leaves their device helpers unused
+// there (hence the suppressed "declared but never referenced").
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define MLKV_SM90A 1
+#endif
+#pragma nv_diag_suppress 177
 
 namespace mlkv::cuda::attn {
 
@@ -137,6 +146,24 @@ __device__ __forceinline__ void scale_rows(float (&o)[N / 2], const float (&alph
     o[4 * dt + 1] *= alpha[0];
     o[4 * dt + 2] *= alpha[1];
     o[4 * dt + 3] *= alpha[1];
+  }
+}
+
+// A warpgroup's 64-key dK, dV accumulators (64 × HD each, the wgmma C layout: this thread's keys
+// key_r and key_r + 8) into `out` at kvbase (rows ≥ T skipped); dK takes the softmax scale here.
+template <int HD>
+__device__ __forceinline__ void add_dkdv_acc(const DkdvOut& out, int64_t kvbase, int key_r, int T, int lane,
+                                             const float (&dka)[HD / 2], const float (&dva)[HD / 2], float scale) {
+#pragma unroll
+  for (int dt = 0; dt < HD / 8; ++dt) {
+    const int col = dt * 8 + (lane & 3) * 2;
+#pragma unroll
+    for (int hr = 0; hr < 2; ++hr) {
+      const int key = key_r + hr * 8;
+      if (key >= T) continue;
+      out.add(kvbase + int64_t(key) * HD + col, dka[4 * dt + 2 * hr] * scale, dka[4 * dt + 2 * hr + 1] * scale,
+              dva[4 * dt + 2 * hr], dva[4 * dt + 2 * hr + 1]);
+    }
   }
 }
 

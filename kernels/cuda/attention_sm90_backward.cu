@@ -24,10 +24,6 @@
 namespace mlkv::cuda::attn {
 namespace {
 
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define MLKV_SM90A 1
-#endif
-
 // ------------------------------------------------------------------------------------------
 template <int HD, int NWG, int BC, int NS>
 struct Sm90DqTile {
@@ -411,28 +407,8 @@ __global__ void __launch_bounds__(NWG * 128, 1)
   fence_regs(dka);
 
   // Slice 0 adds into the caller's sums; slice s > 0 writes partial s-1 (add_dkdv_partials).
-  const bool first = blk.slice == 0;
-  const int64_t part = (blk.slice - 1) * (int64_t(B) * KVH * T * HD);
-  float* ok = first ? dk : split.part_k + part;
-  float* ov = first ? dv : split.part_v + part;
-#pragma unroll
-  for (int dt = 0; dt < HD / 8; ++dt) {
-    const int col = dt * 8 + (lane & 3) * 2;
-#pragma unroll
-    for (int hr = 0; hr < 2; ++hr) {
-      const int key = key_r + hr * 8;
-      if (key >= T) continue;
-      float2* pk = reinterpret_cast<float2*>(ok + kvbase + int64_t(key) * HD + col);
-      float2* pv = reinterpret_cast<float2*>(ov + kvbase + int64_t(key) * HD + col);
-      float2 xk = first ? *pk : make_float2(0.f, 0.f), xv = first ? *pv : make_float2(0.f, 0.f);
-      xk.x += dka[4 * dt + 2 * hr] * scale;
-      xk.y += dka[4 * dt + 2 * hr + 1] * scale;
-      xv.x += dva[4 * dt + 2 * hr];
-      xv.y += dva[4 * dt + 2 * hr + 1];
-      *pk = xk;
-      *pv = xv;
-    }
-  }
+  const DkdvOut dst(dk, dv, split, blk.slice, int64_t(B) * KVH * T * HD);
+  add_dkdv_acc<HD>(dst, kvbase, key_r, T, lane, dka, dva, scale);
 #endif
 }
 

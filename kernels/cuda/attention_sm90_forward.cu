@@ -24,10 +24,6 @@ namespace mlkv::cuda {
 namespace attn {
 namespace {
 
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define MLKV_SM90A 1
-#endif
-
 template <int HD, int NWG, int BC, int NS>
 struct Sm90FwdTile {
   static constexpr int kBr = 64 * NWG;

@@ -44,11 +44,6 @@
 namespace mlkv::cuda::attn {
 namespace {
 
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define MLKV_SM90A 1
-#endif
-#pragma nv_diag_suppress 177
-
 constexpr int kWsBc = 128;    // keys a block (two consumers × 64)
 constexpr int kWsPad = 128;   // D, lse₂ and the fp32 dQ have T rounded up to this (every query tile size)
 constexpr int kWsBrMin = 64;  // the smallest query tile: the turn counters are sized for it
@@ -110,7 +105,8 @@ __global__ void __launch_bounds__(384, 1)
     attention_bwd_ws_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
                             const __grid_constant__ CUtensorMap tm_v, const __grid_constant__ CUtensorMap tm_do,
                             const __grid_constant__ CUtensorMap tm_dq, const __grid_constant__ CUtensorMap tm_lse2,
-                            const __grid_constant__ CUtensorMap tm_dvec, int* __restrict__ dq_turn, float* __restrict__ dk,
+                            const __grid_constant__ CUtensorMap tm_dvec, int* __restrict__ dq_turn,
+                            float* __restrict__ dk,
                             float* __restrict__ dv, int B, int T, int t_pad, int H, int group, DkdvSplit split,
                             float scale_log2, float scale) {
 #ifdef MLKV_SM90A
@@ -250,7 +246,8 @@ __global__ void __launch_bounds__(384, 1)
     const uint32_t do_addr = smem_addr(sdO + s * kChunks * kBr * 64);
     mbar_wait(&bar_full[s], (t / NS) & 1);
 
-    // Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ (this consumer's 64 keys × 64 queries).
+    // Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ (this consumer's 64 keys × kBr queries), a commit group each
+    // (two loops, not one helper: folding them into a lambda changed this kernel's SASS).
 #pragma unroll
     for (int i = 0; i < kBr / 2; ++i) s_t[i] = dpt[i] = 0.f;
     fence_regs(s_t);
@@ -377,8 +374,9 @@ __global__ void __launch_bounds__(384, 1)
       const int nb = Tile::kShared ? 0 : cw;
       const int use = DQ == DqMode::alternate ? t / 2 : t;
       if (use > 0) mbar_wait(&bar_dq_empty[nb], (use - 1) & 1);
-      // Columns col0 (64·consumer for half_cols, else 0) + 8·nt + 2·(lane % 4) + {0, 1}: region (32 columns) col0/32 + nt/4, chunk
-      // 2·(nt % 4) + (lane % 4)/2, swizzled by row % 8 = lane / 4, offset 8·(lane % 2) inside it.
+      // Columns col0 (64·consumer for half_cols, else 0) + 8·nt + 2·(lane % 4) + {0, 1}: region
+      // (32 columns) col0/32 + nt/4, chunk 2·(nt % 4) + (lane % 4)/2, swizzled by row % 8 =
+      // lane / 4, offset 8·(lane % 2) inside it.
       const int row0 = DQ == DqMode::half_rows ? cw * 64 : 0;
       uint32_t row_off = (row0 + wq * 16 + (lane >> 2)) * 128 + (lane & 1) * 8, sw = ((lane & 3) >> 1) ^ (lane >> 2);
       asm volatile("" : "+r"(row_off), "+r"(sw));  // as for dSᵀ: no hoisted offsets
@@ -397,29 +395,8 @@ __global__ void __launch_bounds__(384, 1)
   }
 
   // dK, dV: slice 0 adds into the caller's sums; slice s > 0 writes partial s-1.
-  const bool first = blk.slice == 0;
-  const int64_t part = (blk.slice - 1) * (int64_t(B) * KVH * T * HD);
-  const int64_t kvbase = (int64_t(b) * KVH + g) * T * HD;
-  float* ok = first ? dk : split.part_k + part;
-  float* ov = first ? dv : split.part_v + part;
-#pragma unroll
-  for (int dt = 0; dt < HD / 8; ++dt) {
-    const int col = dt * 8 + (lane & 3) * 2;
-#pragma unroll
-    for (int hr = 0; hr < 2; ++hr) {
-      const int key = key_r + hr * 8;
-      if (key >= T) continue;
-      float2* pk = reinterpret_cast<float2*>(ok + kvbase + int64_t(key) * HD + col);
-      float2* pv = reinterpret_cast<float2*>(ov + kvbase + int64_t(key) * HD + col);
-      float2 xk = first ? *pk : make_float2(0.f, 0.f), xv = first ? *pv : make_float2(0.f, 0.f);
-      xk.x += dka[4 * dt + 2 * hr] * scale;
-      xk.y += dka[4 * dt + 2 * hr + 1] * scale;
-      xv.x += dva[4 * dt + 2 * hr];
-      xv.y += dva[4 * dt + 2 * hr + 1];
-      *pk = xk;
-      *pv = xv;
-    }
-  }
+  const DkdvOut dst(dk, dv, split, blk.slice, int64_t(B) * KVH * T * HD);
+  add_dkdv_acc<HD>(dst, (int64_t(b) * KVH + g) * T * HD, key_r, T, lane, dka, dva, scale);
 #endif
 }
 
@@ -570,7 +547,8 @@ void backward_sm90_ws(void* dq, float* dk, float* dv, const void* dout, const vo
       }
       break;
     case 128:  // own_keys and alternate would need a 64 × 128 dQ accumulator besides dK, dV
-      launch_bwd_ws<128, 64, 2, DqMode::half_cols>(dq, dk, dv, dout, q, k, v, out, lse, B, T, H, KVH, split, ws, stream);
+      launch_bwd_ws<128, 64, 2, DqMode::half_cols>(dq, dk, dv, dout, q, k, v, out, lse, B, T, H, KVH, split, ws,
+                                                   stream);
       break;
     default: throw Error("attention: the warp-specialised backward has no head dim " + std::to_string(hd));
   }

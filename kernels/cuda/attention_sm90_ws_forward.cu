@@ -20,8 +20,6 @@
 #include <algorithm>
 #include <climits>
 #include <cmath>
-#include <cstdlib>
-#include <cstring>
 
 #include "core/env.h"
 #include "kernels/cuda/attention_sm90.cuh"
@@ -30,12 +28,6 @@
 
 namespace mlkv::cuda::attn {
 namespace {
-
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define MLKV_SM90A 1
-#endif
-// Outside the sm_90a pass the kernel body is empty, so its helpers look unused there.
-#pragma nv_diag_suppress 177
 
 template <int HD, int BC, int NS>
 struct WsFwdTile {
@@ -266,10 +258,6 @@ __global__ void __launch_bounds__(384, 1)
 #endif
 }
 
-// Measurement switches (core/env.h): MLKV_ATTN_PINGPONG=0 turns the ping-pong off;
-// MLKV_ATTN_PERSISTENT=0 or =1 forces one block per work tile or one per SM over the
-// per-head-dim default.
-
 // PERSISTENT: one block per SM walking the work tiles (the next tile's loads overlap the current
 // one's epilogue) rather than one block per work tile (the hardware balances the causal tail).
 template <int HD, int BC, int NS, bool PERSISTENT>
@@ -277,7 +265,9 @@ void launch_fwd_ws(void* out, float* lse, const void* q, const void* k, const vo
                    cudaStream_t stream) {
   using Tile = WsFwdTile<HD, BC, NS>;
   const bool pingpong = ws_pingpong();
-  const int forced = env_switch("MLKV_ATTN_PERSISTENT");  // read per call: the tests flip it
+  // Measurement switch (core/env.h): MLKV_ATTN_PERSISTENT=0 or =1 forces one block per work
+  // tile or one per SM over the per-head-dim default; read per call, as the tests flip it.
+  const int forced = env_switch("MLKV_ATTN_PERSISTENT");
   const bool persistent = forced < 0 ? PERSISTENT : forced == 1;
   const CUtensorMap tm_q = make_tmap_bf16_3d(q, HD, T, uint64_t(B) * H, Tile::kBr);
   const CUtensorMap tm_k = make_tmap_bf16_3d(k, HD, T, uint64_t(B) * KVH, BC);
@@ -296,6 +286,7 @@ void launch_fwd_ws(void* out, float* lse, const void* q, const void* k, const vo
 
 bool forward_ws_supports(int hd) { return hd == 64 || hd == 128 || hd == 256; }
 
+// Measurement switch: MLKV_ATTN_PINGPONG=0 turns the ping-pong off (read once).
 bool ws_pingpong() {
   static const bool on = env_switch("MLKV_ATTN_PINGPONG") != 0;
   return on;

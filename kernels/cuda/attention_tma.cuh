@@ -1,7 +1,7 @@
 // Hopper asynchronous-copy building blocks of the warp-specialised attention kernels
 // (attention_sm90_ws_forward.cu, attention_sm90_ws_backward.cu): TMA tensor maps (host), TMA tile
-// loads and stores, bulk copies, mbarriers, named barriers, register-count hand-over, and the 128-byte-swizzle wgmma descriptors that read what
-// TMA writes.
+// loads, stores and reduce-adds, mbarriers, named barriers, cross-block turn counters,
+// register-count hand-over, and the 128-byte-swizzle layout that wgmma reads as TMA writes it.
 //
 // Tile layout ("SW128"). TMA copies a box of R rows × 64 bf16 (128 bytes a row) with
 // CU_TENSOR_MAP_SWIZZLE_128B: row r lands at r·128 bytes with its 16-byte chunks permuted by
@@ -52,8 +52,10 @@ inline CUtensorMap make_tmap(CUtensorMapDataType type, uint32_t elem_bytes, cons
   for (int i = 0; i < RANK - 1; ++i) strides[i] = stride *= dims[i];
   cuuint32_t elem_strides[RANK];
   for (int i = 0; i < RANK; ++i) elem_strides[i] = 1;
-  const CUresult r = tmap_encoder()(&map, type, RANK, const_cast<void*>(base), dims, strides, box, elem_strides,
-                                    CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  const CUresult r =
+      tmap_encoder()(&map, type, RANK, const_cast<void*>(base), dims, strides, box, elem_strides,
+                     CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                     CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   if (r != CUDA_SUCCESS) {
     std::string shape;
     for (int i = RANK - 1; i >= 0; --i) shape += std::to_string(dims[i]) + (i ? ", " : "");
