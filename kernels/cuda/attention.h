@@ -55,10 +55,10 @@ bool attention_ws_forward_active(int hd);
 // and test logs): "warp-specialised, ping-pong", "warp-specialised, no ping-pong", "lockstep
 // wgmma" or "mma.sync".
 const char* attention_forward_kernel(int hd);
-// Backward kernel within the sm90 family: for hd 64 and 128 the warp-specialised one (dQ, dK, dV in
-// one kernel, 5 products per tile pair, dQ added in a fixed key-tile order) unless
+// Backward kernel within the sm90 family: for hd 64, 128 and 256 the warp-specialised one (dQ, dK,
+// dV in one kernel, 5 products per tile pair, dQ added in a fixed key-tile order) unless
 // attention_use_ws_backward(false) selects the two-kernel one (dq kernel + dK/dV kernel, 7
-// products), which hd 80 and 256 always run. attention_backward_kernel names it.
+// products), which hd 80 always runs. attention_backward_kernel names it.
 void attention_use_ws_backward(bool enable);
 bool attention_ws_backward_active(int hd);
 const char* attention_backward_kernel(int hd);

@@ -149,19 +149,20 @@ __device__ __forceinline__ void scale_rows(float (&o)[N / 2], const float (&alph
   }
 }
 
-// A warpgroup's 64-key dK, dV accumulators (64 × HD each, the wgmma C layout: this thread's keys
-// key_r and key_r + 8) into `out` at kvbase (rows ≥ T skipped); dK takes the softmax scale here.
-template <int HD>
+// A warpgroup's 64-key dK, dV accumulators (64 × N each, the wgmma C layout: this thread's keys
+// key_r and key_r + 8) into `out` at kvbase, rows ROW apart (the head dim; N is less where the
+// warpgroup holds only some columns), rows ≥ T skipped; dK takes the softmax scale here.
+template <int N, int ROW = N>
 __device__ __forceinline__ void add_dkdv_acc(const DkdvOut& out, int64_t kvbase, int key_r, int T, int lane,
-                                             const float (&dka)[HD / 2], const float (&dva)[HD / 2], float scale) {
+                                             const float (&dka)[N / 2], const float (&dva)[N / 2], float scale) {
 #pragma unroll
-  for (int dt = 0; dt < HD / 8; ++dt) {
+  for (int dt = 0; dt < N / 8; ++dt) {
     const int col = dt * 8 + (lane & 3) * 2;
 #pragma unroll
     for (int hr = 0; hr < 2; ++hr) {
       const int key = key_r + hr * 8;
       if (key >= T) continue;
-      out.add(kvbase + int64_t(key) * HD + col, dka[4 * dt + 2 * hr] * scale, dka[4 * dt + 2 * hr + 1] * scale,
+      out.add(kvbase + int64_t(key) * ROW + col, dka[4 * dt + 2 * hr] * scale, dka[4 * dt + 2 * hr + 1] * scale,
               dva[4 * dt + 2 * hr], dva[4 * dt + 2 * hr + 1]);
     }
   }

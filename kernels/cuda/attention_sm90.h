@@ -34,17 +34,18 @@ void backward_dkdv_sm90(float* dk, float* dv, const void* dout, const void* q, c
                         const DkdvSplit& split, cudaStream_t stream);
 
 
-// The warp-specialised backward (attention_sm90_ws_backward.cu): dQ, dK, dV in one kernel for hd 64
-// and 128, with key tiles of backward_ws_key_tile() keys (the head split is chosen for that).
+// The warp-specialised backward (attention_sm90_ws_backward.cu, and _wide.cu for hd 256): dQ, dK,
+// dV in one kernel for hd 64, 128 and 256, with key tiles of backward_ws_key_tile(hd) keys (the
+// head split is chosen for that).
 // Its scratch, carved from ws_backward_scratch_floats() floats of 256-byte-aligned workspace:
 struct WsBwdScratch {
-  float* dvec = nullptr;    // D = rowsum(dO∘O), [B·H, T padded to 64]
+  float* dvec = nullptr;    // D = rowsum(dO∘O), [B·H, T padded to 128]
   float* lse2 = nullptr;    // lse·log2e, same layout (+inf past T)
   float* dq_acc = nullptr;  // fp32 dQ, [B·H, T padded, hd]
-  int* dq_turn = nullptr;   // per (b, h, query tile): key tiles added so far
+  int* dq_turn = nullptr;   // per (b, h, query tile[, column half at hd 256]): key tiles added so far
 };
 bool backward_ws_supports(int hd);
-int backward_ws_key_tile();
+int backward_ws_key_tile(int hd);
 size_t ws_backward_scratch_floats(int B, int T, int H, int hd);
 WsBwdScratch ws_backward_scratch(float* base, int B, int T, int H, int hd);
 void backward_sm90_ws(void* dq, float* dk, float* dv, const void* dout, const void* q, const void* k, const void* v,

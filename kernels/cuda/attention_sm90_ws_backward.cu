@@ -1,8 +1,8 @@
 // MLKV flash-attention backward, warp-specialised (FlashAttention-3's Hopper structure, sm_90a),
-// for hd 64 and 128: one kernel computes dQ, dK and dV with 5 tile products per (query tile, key
-// tile) pair instead of the two-kernel scheme's 7 (attention_sm90_backward.cu, which hd 80 and 256
-// keep). Same contract as attention_backward (attention.h): dq assigned, dk/dv fp32 accumulated,
-// bitwise deterministic.
+// for hd 64 and 128 (hd 256: attention_sm90_ws_backward_wide.cu, launched from here): one kernel
+// computes dQ, dK and dV with 5 tile products per (query tile, key tile) pair instead of the
+// two-kernel scheme's 7 (attention_sm90_backward.cu, which hd 80 keeps). Same contract as
+// attention_backward (attention.h): dq assigned, dk/dv fp32 accumulated, bitwise deterministic.
 //
 // One block = one producer warpgroup + two consumer warpgroups, per (key tile of 128 keys, b, KV
 // head, head slice); it loops over the query heads of its slice and, per head, over the query
@@ -39,14 +39,13 @@
 #include "kernels/cuda/attention_launch.cuh"
 #include "kernels/cuda/attention_sm90.cuh"
 #include "kernels/cuda/attention_sm90.h"
+#include "kernels/cuda/attention_sm90_ws_bwd.cuh"
 #include "kernels/cuda/attention_tma.cuh"
 
 namespace mlkv::cuda::attn {
 namespace {
 
-constexpr int kWsBc = 128;    // keys a block (two consumers × 64)
-constexpr int kWsPad = 128;   // D, lse₂ and the fp32 dQ have T rounded up to this (every query tile size)
-constexpr int kWsBrMin = 64;  // the smallest query tile: the turn counters are sized for it
+constexpr int kWsBc = 128;  // keys a block (two consumers × 64)
 
 // How the two consumers share a step's dQ = dS·K (64 queries × hd, over 128 keys).
 enum class DqMode {
@@ -74,31 +73,13 @@ struct WsBwdTile {
   static constexpr int kDqWarps = kShared ? 8 : 4;  // warps writing one buffer
   static constexpr size_t kSmem = 1024 + 2 * size_t(kKVBytes) + 2 * size_t(NS) * kQBytes + 2 * kDSBytes +
                                   size_t(kNdq) * kDQBytes + 2 * size_t(NS) * kVecBytes;
-  static_assert(HD == 64 || HD == 128, "hd 80 and 256 keep the two-kernel backward");
+  static_assert(HD == 64 || HD == 128, "hd 256 has its own kernel, hd 80 keeps the two-kernel backward");
   static_assert(kSmem <= 227 * 1024, "shared memory per block");
   static_assert(kDqN == 64, "the dQ product reads one 64-column region of K (a 64 × 64 accumulator)");
   static_assert(DQ != DqMode::half_cols || HD == 128, "half columns = one 64-column region each");
   static_assert((DQ == DqMode::half_rows) == (BR == 128), "128 query rows are split by rows, 64 are not");
   static_assert(BR % 64 == 0 && kWsPad % BR == 0, "query tiles of whole swizzle regions that tile the padding");
 };
-
-// A float2 from shared memory at this point of the program (asm volatile: not hoisted).
-__device__ __forceinline__ float2 lds_f2(uint32_t addr) {
-  float2 v;
-  asm volatile("ld.shared.v2.f32 {%0, %1}, [%2];\n" : "=f"(v.x), "=f"(v.y) : "r"(addr));
-  return v;
-}
-
-constexpr int kBwdProducerRegs = 24;
-constexpr int kBwdConsumerRegs = 240;  // (24 + 2·240)·128 = 64,512 of 65,536
-
-// The (head, query tile) of step t of a block whose slice starts at head h0.
-struct Step {
-  int h, qi;
-};
-__device__ __forceinline__ Step step_of(int t, int h0, int q_first, int per_head) {
-  return {h0 + t / per_head, q_first + t % per_head};
-}
 
 template <int HD, int BR, int NS, DqMode DQ>
 __global__ void __launch_bounds__(384, 1)
@@ -108,7 +89,7 @@ __global__ void __launch_bounds__(384, 1)
                             const __grid_constant__ CUtensorMap tm_dvec, int* __restrict__ dq_turn,
                             float* __restrict__ dk,
                             float* __restrict__ dv, int B, int T, int t_pad, int H, int group, DkdvSplit split,
-                            float scale_log2, float scale) {
+                            float scale_log2, float scale, bool head_major) {
 #ifdef MLKV_SM90A
   using Tile = WsBwdTile<HD, BR, NS, DQ>;
   constexpr int kBc = Tile::kBc, kBr = Tile::kBr, kChunks = Tile::kChunks, kNdq = Tile::kNdq;
@@ -169,7 +150,7 @@ __global__ void __launch_bounds__(384, 1)
       for (int t = 0; t < n_steps; ++t) {
         const int s = t % NS;
         if (t >= NS) mbar_wait(&bar_empty[s], (t / NS - 1) & 1);
-        const Step st = step_of(t, h0, q_first, per_head);
+        const Step st = step_of(t, h0, split.heads_per, q_first, per_head, head_major);
         const int qr0 = st.qi * kBr;
         mbar_arrive_expect_tx(&bar_full[s], 2 * Tile::kQBytes + 2 * Tile::kVecBytes);
 #pragma unroll
@@ -186,7 +167,7 @@ __global__ void __launch_bounds__(384, 1)
       // (alternate), the one (half_cols).
       constexpr int kPerStep = DQ == DqMode::own_keys ? 2 : 1;
       for (int t = 0; t < n_steps; ++t) {
-        const Step st = step_of(t, h0, q_first, per_head);
+        const Step st = step_of(t, h0, split.heads_per, q_first, per_head, head_major);
         int* turn = dq_turn + (int64_t(b) * H + st.h) * n_q + st.qi;
         const int row = (b * H + st.h) * t_pad + st.qi * kBr;
         for (int i = 0; i < kPerStep; ++i) {
@@ -240,7 +221,7 @@ __global__ void __launch_bounds__(384, 1)
 
   for (int t = 0; t < n_steps; ++t) {
     const int s = t % NS;
-    const Step stp = step_of(t, h0, q_first, per_head);
+    const Step stp = step_of(t, h0, split.heads_per, q_first, per_head, head_major);
     const int qr0 = stp.qi * kBr;
     const uint32_t q_addr = smem_addr(sQ + s * kChunks * kBr * 64);
     const uint32_t do_addr = smem_addr(sdO + s * kChunks * kBr * 64);
@@ -457,24 +438,19 @@ int bwd_dq_mode() {
   return m == 1 || m == 2 ? int(m) : 0;
 }
 
+}  // namespace
+
+bool ws_bwd_head_major() { return env_int("MLKV_ATTN_BWD_ORDER", 0) == 1; }
+
+namespace {
+
 template <int HD, int BR, int NS, DqMode DQ>
-void launch_bwd_ws(void* dq, float* dk, float* dv, const void* dout, const void* q, const void* k, const void* v,
-                   const void* out, const float* lse, int B, int T, int H, int KVH, const DkdvSplit& split,
-                   const WsBwdScratch& ws, cudaStream_t stream) {
+void launch_bwd_ws(float* dk, float* dv, const void* dout, const void* q, const void* k, const void* v, int B, int T,
+                   int H, int KVH, const DkdvSplit& split, const WsBwdScratch& ws, cudaStream_t stream) {
   using Tile = WsBwdTile<HD, BR, NS, DQ>;
-  const int n_turns = (T + kWsBrMin - 1) / kWsBrMin, t_pad = (T + kWsPad - 1) / kWsPad * kWsPad;
+  const int t_pad = (T + kWsPad - 1) / kWsPad * kWsPad;
   const int64_t rows = int64_t(B) * H * t_pad;
   const float scale = 1.f / std::sqrt(float(HD));
-
-  check_cuda(cudaMemsetAsync(ws.dq_turn, 0, size_t(B) * H * n_turns * sizeof(int), stream),
-             "cudaMemsetAsync(dq turns)");
-  {
-    const int64_t threads = rows * (HD / 8);
-    ws_bwd_prepass_kernel<HD><<<unsigned((threads + 255) / 256), 256, 0, stream>>>(
-        ws.dvec, ws.lse2, static_cast<const bf16*>(dout), static_cast<const bf16*>(out), lse, T, H, t_pad, rows);
-    check_launch("ws_bwd_prepass_kernel");
-  }
-
   const CUtensorMap tm_q = make_tmap_bf16_3d(q, HD, T, uint64_t(B) * H, BR);
   const CUtensorMap tm_k = make_tmap_bf16_3d(k, HD, T, uint64_t(B) * KVH, kWsBc);
   const CUtensorMap tm_v = make_tmap_bf16_3d(v, HD, T, uint64_t(B) * KVH, kWsBc);
@@ -482,38 +458,35 @@ void launch_bwd_ws(void* dq, float* dk, float* dv, const void* dout, const void*
   const CUtensorMap tm_dq = make_tmap_f32_2d(ws.dq_acc, HD, uint64_t(rows), BR);
   const CUtensorMap tm_lse2 = make_tmap_f32_1d(ws.lse2, uint64_t(rows), BR);
   const CUtensorMap tm_dvec = make_tmap_f32_1d(ws.dvec, uint64_t(rows), BR);
-  if (rows > INT32_MAX) throw Error("attention_backward: too many rows for the warp-specialised backward");
   auto kernel = attention_bwd_ws_kernel<HD, BR, NS, DQ>;
   allow_smem(kernel, Tile::kSmem);
   const int64_t blocks = int64_t((T + kWsBc - 1) / kWsBc) * KVH * B * split.split;
   kernel<<<dim3(unsigned(blocks)), 384, Tile::kSmem, stream>>>(tm_q, tm_k, tm_v, tm_do, tm_dq, tm_lse2, tm_dvec,
                                                                ws.dq_turn, dk, dv, B, T, t_pad, H, H / KVH, split,
-                                                               scale * kLog2e, scale);
+                                                               scale * kLog2e, scale, ws_bwd_head_major());
   check_launch("attention_bwd_ws_kernel");
+}
 
-  const int64_t n4 = int64_t(B) * H * T * HD / 4;
-  const int cast_blocks = int(std::min<int64_t>((n4 + 255) / 256, 8 * int64_t(sm_count())));
-  ws_bwd_dq_cast_kernel<<<cast_blocks, 256, 0, stream>>>(static_cast<bf16*>(dq),
-                                                         reinterpret_cast<const float4*>(ws.dq_acc), T, t_pad, HD / 4,
-                                                         n4, scale);
-  check_launch("ws_bwd_dq_cast_kernel");
+// Turn counters: one per (b, h, 64-query tile), two at hd 256 (one per column half).
+size_t ws_turns(int B, int T, int H, int hd) {
+  return hd == 256 ? ws_wide_turns(B, T, H) : size_t(B) * H * ((T + kWsBrMin - 1) / kWsBrMin);
 }
 
 }  // namespace
 
-bool backward_ws_supports(int hd) { return hd == 64 || hd == 128; }
-int backward_ws_key_tile() { return kWsBc; }
+bool backward_ws_supports(int hd) { return hd == 64 || hd == 128 || hd == 256; }
+int backward_ws_key_tile(int hd) { return hd == 256 ? kWideKeyTile : kWsBc; }
 
 size_t ws_backward_scratch_floats(int B, int T, int H, int hd) {
-  const size_t n_turns = (T + kWsBrMin - 1) / kWsBrMin, rows = size_t(B) * H * ((T + kWsPad - 1) / kWsPad * kWsPad);
+  const size_t rows = size_t(B) * H * ((T + kWsPad - 1) / kWsPad * kWsPad);
   // D, lse₂, the fp32 dQ, the turn counters (ints, as floats' worth of space); each piece a
   // multiple of 64 floats so the next stays 256-byte aligned.
   auto round = [](size_t n) { return (n + 63) / 64 * 64; };
-  return round(rows) * 2 + round(rows * hd) + round(size_t(B) * H * n_turns);
+  return round(rows) * 2 + round(rows * hd) + round(ws_turns(B, T, H, hd));
 }
 
 WsBwdScratch ws_backward_scratch(float* base, int B, int T, int H, int hd) {
-  const size_t n_turns = (T + kWsBrMin - 1) / kWsBrMin, rows = size_t(B) * H * ((T + kWsPad - 1) / kWsPad * kWsPad);
+  const size_t rows = size_t(B) * H * ((T + kWsPad - 1) / kWsPad * kWsPad);
   auto round = [](size_t n) { return (n + 63) / 64 * 64; };
   WsBwdScratch ws;
   ws.dvec = base;
@@ -523,35 +496,49 @@ WsBwdScratch ws_backward_scratch(float* base, int B, int T, int H, int hd) {
   return ws;
 }
 
+// Pre-pass (turn counters zeroed, D and lse₂), the main kernel for hd, then dQ cast to bf16.
 void backward_sm90_ws(void* dq, float* dk, float* dv, const void* dout, const void* q, const void* k, const void* v,
                       const void* out, const float* lse, int B, int T, int H, int KVH, int hd,
                       const DkdvSplit& split, const WsBwdScratch& ws, cudaStream_t stream) {
+  const int t_pad = (T + kWsPad - 1) / kWsPad * kWsPad;
+  const int64_t rows = int64_t(B) * H * t_pad;
+  if (rows > INT32_MAX) throw Error("attention_backward: too many rows for the warp-specialised backward");
+  check_cuda(cudaMemsetAsync(ws.dq_turn, 0, ws_turns(B, T, H, hd) * sizeof(int), stream), "cudaMemsetAsync(dq turns)");
+  const auto prepass = [&](auto kernel) {
+    const int64_t threads = rows * (hd / 8);
+    kernel<<<unsigned((threads + 255) / 256), 256, 0, stream>>>(ws.dvec, ws.lse2, static_cast<const bf16*>(dout),
+                                                                static_cast<const bf16*>(out), lse, T, H, t_pad, rows);
+    check_launch("ws_bwd_prepass_kernel");
+  };
   switch (hd) {
     // Shared memory: K, V + NS stages of Q, dO, lse₂, D + 2 dSᵀ buffers + the fp32 dQ partial
     // buffers = 145 KB (hd 64, 3 stages, 2 dQ buffers) and 193 KB (hd 128, 2 stages, 1).
     case 64:
+      prepass(ws_bwd_prepass_kernel<64>);
       // 64-query steps: alternate measured 16-20 % faster than own_keys, whose writer waits for
       // one partial's add to land before the next (ATTENTION_NOTES log 13).
       switch (bwd_dq_mode()) {
-        case 1:
-          launch_bwd_ws<64, 64, 3, DqMode::own_keys>(dq, dk, dv, dout, q, k, v, out, lse, B, T, H, KVH, split, ws,
-                                                     stream);
-          break;
-        case 2:
-          launch_bwd_ws<64, 64, 3, DqMode::alternate>(dq, dk, dv, dout, q, k, v, out, lse, B, T, H, KVH, split, ws,
-                                                      stream);
-          break;
-        default:
-          launch_bwd_ws<64, 128, 2, DqMode::half_rows>(dq, dk, dv, dout, q, k, v, out, lse, B, T, H, KVH, split, ws,
-                                                       stream);
+        case 1: launch_bwd_ws<64, 64, 3, DqMode::own_keys>(dk, dv, dout, q, k, v, B, T, H, KVH, split, ws, stream); break;
+        case 2: launch_bwd_ws<64, 64, 3, DqMode::alternate>(dk, dv, dout, q, k, v, B, T, H, KVH, split, ws, stream); break;
+        default: launch_bwd_ws<64, 128, 2, DqMode::half_rows>(dk, dv, dout, q, k, v, B, T, H, KVH, split, ws, stream);
       }
       break;
     case 128:  // own_keys and alternate would need a 64 × 128 dQ accumulator besides dK, dV
-      launch_bwd_ws<128, 64, 2, DqMode::half_cols>(dq, dk, dv, dout, q, k, v, out, lse, B, T, H, KVH, split, ws,
-                                                   stream);
+      prepass(ws_bwd_prepass_kernel<128>);
+      launch_bwd_ws<128, 64, 2, DqMode::half_cols>(dk, dv, dout, q, k, v, B, T, H, KVH, split, ws, stream);
+      break;
+    case 256:
+      prepass(ws_bwd_prepass_kernel<256>);
+      launch_bwd_ws_wide(dk, dv, dout, q, k, v, B, T, H, KVH, split, ws, stream);
       break;
     default: throw Error("attention: the warp-specialised backward has no head dim " + std::to_string(hd));
   }
+  const int64_t n4 = int64_t(B) * H * T * hd / 4;
+  const int cast_blocks = int(std::min<int64_t>((n4 + 255) / 256, 8 * int64_t(sm_count())));
+  ws_bwd_dq_cast_kernel<<<cast_blocks, 256, 0, stream>>>(static_cast<bf16*>(dq),
+                                                         reinterpret_cast<const float4*>(ws.dq_acc), T, t_pad, hd / 4,
+                                                         n4, 1.f / std::sqrt(float(hd)));
+  check_launch("ws_bwd_dq_cast_kernel");
 }
 
 }  // namespace mlkv::cuda::attn

@@ -64,7 +64,7 @@ TEST_P(AttentionCase, LockstepForwardMatchesReference) {
 }
 
 // The sm90 family with the two-kernel backward (dq kernel + dK/dV kernel) instead of the
-// warp-specialised one (hd 64/128; hd 80 and 256 run the two-kernel backward in every test).
+// warp-specialised one (hd 64/128/256; hd 80 runs the two-kernel backward in every test).
 TEST_P(AttentionCase, TwoKernelBackwardMatchesReference) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
   KernelFamily family(true, true, false);
@@ -134,7 +134,8 @@ TEST(Attention, HeadSplitAccumulatesAcrossLayers) {
 
 // The warp-specialised backward's two remaining paths across layers: the head split (4 slices of
 // one head; slices 1..3 as partials) at hd 128, and dQ's ordered key-tile adds over 9 query tiles
-// with three layers at hd 64 (each layer's dq assigned, dk/dv summed).
+// with three layers at hd 64 (each layer's dq assigned, dk/dv summed); at hd 256 (its own kernel:
+// dQ added by the consumers in key-tile order, 64-key tiles) over 8 query tiles.
 TEST(Attention, WsBackwardAccumulatesAcrossLayers) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
   KernelFamily family(true);
@@ -142,6 +143,8 @@ TEST(Attention, WsBackwardAccumulatesAcrossLayers) {
                           79);
   check_layers_sharing_kv(mlkv::cuda::attention_forward, mlkv::cuda::attention_backward, AttnShape{3, 555, 6, 3, 64},
                           80);
+  check_layers_sharing_kv(mlkv::cuda::attention_forward, mlkv::cuda::attention_backward, AttnShape{2, 500, 4, 2, 256},
+                          81);
 }
 
 // The warp-specialised backward's other forms at hd 64 (the measurement switch MLKV_ATTN_BWD_DQ):
