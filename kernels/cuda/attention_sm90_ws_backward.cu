@@ -108,14 +108,9 @@ __global__ void __launch_bounds__(384, 1)
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp >> 2;
   const int KVH = H / group;
-  const DkdvBlock blk = dkdv_block(split, B, KVH);
-  const int jt = blk.jt, g = blk.g, b = blk.b;
-  const int h0 = g * group + blk.slice * split.heads_per;
-  const int kv0 = jt * kBc;
-  const int n_q = (T + kBr - 1) / kBr;
-  const int q_first = kv0 / kBr;
-  const int per_head = n_q - q_first;
-  const int n_steps = split.heads_per * per_head;
+  const BwdBlockWork w = bwd_block_work<kBc, kBr>(split, B, T, H, group);
+  const int jt = w.jt, g = w.g, b = w.b, h0 = w.h0, kv0 = w.kv0, n_q = w.n_q, q_first = w.q_first,
+            per_head = w.per_head, n_steps = w.n_steps;
 
   if (tid == 0) {
     mbar_init(&bar_kv, 1);
@@ -136,32 +131,9 @@ __global__ void __launch_bounds__(384, 1)
   if (wg == 0) {
     regs_dealloc<kBwdProducerRegs>();
     if (tid == 0) {  // loads
-      tma_prefetch_map(&tm_q);
-      tma_prefetch_map(&tm_do);
-      tma_prefetch_map(&tm_lse2);
-      tma_prefetch_map(&tm_dvec);
-      const int kv_row = b * KVH + g;
-      mbar_arrive_expect_tx(&bar_kv, 2 * Tile::kKVBytes);
-#pragma unroll
-      for (int c = 0; c < kChunks; ++c) {
-        tma_load_3d(sK + c * kBc * 64, &tm_k, c * 64, kv0, kv_row, &bar_kv);
-        tma_load_3d(sV + c * kBc * 64, &tm_v, c * 64, kv0, kv_row, &bar_kv);
-      }
-      for (int t = 0; t < n_steps; ++t) {
-        const int s = t % NS;
-        if (t >= NS) mbar_wait(&bar_empty[s], (t / NS - 1) & 1);
-        const Step st = step_of(t, h0, split.heads_per, q_first, per_head, head_major);
-        const int qr0 = st.qi * kBr;
-        mbar_arrive_expect_tx(&bar_full[s], 2 * Tile::kQBytes + 2 * Tile::kVecBytes);
-#pragma unroll
-        for (int c = 0; c < kChunks; ++c) {
-          tma_load_3d(sQ + (s * kChunks + c) * kBr * 64, &tm_q, c * 64, qr0, b * H + st.h, &bar_full[s]);
-          tma_load_3d(sdO + (s * kChunks + c) * kBr * 64, &tm_do, st.h * HD + c * 64, qr0, b, &bar_full[s]);
-        }
-        const int vec0 = (b * H + st.h) * t_pad + qr0;
-        tma_load_1d(sL + s * kBr, &tm_lse2, vec0, &bar_full[s]);
-        tma_load_1d(sD + s * kBr, &tm_dvec, vec0, &bar_full[s]);
-      }
+      ws_bwd_load<HD, kBc, kBr, NS>(w, &tm_q, &tm_k, &tm_v, &tm_do, &tm_lse2, &tm_dvec, sK, sV, sQ, sdO,
+                                    kChunks * kBr * 64, sL, sD, &bar_kv, bar_full, bar_empty, H, KVH,
+                                    split.heads_per, t_pad, head_major);
     } else if (tid == 32) {  // the dQ writer
       // Buffers written at step t: both (own_keys, added in consumer order), buffer t % 2
       // (alternate), the one (half_cols).
@@ -376,7 +348,7 @@ __global__ void __launch_bounds__(384, 1)
   }
 
   // dK, dV: slice 0 adds into the caller's sums; slice s > 0 writes partial s-1.
-  const DkdvOut dst(dk, dv, split, blk.slice, int64_t(B) * KVH * T * HD);
+  const DkdvOut dst(dk, dv, split, w.slice, int64_t(B) * KVH * T * HD);
   add_dkdv_acc<HD>(dst, (int64_t(b) * KVH + g) * T * HD, key_r, T, lane, dka, dva, scale);
 #endif
 }
@@ -467,10 +439,8 @@ void launch_bwd_ws(float* dk, float* dv, const void* dout, const void* q, const 
   check_launch("attention_bwd_ws_kernel");
 }
 
-// Turn counters: one per (b, h, 64-query tile), two at hd 256 (one per column half).
-size_t ws_turns(int B, int T, int H, int hd) {
-  return hd == 256 ? ws_wide_turns(B, T, H) : size_t(B) * H * ((T + kWsBrMin - 1) / kWsBrMin);
-}
+// Turn counters: one per (b, h, 64-query tile).
+size_t ws_turns(int B, int T, int H) { return size_t(B) * H * ((T + kWsBrMin - 1) / kWsBrMin); }
 
 }  // namespace
 
@@ -482,7 +452,7 @@ size_t ws_backward_scratch_floats(int B, int T, int H, int hd) {
   // D, lse₂, the fp32 dQ, the turn counters (ints, as floats' worth of space); each piece a
   // multiple of 64 floats so the next stays 256-byte aligned.
   auto round = [](size_t n) { return (n + 63) / 64 * 64; };
-  return round(rows) * 2 + round(rows * hd) + round(ws_turns(B, T, H, hd));
+  return round(rows) * 2 + round(rows * hd) + round(ws_turns(B, T, H));
 }
 
 WsBwdScratch ws_backward_scratch(float* base, int B, int T, int H, int hd) {
@@ -503,7 +473,7 @@ void backward_sm90_ws(void* dq, float* dk, float* dv, const void* dout, const vo
   const int t_pad = (T + kWsPad - 1) / kWsPad * kWsPad;
   const int64_t rows = int64_t(B) * H * t_pad;
   if (rows > INT32_MAX) throw Error("attention_backward: too many rows for the warp-specialised backward");
-  check_cuda(cudaMemsetAsync(ws.dq_turn, 0, ws_turns(B, T, H, hd) * sizeof(int), stream), "cudaMemsetAsync(dq turns)");
+  check_cuda(cudaMemsetAsync(ws.dq_turn, 0, ws_turns(B, T, H) * sizeof(int), stream), "cudaMemsetAsync(dq turns)");
   const auto prepass = [&](auto kernel) {
     const int64_t threads = rows * (hd / 8);
     kernel<<<unsigned((threads + 255) / 256), 256, 0, stream>>>(ws.dvec, ws.lse2, static_cast<const bf16*>(dout),

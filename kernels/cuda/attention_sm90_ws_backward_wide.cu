@@ -17,15 +17,15 @@
 // kernel. So each consumer writes its dQ half into the part of the current stage that only it
 // still reads: its two 64-column regions of Q and of dO (32 KB, the size of its partial), once its
 // dV and dK are done (the other consumer's Sᵀ and dPᵀ, the only other readers, finished before
-// the named barrier). Adding the partial with red.global from registers instead measured 2.3×
-// this kernel's time at 8,8,2,2048 (ATTENTION_NOTES log 14).
-// Determinism: a turn counter per (b, h, query tile, column half) counts the key tiles added so
-// far; consumer c's leader thread of key tile jt waits (ld.acquire) until it reads jt, issues the
-// adds, and once they have landed stores jt + 1 (st.release) and hands the stage back to the
-// producer. That second half waits until the next step's Sᵀ and dPᵀ are issued, so the adds land
-// while the tensor cores work. Blocks are numbered with the key tile slowest (dkdv_block) and
-// every key tile meets (query tile, head) at the same step index (step_of), so each block waits
-// only on blocks numbered before it, about one step's latency.
+// the named barrier); its warps then arrive on the stage's dq_full barrier and go on.
+// The dQ writer (producer warp 1, one thread) waits for both halves, for this query tile's turn,
+// adds them into the fp32 dQ with TMA, hands the stage back to the loads once TMA has read it,
+// and moves the turn on once the adds have landed: the consumers never wait on other blocks.
+// Determinism: a turn counter per (b, h, query tile) counts the key tiles added so far; key tile
+// jt's writer waits (ld.acquire) until it reads jt, adds, waits for the adds to land, and stores
+// jt + 1 (st.release). Blocks are numbered with the key tile slowest (dkdv_block) and every key
+// tile meets (query tile, head) at the same step index (step_of), so each block waits only on
+// blocks numbered before it, about one step's latency.
 #include <cmath>
 #include <cstdint>
 
@@ -50,15 +50,6 @@ static_assert(kWsPad % kBr == 0 && kBr == kWsBrMin, "query tiles tile the paddin
 // 32-column fp32 dQ region r (0..3) of consumer c: its Q regions 2c, 2c+1, then its dO regions.
 __device__ __forceinline__ uint32_t dq_region(int c, int r) { return (2 * c + (r & 1) + 4 * (r >> 1)) * 8192u; }
 
-// The leader's second half of a dQ add: once the TMA adds have landed (and so read the stage),
-// the turn moves on to the next key tile and the stage goes back to the producer.
-__device__ __forceinline__ void release_dq(int* turn, int next, uint64_t* stage_empty) {
-  bulk_wait<0>();
-  fence_proxy_async_global();
-  st_release(turn, next);
-  mbar_arrive(stage_empty);
-}
-
 __global__ void __launch_bounds__(384, 1)
     attention_bwd_ws_wide_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
                                  const __grid_constant__ CUtensorMap tm_v, const __grid_constant__ CUtensorMap tm_do,
@@ -68,7 +59,7 @@ __global__ void __launch_bounds__(384, 1)
                                  int T, int t_pad, int H, int group, DkdvSplit split, float scale_log2, float scale, bool head_major) {
 #ifdef MLKV_SM90A
   extern __shared__ unsigned char smem_raw[];
-  __shared__ __align__(8) uint64_t bar_kv, bar_full[kNs], bar_empty[kNs];
+  __shared__ __align__(8) uint64_t bar_kv, bar_full[kNs], bar_empty[kNs], bar_dq_full[kNs];
   unsigned char* base =
       reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
   bf16* sK = reinterpret_cast<bf16*>(base);  // [kChunks][kBc × 64], 128-byte swizzle (TMA)
@@ -81,21 +72,16 @@ __global__ void __launch_bounds__(384, 1)
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp >> 2;
   const int KVH = H / group;
-  const DkdvBlock blk = dkdv_block(split, B, KVH);
-  const int jt = blk.jt, g = blk.g, b = blk.b;
-  const int h0 = g * group + blk.slice * split.heads_per;
-  const int kv0 = jt * kBc;
-  const int n_q = (T + kBr - 1) / kBr;
-  const int q_first = jt;  // key tile jt sees query tiles jt.. (both 64 rows)
-  const int per_head = n_q - q_first;
-  const int n_steps = split.heads_per * per_head;
+  const BwdBlockWork w = bwd_block_work<kBc, kBr>(split, B, T, H, group);
+  const int jt = w.jt, b = w.b, kv0 = w.kv0;
 
   if (tid == 0) {
     mbar_init(&bar_kv, 1);
 #pragma unroll
     for (int s = 0; s < kNs; ++s) {
       mbar_init(&bar_full[s], 1);
-      mbar_init(&bar_empty[s], 2);  // one per consumer, once its dQ adds have read the stage
+      mbar_init(&bar_empty[s], 1);    // the writer, once TMA has read this step's dQ from the stage
+      mbar_init(&bar_dq_full[s], 8);  // one arrival per consumer warp
     }
     mbar_init_fence();
   }
@@ -103,33 +89,36 @@ __global__ void __launch_bounds__(384, 1)
 
   if (wg == 0) {
     regs_dealloc<kBwdProducerRegs>();
-    if (tid == 0) {  // loads
-      tma_prefetch_map(&tm_q);
-      tma_prefetch_map(&tm_do);
-      tma_prefetch_map(&tm_lse2);
-      tma_prefetch_map(&tm_dvec);
-      const int kv_row = b * KVH + g;
-      mbar_arrive_expect_tx(&bar_kv, 2 * kKVBytes);
-#pragma unroll
-      for (int c = 0; c < kChunks; ++c) {
-        tma_load_3d(sK + c * kBc * 64, &tm_k, c * 64, kv0, kv_row, &bar_kv);
-        tma_load_3d(sV + c * kBc * 64, &tm_v, c * 64, kv0, kv_row, &bar_kv);
-      }
-      for (int t = 0; t < n_steps; ++t) {
+    if (tid == 0) {  // loads; a stage is [Q: kChunks regions][dO: kChunks regions]
+      ws_bwd_load<kHd, kBc, kBr, kNs>(w, &tm_q, &tm_k, &tm_v, &tm_do, &tm_lse2, &tm_dvec, sK, sV, sQ,
+                                      sQ + kChunks * kBr * 64, 2 * kChunks * kBr * 64, sL, sD, &bar_kv, bar_full,
+                                      bar_empty, H, KVH, split.heads_per, t_pad, head_major);
+    } else if (tid == 32) {  // the dQ writer
+      for (int t = 0; t < w.n_steps; ++t) {
         const int s = t % kNs;
-        if (t >= kNs) mbar_wait(&bar_empty[s], (t / kNs - 1) & 1);
-        const Step st = step_of(t, h0, split.heads_per, q_first, per_head, head_major);
-        const int qr0 = st.qi * kBr;
-        mbar_arrive_expect_tx(&bar_full[s], 2 * kQBytes + 2 * kVecBytes);
-#pragma unroll
-        for (int c = 0; c < kChunks; ++c) {
-          bf16* stage = sQ + s * 2 * kBr * kHd;
-          tma_load_3d(stage + c * kBr * 64, &tm_q, c * 64, qr0, b * H + st.h, &bar_full[s]);
-          tma_load_3d(stage + (kChunks + c) * kBr * 64, &tm_do, st.h * kHd + c * 64, qr0, b, &bar_full[s]);
+        const Step st = step_of(t, w.h0, split.heads_per, w.q_first, w.per_head, head_major);
+        int* turn = dq_turn + (int64_t(b) * H + st.h) * w.n_q + st.qi;
+        const int row = (b * H + st.h) * t_pad + st.qi * kBr;
+        const unsigned char* stage = reinterpret_cast<const unsigned char*>(sQ + s * 2 * kBr * kHd);
+        mbar_wait(&bar_dq_full[s], (t / kNs) & 1);
+        while (ld_acquire(turn) != jt) {
         }
-        const int vec0 = (b * H + st.h) * t_pad + qr0;
-        tma_load_1d(sL + s * kBr, &tm_lse2, vec0, &bar_full[s]);
-        tma_load_1d(sD + s * kBr, &tm_dvec, vec0, &bar_full[s]);
+        fence_proxy_async_global();
+#pragma unroll
+        for (int c = 0; c < 2; ++c)
+#pragma unroll
+          for (int r = 0; r < 4; ++r) {
+            if (jt == 0)
+              tma_store_2d(&tm_dq, c * 128 + r * 32, row, stage + dq_region(c, r));
+            else
+              tma_reduce_add_2d(&tm_dq, c * 128 + r * 32, row, stage + dq_region(c, r));
+          }
+        bulk_commit();
+        bulk_wait_read<0>();
+        mbar_arrive(&bar_empty[s]);  // the loads may refill the stage
+        bulk_wait<0>();
+        fence_proxy_async_global();
+        st_release(turn, jt + 1);
       }
     }
     return;
@@ -137,7 +126,6 @@ __global__ void __launch_bounds__(384, 1)
 
   regs_alloc<kBwdConsumerRegs>();
   const int cw = wg - 1, wq = warp & 3;
-  const bool leader = (tid & 127) == 0;  // this consumer's thread that waits on and moves its turns
   const int key_r = kv0 + wq * 16 + (lane >> 2);  // this thread's keys: key_r, key_r + 8
   const int q_half = cw * 32;                      // first of this consumer's 32 queries in Sᵀ, dPᵀ
   float dva[64], dka[64];                          // 64 keys × this consumer's 128 columns
@@ -146,13 +134,11 @@ __global__ void __launch_bounds__(384, 1)
   float s_t[16], dpt[16], dqa[64];  // Sᵀ, dPᵀ: 64 keys × 32 queries; dQ: 64 queries × 128 columns
 
   const uint32_t k_addr = smem_addr(sK), v_addr = smem_addr(sV);
-  int* pending_turn = nullptr;  // the turn whose adds were issued last step, not yet released
-  int pending_stage = 0;        // and the stage they read
   mbar_wait(&bar_kv, 0);
 
-  for (int t = 0; t < n_steps; ++t) {
+  for (int t = 0; t < w.n_steps; ++t) {
     const int s = t % kNs;
-    const Step stp = step_of(t, h0, split.heads_per, q_first, per_head, head_major);
+    const Step stp = step_of(t, w.h0, split.heads_per, w.q_first, w.per_head, head_major);
     const int qr0 = stp.qi * kBr;
     const uint32_t q_addr = smem_addr(sQ + s * 2 * kBr * kHd);
     const uint32_t do_addr = q_addr + kQBytes;
@@ -178,10 +164,6 @@ __global__ void __launch_bounds__(384, 1)
       WgmmaSS<32>::run(dpt, desc_sw128(v_addr + in, 16, 1024), desc_sw128(do_addr + inq, 16, 1024), ks > 0);
     }
     wgmma_commit();
-
-    // Last step's dQ adds: landed, then the turn moves on and the stage goes back (while the
-    // products above run).
-    if (pending_turn && leader) release_dq(pending_turn, jt + 1, &bar_empty[pending_stage]);
 
     // Pᵀ with the causal mask where one of these queries precedes one of the keys; dSᵀ.
     const bool need_mask = qr0 + q_half < kv0 + kBc - 1;
@@ -271,31 +253,13 @@ __global__ void __launch_bounds__(384, 1)
               make_float2(dqa[4 * nt + 2 * hr], dqa[4 * nt + 2 * hr + 1]);
     }
     fence_proxy_async();
-    named_sync(2 + cw, 128);  // all of this consumer's partial is written
-    int* turn = dq_turn + ((int64_t(b) * H + stp.h) * n_q + stp.qi) * 2 + cw;
-    if (leader) {
-      while (ld_acquire(turn) != jt) {
-      }
-      fence_proxy_async_global();
-      const int row = (b * H + stp.h) * t_pad + qr0;
-#pragma unroll
-      for (int r = 0; r < 4; ++r) {
-        const unsigned char* src = reinterpret_cast<const unsigned char*>(sQ + s * 2 * kBr * kHd) + dq_region(cw, r);
-        if (jt == 0)
-          tma_store_2d(&tm_dq, cw * 128 + r * 32, row, src);
-        else
-          tma_reduce_add_2d(&tm_dq, cw * 128 + r * 32, row, src);
-      }
-      bulk_commit();
-    }
-    pending_turn = turn;
-    pending_stage = s;
+    __syncwarp();
+    if (lane == 0) mbar_arrive(&bar_dq_full[s]);  // this warp's rows of the partial are written
   }
-  if (pending_turn && leader) release_dq(pending_turn, jt + 1, &bar_empty[pending_stage]);
 
   // dK, dV: slice 0 adds into the caller's sums; slice s > 0 writes partial s-1.
-  const DkdvOut dst(dk, dv, split, blk.slice, int64_t(B) * KVH * T * kHd);
-  add_dkdv_acc<128, kHd>(dst, (int64_t(b) * KVH + g) * T * kHd + cw * 128, key_r, T, lane, dka, dva, scale);
+  const DkdvOut dst(dk, dv, split, w.slice, int64_t(B) * KVH * T * kHd);
+  add_dkdv_acc<128, kHd>(dst, (int64_t(b) * KVH + w.g) * T * kHd + cw * 128, key_r, T, lane, dka, dva, scale);
 #endif
 }
 

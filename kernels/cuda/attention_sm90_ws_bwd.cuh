@@ -10,6 +10,7 @@
 
 #include "kernels/cuda/attention_launch.cuh"
 #include "kernels/cuda/attention_sm90.h"
+#include "kernels/cuda/attention_tma.cuh"
 
 namespace mlkv::cuda::attn {
 
@@ -41,10 +42,71 @@ __device__ __forceinline__ Step step_of(int t, int h0, int heads, int q_first, i
 }
 bool ws_bwd_head_major();  // MLKV_ATTN_BWD_ORDER=1, read per call
 
+// What a block of BC keys with query tiles of BR rows works on: (key tile jt, b, KV head g, head
+// slice from h0), and its steps.
+struct BwdBlockWork {
+  int jt, b, g, slice, h0, kv0, n_q, q_first, per_head, n_steps;
+};
+template <int BC, int BR>
+__device__ __forceinline__ BwdBlockWork bwd_block_work(const DkdvSplit& split, int B, int T, int H, int group) {
+  const DkdvBlock blk = dkdv_block(split, B, H / group);
+  BwdBlockWork w;
+  w.jt = blk.jt;
+  w.b = blk.b;
+  w.g = blk.g;
+  w.slice = blk.slice;
+  w.h0 = blk.g * group + blk.slice * split.heads_per;
+  w.kv0 = blk.jt * BC;
+  w.n_q = (T + BR - 1) / BR;
+  w.q_first = w.kv0 / BR;
+  w.per_head = w.n_q - w.q_first;
+  w.n_steps = split.heads_per * w.per_head;
+  return w;
+}
+
+// The load thread of both kernels: K and V of the block once (128-byte-swizzled 64-column
+// regions, onto bar_kv), then per step into stage t % NS, once the stage is empty: Q and dO
+// (region c of stage s at q_stage + s·stage_elems + c·BR·64, the same from do_stage) and this
+// query tile's lse₂ and D, all onto bar_full[s].
+template <int HD, int BC, int BR, int NS>
+__device__ __forceinline__ void ws_bwd_load(const BwdBlockWork& w, const CUtensorMap* tm_q, const CUtensorMap* tm_k,
+                                            const CUtensorMap* tm_v, const CUtensorMap* tm_do,
+                                            const CUtensorMap* tm_lse2, const CUtensorMap* tm_dvec, bf16* sK,
+                                            bf16* sV, bf16* q_stage, bf16* do_stage, int stage_elems, float* sL,
+                                            float* sD, uint64_t* bar_kv, uint64_t* bar_full, uint64_t* bar_empty,
+                                            int H, int KVH, int heads, int t_pad, bool head_major) {
+  constexpr int kChunks = HD / 64;
+  tma_prefetch_map(tm_q);
+  tma_prefetch_map(tm_do);
+  tma_prefetch_map(tm_lse2);
+  tma_prefetch_map(tm_dvec);
+  const int kv_row = w.b * KVH + w.g;
+  mbar_arrive_expect_tx(bar_kv, 2u * BC * HD * 2);
+#pragma unroll
+  for (int c = 0; c < kChunks; ++c) {
+    tma_load_3d(sK + c * BC * 64, tm_k, c * 64, w.kv0, kv_row, bar_kv);
+    tma_load_3d(sV + c * BC * 64, tm_v, c * 64, w.kv0, kv_row, bar_kv);
+  }
+  for (int t = 0; t < w.n_steps; ++t) {
+    const int s = t % NS;
+    if (t >= NS) mbar_wait(&bar_empty[s], (t / NS - 1) & 1);
+    const Step st = step_of(t, w.h0, heads, w.q_first, w.per_head, head_major);
+    const int qr0 = st.qi * BR;
+    mbar_arrive_expect_tx(&bar_full[s], 2u * BR * HD * 2 + 2u * BR * 4);
+#pragma unroll
+    for (int c = 0; c < kChunks; ++c) {
+      tma_load_3d(q_stage + s * stage_elems + c * BR * 64, tm_q, c * 64, qr0, w.b * H + st.h, &bar_full[s]);
+      tma_load_3d(do_stage + s * stage_elems + c * BR * 64, tm_do, st.h * HD + c * 64, qr0, w.b, &bar_full[s]);
+    }
+    const int vec0 = (w.b * H + st.h) * t_pad + qr0;
+    tma_load_1d(sL + s * BR, tm_lse2, vec0, &bar_full[s]);
+    tma_load_1d(sD + s * BR, tm_dvec, vec0, &bar_full[s]);
+  }
+}
+
 // hd 256 (attention_sm90_ws_backward_wide.cu): the main kernel only; the caller has run the
-// pre-pass (D, lse₂), zeroed ws_wide_turns() turn counters, and casts dQ afterwards.
+// pre-pass (D, lse₂), zeroed the turn counters, and casts dQ afterwards.
 constexpr int kWideKeyTile = 64;
-inline size_t ws_wide_turns(int B, int T, int H) { return size_t(B) * H * ((T + kWsBrMin - 1) / kWsBrMin) * 2; }
 void launch_bwd_ws_wide(float* dk, float* dv, const void* dout, const void* q, const void* k, const void* v, int B,
                         int T, int H, int KVH, const DkdvSplit& split, const WsBwdScratch& ws, cudaStream_t stream);
 
