@@ -29,7 +29,6 @@
 #include <cmath>
 #include <cstdint>
 
-#include "core/env.h"
 #include "kernels/cuda/attention_sm90.cuh"
 #include "kernels/cuda/attention_sm90_ws_bwd.cuh"
 #include "kernels/cuda/attention_tma.cuh"
@@ -57,7 +56,7 @@ __global__ void __launch_bounds__(384, 1)
                                  const __grid_constant__ CUtensorMap tm_lse2,
                                  const __grid_constant__ CUtensorMap tm_dvec, const __grid_constant__ CUtensorMap tm_dq,
                                  int* __restrict__ dq_turn, float* __restrict__ dk, float* __restrict__ dv, int B,
-                                 int T, int t_pad, int H, int group, DkdvSplit split, float scale_log2, float scale, bool head_major, bool pipelined) {
+                                 int T, int t_pad, int H, int group, DkdvSplit split, float scale_log2, float scale, bool head_major) {
 #ifdef MLKV_SM90A
   extern __shared__ unsigned char smem_raw[];
   __shared__ __align__(8) uint64_t bar_kv, bar_full[kNs], bar_empty[kNs], bar_dq_full[kNs];
@@ -95,7 +94,6 @@ __global__ void __launch_bounds__(384, 1)
                                       sQ + kChunks * kBr * 64, 2 * kChunks * kBr * 64, sL, sD, &bar_kv, bar_full,
                                       bar_empty, H, KVH, split.heads_per, t_pad, head_major);
     } else if (tid == 32) {  // the dQ writer
-      int* prev_turn = nullptr;
       for (int t = 0; t < w.n_steps; ++t) {
         const int s = t % kNs;
         const Step st = step_of(t, w.h0, split.heads_per, w.q_first, w.per_head, head_major);
@@ -118,21 +116,9 @@ __global__ void __launch_bounds__(384, 1)
         bulk_commit();
         bulk_wait_read<0>();
         mbar_arrive(&bar_empty[s]);  // the loads may refill the stage
-        if (!pipelined) {
-          bulk_wait<0>();
-          fence_proxy_async_global();
-          st_release(turn, jt + 1);
-        } else if (t > 0) {  // the previous step's adds (one group left in flight)
-          bulk_wait<1>();
-          fence_proxy_async_global();
-          st_release(prev_turn, jt + 1);
-        }
-        prev_turn = turn;
-      }
-      if (pipelined && prev_turn) {
         bulk_wait<0>();
         fence_proxy_async_global();
-        st_release(prev_turn, jt + 1);
+        st_release(turn, jt + 1);
       }
     }
     return;
@@ -295,7 +281,7 @@ void launch_bwd_ws_wide(float* dk, float* dv, const void* dout, const void* q, c
   const int64_t blocks = int64_t((T + kBc - 1) / kBc) * KVH * B * split.split;
   attention_bwd_ws_wide_kernel<<<dim3(unsigned(blocks)), 384, kSmem, stream>>>(
       tm_q, tm_k, tm_v, tm_do, tm_lse2, tm_dvec, tm_dq, ws.dq_turn, dk, dv, B, T, t_pad, H, H / KVH, split,
-      scale * kLog2e, scale, ws_bwd_head_major(), env_int("MLKV_ATTN_BWD_WRITER", 0) == 1);
+      scale * kLog2e, scale, ws_bwd_head_major());
   check_launch("attention_bwd_ws_wide_kernel");
 }
 
