@@ -137,8 +137,8 @@ int main(int argc, char** argv) {
                 mlkv::cuda::attention_sm90_active() ? "sm90 wgmma" : "mma.sync", iters);
     std::printf("forward at hd 64/128/256: %s; at hd 80: %s\n", mlkv::cuda::attention_forward_kernel(64),
                 mlkv::cuda::attention_forward_kernel(80));
-    std::printf("backward at hd 64/128: %s; at hd 80/256: %s\n", mlkv::cuda::attention_backward_kernel(64),
-                mlkv::cuda::attention_backward_kernel(256));
+    std::printf("backward at hd 64/128/256: %s; at hd 80: %s\n", mlkv::cuda::attention_backward_kernel(64),
+                mlkv::cuda::attention_backward_kernel(80));
 #ifdef MLKV_HAVE_CUDNN
     std::printf("our cuDNN SDPA backend: cuDNN %s at run time\n",
                 mlkv::cuda::cudnn_attention_library_version().c_str());

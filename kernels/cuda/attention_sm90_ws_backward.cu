@@ -5,9 +5,9 @@
 // attention_backward (attention.h): dq assigned, dk/dv fp32 accumulated, bitwise deterministic.
 //
 // One block = one producer warpgroup + two consumer warpgroups, per (key tile of 128 keys, b, KV
-// head, head slice); it loops over the query heads of its slice and, per head, over the query
-// tiles of BR rows (128 at hd 64, 64 at hd 128) at or below the diagonal ("steps"). K and V stay
-// in shared memory.
+// head, head slice); its steps are the (query tile, query head) pairs of its slice, query tiles
+// of BR rows (128 at hd 64, 64 at hd 128) at or below the diagonal, in step_of's order (the last
+// query tile first, heads inner). K and V stay in shared memory.
 //   producer warp 0 (one thread): TMA loads of K, V, then per step of Q, dO (128-byte swizzle)
 //     and of that tile's lse·log2e and D into an NS-stage ring (mbarriers).
 //   producer warp 1 (one thread), the dQ writer: per step, once the consumers have put the fp32
@@ -488,8 +488,12 @@ void backward_sm90_ws(void* dq, float* dk, float* dv, const void* dout, const vo
       // 64-query steps: alternate measured 16-20 % faster than own_keys, whose writer waits for
       // one partial's add to land before the next (ATTENTION_NOTES log 13).
       switch (bwd_dq_mode()) {
-        case 1: launch_bwd_ws<64, 64, 3, DqMode::own_keys>(dk, dv, dout, q, k, v, B, T, H, KVH, split, ws, stream); break;
-        case 2: launch_bwd_ws<64, 64, 3, DqMode::alternate>(dk, dv, dout, q, k, v, B, T, H, KVH, split, ws, stream); break;
+        case 1:
+          launch_bwd_ws<64, 64, 3, DqMode::own_keys>(dk, dv, dout, q, k, v, B, T, H, KVH, split, ws, stream);
+          break;
+        case 2:
+          launch_bwd_ws<64, 64, 3, DqMode::alternate>(dk, dv, dout, q, k, v, B, T, H, KVH, split, ws, stream);
+          break;
         default: launch_bwd_ws<64, 128, 2, DqMode::half_rows>(dk, dv, dout, q, k, v, B, T, H, KVH, split, ws, stream);
       }
       break;

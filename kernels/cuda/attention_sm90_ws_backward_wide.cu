@@ -25,7 +25,8 @@
 // jt's writer waits (ld.acquire) until it reads jt, adds, waits for the adds to land, and stores
 // jt + 1 (st.release). Blocks are numbered with the key tile slowest (dkdv_block) and every key
 // tile meets (query tile, head) at the same step index (step_of), so each block waits only on
-// blocks numbered before it, about one step's latency.
+// blocks numbered before it, about one step's latency. Measurements: ATTENTION_NOTES log 14
+// (the consumers adding dQ themselves, with red.global or with TMA, measured slower).
 #include <cmath>
 #include <cstdint>
 
@@ -56,7 +57,8 @@ __global__ void __launch_bounds__(384, 1)
                                  const __grid_constant__ CUtensorMap tm_lse2,
                                  const __grid_constant__ CUtensorMap tm_dvec, const __grid_constant__ CUtensorMap tm_dq,
                                  int* __restrict__ dq_turn, float* __restrict__ dk, float* __restrict__ dv, int B,
-                                 int T, int t_pad, int H, int group, DkdvSplit split, float scale_log2, float scale, bool head_major) {
+                                 int T, int t_pad, int H, int group, DkdvSplit split, float scale_log2, float scale,
+                                 bool head_major) {
 #ifdef MLKV_SM90A
   extern __shared__ unsigned char smem_raw[];
   __shared__ __align__(8) uint64_t bar_kv, bar_full[kNs], bar_empty[kNs], bar_dq_full[kNs];
