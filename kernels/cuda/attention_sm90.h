@@ -42,7 +42,7 @@ struct WsBwdScratch {
   float* dvec = nullptr;    // D = rowsum(dO∘O), [B·H, T padded to 128]
   float* lse2 = nullptr;    // lse·log2e, same layout (+inf past T)
   float* dq_acc = nullptr;  // fp32 dQ, [B·H, T padded, hd]
-  int* dq_turn = nullptr;   // per (b, h, query tile[, column half at hd 256]): key tiles added so far
+  int* dq_turn = nullptr;   // per (b, h, 64-query tile): key tiles added so far
 };
 bool backward_ws_supports(int hd);
 int backward_ws_key_tile(int hd);

@@ -135,7 +135,7 @@ TEST(Attention, HeadSplitAccumulatesAcrossLayers) {
 // The warp-specialised backward's two remaining paths across layers: the head split (4 slices of
 // one head; slices 1..3 as partials) at hd 128, and dQ's ordered key-tile adds over 9 query tiles
 // with three layers at hd 64 (each layer's dq assigned, dk/dv summed); at hd 256 (its own kernel:
-// dQ added by the consumers in key-tile order, 64-key tiles) over 8 query tiles.
+// 64-key tiles, dQ staged in the Q/dO stage) over 8 query tiles.
 TEST(Attention, WsBackwardAccumulatesAcrossLayers) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
   KernelFamily family(true);
