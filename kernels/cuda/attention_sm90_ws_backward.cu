@@ -147,11 +147,7 @@ __global__ void __launch_bounds__(384, 1)
           const int use = DQ == DqMode::alternate ? t / 2 : t;  // this buffer's uses before
           const float* src = sDQ + nb * kBr * HD;
           mbar_wait(&bar_dq_full[nb], use & 1);
-          if (i == 0) {
-            while (ld_acquire(turn) != jt) {
-            }
-            fence_proxy_async_global();
-          }
+          if (i == 0) dq_turn_wait(turn, jt);
 #pragma unroll
           for (int r = 0; r < HD / 32; ++r) {
             if (jt == 0 && i == 0)
@@ -169,8 +165,7 @@ __global__ void __launch_bounds__(384, 1)
             bulk_wait<0>();
           }
         }
-        fence_proxy_async_global();
-        st_release(turn, jt + 1);
+        dq_turn_pass(turn, jt + 1);
       }
     }
     return;
@@ -420,7 +415,7 @@ template <int HD, int BR, int NS, DqMode DQ>
 void launch_bwd_ws(float* dk, float* dv, const void* dout, const void* q, const void* k, const void* v, int B, int T,
                    int H, int KVH, const DkdvSplit& split, const WsBwdScratch& ws, cudaStream_t stream) {
   using Tile = WsBwdTile<HD, BR, NS, DQ>;
-  const int t_pad = (T + kWsPad - 1) / kWsPad * kWsPad;
+  const int t_pad = ws_t_pad(T);
   const int64_t rows = int64_t(B) * H * t_pad;
   const float scale = 1.f / std::sqrt(float(HD));
   const CUtensorMap tm_q = make_tmap_bf16_3d(q, HD, T, uint64_t(B) * H, BR);
@@ -448,7 +443,7 @@ bool backward_ws_supports(int hd) { return hd == 64 || hd == 128 || hd == 256; }
 int backward_ws_key_tile(int hd) { return hd == 256 ? kWideKeyTile : kWsBc; }
 
 size_t ws_backward_scratch_floats(int B, int T, int H, int hd) {
-  const size_t rows = size_t(B) * H * ((T + kWsPad - 1) / kWsPad * kWsPad);
+  const size_t rows = size_t(B) * H * ws_t_pad(T);
   // D, lse₂, the fp32 dQ, the turn counters (ints, as floats' worth of space); each piece a
   // multiple of 64 floats so the next stays 256-byte aligned.
   auto round = [](size_t n) { return (n + 63) / 64 * 64; };
@@ -456,7 +451,7 @@ size_t ws_backward_scratch_floats(int B, int T, int H, int hd) {
 }
 
 WsBwdScratch ws_backward_scratch(float* base, int B, int T, int H, int hd) {
-  const size_t rows = size_t(B) * H * ((T + kWsPad - 1) / kWsPad * kWsPad);
+  const size_t rows = size_t(B) * H * ws_t_pad(T);
   auto round = [](size_t n) { return (n + 63) / 64 * 64; };
   WsBwdScratch ws;
   ws.dvec = base;
@@ -470,7 +465,7 @@ WsBwdScratch ws_backward_scratch(float* base, int B, int T, int H, int hd) {
 void backward_sm90_ws(void* dq, float* dk, float* dv, const void* dout, const void* q, const void* k, const void* v,
                       const void* out, const float* lse, int B, int T, int H, int KVH, int hd,
                       const DkdvSplit& split, const WsBwdScratch& ws, cudaStream_t stream) {
-  const int t_pad = (T + kWsPad - 1) / kWsPad * kWsPad;
+  const int t_pad = ws_t_pad(T);
   const int64_t rows = int64_t(B) * H * t_pad;
   if (rows > INT32_MAX) throw Error("attention_backward: too many rows for the warp-specialised backward");
   check_cuda(cudaMemsetAsync(ws.dq_turn, 0, ws_turns(B, T, H) * sizeof(int), stream), "cudaMemsetAsync(dq turns)");

@@ -103,9 +103,7 @@ __global__ void __launch_bounds__(384, 1)
         const int row = (b * H + st.h) * t_pad + st.qi * kBr;
         const unsigned char* stage = reinterpret_cast<const unsigned char*>(sQ + s * 2 * kBr * kHd);
         mbar_wait(&bar_dq_full[s], (t / kNs) & 1);
-        while (ld_acquire(turn) != jt) {
-        }
-        fence_proxy_async_global();
+        dq_turn_wait(turn, jt);
 #pragma unroll
         for (int c = 0; c < 2; ++c)
 #pragma unroll
@@ -119,8 +117,7 @@ __global__ void __launch_bounds__(384, 1)
         bulk_wait_read<0>();
         mbar_arrive(&bar_empty[s]);  // the loads may refill the stage
         bulk_wait<0>();
-        fence_proxy_async_global();
-        st_release(turn, jt + 1);
+        dq_turn_pass(turn, jt + 1);
       }
     }
     return;
@@ -269,7 +266,7 @@ __global__ void __launch_bounds__(384, 1)
 
 void launch_bwd_ws_wide(float* dk, float* dv, const void* dout, const void* q, const void* k, const void* v, int B,
                         int T, int H, int KVH, const DkdvSplit& split, const WsBwdScratch& ws, cudaStream_t stream) {
-  const int t_pad = (T + kWsPad - 1) / kWsPad * kWsPad;
+  const int t_pad = ws_t_pad(T);
   const int64_t rows = int64_t(B) * H * t_pad;
   const float scale = 1.f / std::sqrt(float(kHd));
   const CUtensorMap tm_q = make_tmap_bf16_3d(q, kHd, T, uint64_t(B) * H, kBr);

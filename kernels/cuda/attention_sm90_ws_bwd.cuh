@@ -1,7 +1,7 @@
 // What the two warp-specialised backward kernels share (attention_sm90_ws_backward.cu: hd 64 and
 // 128, 128 keys a block; attention_sm90_ws_backward_wide.cu: hd 256, 64 keys a block): the
-// padding of D, lse₂ and the fp32 dQ, the register split, the step order, and the launch of the
-// wide kernel. Included only from those two files.
+// padding of D, lse₂ and the fp32 dQ, the register split, the step order, the load thread, the dQ
+// turn protocol, and the launch of the wide kernel. Included only from those two files.
 #pragma once
 #include <cuda.h>
 #include <cuda_runtime.h>
@@ -16,6 +16,7 @@ namespace mlkv::cuda::attn {
 
 constexpr int kWsPad = 128;   // D, lse₂ and the fp32 dQ have T rounded up to this (every query tile size)
 constexpr int kWsBrMin = 64;  // the smallest query tile: the turn counters are sized for it
+inline int ws_t_pad(int T) { return (T + kWsPad - 1) / kWsPad * kWsPad; }
 
 constexpr int kBwdProducerRegs = 24;
 constexpr int kBwdConsumerRegs = 240;  // (24 + 2·240)·128 = 64,512 of 65,536
@@ -41,6 +42,19 @@ __device__ __forceinline__ Step step_of(int t, int h0, int heads, int q_first, i
   return {h0 + t % heads, q_first + per_head - 1 - t / heads};
 }
 bool ws_bwd_head_major();  // MLKV_ATTN_BWD_ORDER=1, read per call
+
+// The turn protocol of the dQ writers (one thread each): key tile jt's adds into a query tile's
+// fp32 dQ start once the tile's counter reads jt (the acquire orders them after the adds of key
+// tiles before it) and, once they have landed (bulk_wait), the counter moves on to jt + 1.
+__device__ __forceinline__ void dq_turn_wait(const int* turn, int jt) {
+  while (ld_acquire(turn) != jt) {
+  }
+  fence_proxy_async_global();
+}
+__device__ __forceinline__ void dq_turn_pass(int* turn, int next) {
+  fence_proxy_async_global();
+  st_release(turn, next);
+}
 
 // What a block of BC keys with query tiles of BR rows works on: (key tile jt, b, KV head g, head
 // slice from h0), and its steps.
