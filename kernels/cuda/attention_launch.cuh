@@ -99,16 +99,19 @@ struct DkdvOut {
       : k(slice == 0 ? dk : sp.part_k + (slice - 1) * kv_elems),
         v(slice == 0 ? dv : sp.part_v + (slice - 1) * kv_elems),
         first(slice == 0) {}
+  // The sums this block adds to at off (zeros for a partial: this block is its only writer).
+  __device__ __forceinline__ void load(int64_t off, float2& xk, float2& xv) const {
+    xk = first ? *reinterpret_cast<const float2*>(k + off) : make_float2(0.f, 0.f);
+    xv = first ? *reinterpret_cast<const float2*>(v + off) : make_float2(0.f, 0.f);
+  }
+  __device__ __forceinline__ void store(int64_t off, float2 xk, float2 xv) const {
+    *reinterpret_cast<float2*>(k + off) = xk;
+    *reinterpret_cast<float2*>(v + off) = xv;
+  }
   __device__ __forceinline__ void add(int64_t off, float k0, float k1, float v0, float v1) const {
-    float2* pk = reinterpret_cast<float2*>(k + off);
-    float2* pv = reinterpret_cast<float2*>(v + off);
-    float2 xk = first ? *pk : make_float2(0.f, 0.f), xv = first ? *pv : make_float2(0.f, 0.f);
-    xk.x += k0;
-    xk.y += k1;
-    xv.x += v0;
-    xv.y += v1;
-    *pk = xk;
-    *pv = xv;
+    float2 xk, xv;
+    load(off, xk, xv);
+    store(off, make_float2(xk.x + k0, xk.y + k1), make_float2(xv.x + v0, xv.y + v1));
   }
 };
 

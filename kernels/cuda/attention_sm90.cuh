@@ -152,18 +152,28 @@ __device__ __forceinline__ void scale_rows(float (&o)[N / 2], const float (&alph
 // A warpgroup's 64-key dK, dV accumulators (64 × N each, the wgmma C layout: this thread's keys
 // key_r and key_r + 8) into `out` at kvbase, rows ROW apart (the head dim; N is less where the
 // warpgroup holds only some columns), rows ≥ T skipped; dK takes the softmax scale here.
+// Each (column pair, key) is a read-modify-write of dk and dv. Written one after another, every
+// read must stay behind the writes before it (dk and dv may alias, as far as the compiler knows),
+// so each would wait a whole global-memory latency, N / 4 of them in a row; the reads of up to
+// 16 pairs are issued together instead, then their writes.
 template <int N, int ROW = N>
 __device__ __forceinline__ void add_dkdv_acc(const DkdvOut& out, int64_t kvbase, int key_r, int T, int lane,
                                              const float (&dka)[N / 2], const float (&dva)[N / 2], float scale) {
+  constexpr int kPairs = N / 4;  // (dt, hr): column pair 8·dt + 2·(lane % 4), key key_r + 8·hr
+  constexpr int kGroup = kPairs < 16 ? kPairs : 16;
+  const auto offset = [&](int p) { return kvbase + int64_t(key_r + (p & 1) * 8) * ROW + (p >> 1) * 8 + (lane & 3) * 2; };
 #pragma unroll
-  for (int dt = 0; dt < N / 8; ++dt) {
-    const int col = dt * 8 + (lane & 3) * 2;
+  for (int g0 = 0; g0 < kPairs; g0 += kGroup) {
+    float2 xk[kGroup], xv[kGroup];
 #pragma unroll
-    for (int hr = 0; hr < 2; ++hr) {
-      const int key = key_r + hr * 8;
-      if (key >= T) continue;
-      out.add(kvbase + int64_t(key) * ROW + col, dka[4 * dt + 2 * hr] * scale, dka[4 * dt + 2 * hr + 1] * scale,
-              dva[4 * dt + 2 * hr], dva[4 * dt + 2 * hr + 1]);
+    for (int i = 0; i < kGroup; ++i)
+      if (g0 + i < kPairs && key_r + ((g0 + i) & 1) * 8 < T) out.load(offset(g0 + i), xk[i], xv[i]);
+#pragma unroll
+    for (int i = 0; i < kGroup; ++i) {
+      const int p = g0 + i, e = 4 * (p >> 1) + 2 * (p & 1);  // dka/dva index of the pair
+      if (p >= kPairs || key_r + (p & 1) * 8 >= T) continue;
+      out.store(offset(p), make_float2(xk[i].x + dka[e] * scale, xk[i].y + dka[e + 1] * scale),
+                make_float2(xv[i].x + dva[e], xv[i].y + dva[e + 1]));
     }
   }
 }
