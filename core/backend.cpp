@@ -16,7 +16,7 @@ void Backend::select_attention(const std::string& impl) {
                       " (it has one attention: \"auto\" or \"flash\")");
 }
 
-std::string Backend::attention_plan(int) { return "flash (the one attention of this backend)"; }
+std::string Backend::attention_plan(int, int, int) { return "flash (the one attention of this backend)"; }
 
 void Backend::layernorm_pair_forward(void* out1, void* out2, float* mean, float* rstd, const void* in, const void* w1,
                                      const void* b1, const void* w2, const void* b2, int64_t N, int C, float eps) {

@@ -118,11 +118,13 @@ class Backend {
                                   int hd) = 0;
 
   // Which attention implementation the two calls above use: train.attention, "auto" (the
-  // faster measured path per head dim), "flash" (ours) or "cudnn". This default has one
-  // attention and takes "auto" and "flash"; throws ConfigError for what the backend lacks.
+  // faster measured path per head dim and query heads per KV head), "flash" (ours) or "cudnn".
+  // This default has one attention and takes "auto" and "flash"; throws ConfigError for what the
+  // backend lacks.
   virtual void select_attention(const std::string& impl);
-  // The implementation attention at head dim hd uses and why, for the start-up line.
-  virtual std::string attention_plan(int hd);
+  // The implementation attention at head dim hd with H query and KVH KV heads uses and why, for
+  // the start-up line.
+  virtual std::string attention_plan(int hd, int H, int KVH);
 
   // ---- decoding with a KV cache (core/decode.h). A cache holds, per owner layer, k/v[B, KVH, C, hd]
   // in the compute dtype (C = the context it was sized for; each sequence's valid prefix is its own).

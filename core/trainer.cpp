@@ -168,7 +168,7 @@ void Run::setup() {
   log::info(log::cat("model ", cfg_.model.name, ": ", spec.layers, " layers, d ", spec.d_model, ", ", spec.heads,
                      " heads, ", spec.kv.name(spec.heads), ", ", format_count(static_cast<double>(model_->layout().total_params())),
                      " params | backend ", backend_->name(), " | ", topo.describe()));
-  log::info("attention " + backend_->attention_plan(spec.head_dim()));
+  log::info("attention " + backend_->attention_plan(spec.head_dim(), spec.heads, spec.kv.kv_heads));
   log::info(log::cat("batch ", cfg_.train.micro_batch, " x ", cfg_.train.seq_len, " tokens x ", cfg_.train.grad_accum,
                      " accum x ", topo.dp, " dp = global batch ", global_batch_, " sequences, ",
                      global_batch_ * cfg_.train.seq_len, " tokens/step | steps ",

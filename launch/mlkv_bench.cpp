@@ -166,7 +166,7 @@ int bench_train(const Args& a) {
               cfg.model.name.c_str(), spec.kv.name(spec.heads).c_str(), model.layout().total_params() / 1e6,
               spec.matmul_params() / 1e6);
   std::printf("  micro-batch %d x seq %d, grad_accum %d, recompute %s, backend %s\n  attention %s\n", B, T, accum,
-              cfg.train.recompute.c_str(), be->name().c_str(), be->attention_plan(spec.head_dim()).c_str());
+              cfg.train.recompute.c_str(), be->name().c_str(), be->attention_plan(spec.head_dim(), spec.heads, spec.kv.kv_heads).c_str());
   std::fflush(stdout);
   for (int i = 0; i < a.warmup; ++i) step(false);
   const double start = now_s();
@@ -187,7 +187,7 @@ int bench_train(const Args& a) {
               "(activations %.2f GiB)\n",
               tok_s, flops_tok, 100 * mfu, peak / 1e12, peak_name, mem_gib, act_gib);
   // The path attention took (after the run: "auto" may have fallen back to ours), its first word.
-  const std::string attention = be->attention_plan(spec.head_dim());
+  const std::string attention = be->attention_plan(spec.head_dim(), spec.heads, spec.kv.kv_heads);
   std::printf("RESULT config=%s plan=%s B=%d T=%d accum=%d recompute=%s tok_s=%.0f mfu=%.4f peak_tflops=%.0f "
               "peak_mem_gib=%.2f act_gib=%.2f step_ms=%.1f attention=%s\n",
               a.config.c_str(), spec.kv.name(spec.heads).c_str(), B, T, accum, cfg.train.recompute.c_str(), tok_s,

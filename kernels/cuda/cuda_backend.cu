@@ -352,7 +352,7 @@ class CudaBackend final : public Backend {
 
   // ---- attention: the MLKV flash kernels (kernels/cuda/attention.h) or cuDNN's fused SDPA
   // (kernels/cuda/cudnn_attention.h), per train.attention; "auto" chooses per head dim
-  // (auto_choice) and falls back to ours where cuDNN fails (run_cudnn).
+  // and query heads per KV head (auto_choice) and falls back to ours where cuDNN fails (run_cudnn).
   void attention_forward(void* out, float* lse, const void* q, const void* k, const void* v, int Bn, int T, int H,
                          int KVH, int hd) override {
     if (run_cudnn("attention_forward_cudnn", Bn, T, H, KVH, hd,
@@ -385,10 +385,10 @@ class CudaBackend final : public Backend {
 #endif
     else Backend::select_attention(impl);
   }
-  std::string attention_plan(int hd) override {
+  std::string attention_plan(int hd, int H, int KVH) override {
     if (attention_mode_ == AttentionMode::flash) return "flash (train.attention = \"flash\")";
     if (attention_mode_ == AttentionMode::cudnn) return "cudnn (train.attention = \"cudnn\")";
-    const AutoChoice& c = auto_choice(hd);
+    const AutoChoice& c = auto_choice(hd, H / KVH);
     return std::string(c.cudnn ? "cudnn" : "flash") + " (train.attention = \"auto\": " + c.why + ")";
   }
 
@@ -454,29 +454,33 @@ class CudaBackend final : public Backend {
     bool cudnn;
     std::string why;
   };
-  std::map<int, AutoChoice> auto_choices_;  // per head dim, decided at its first use
+  std::map<std::pair<int, int>, AutoChoice> auto_choices_;  // per (head dim, group), decided at first use
 
-  // train.attention = "auto" at head dim hd: cuDNN's SDPA where it measured faster than our
-  // kernels (scripts/bench_attention.sh, README's attention tables, issue 15; 2026-12-03 with the
-  // warp-specialised backward, ours / torch cuDNN fwd+bwd: hd 64 1.09-1.13 with 1 or 12 KV heads
-  // but 0.89-0.92 with 2 or 4, hd 80 1.22-1.26, hd 128 1.12-1.26, hd 256 1.92-2.04; the
-  // trained MLKV plans have 1 KV head a layer, so hd 64 stays cuDNN) or where ours has no kernel;
-  // ours otherwise, and in builds without cuDNN. Revisit the list when our kernel wins a shape.
-  AutoChoice& auto_choice(int hd) {
-    auto it = auto_choices_.find(hd);
+  // train.attention = "auto" at head dim hd with `group` query heads per KV head: ours at hd 64
+  // with 3 or more (H200, 2026-12-03, scripts/bench_attention.sh: fwd+bwd 1.09-1.11 ms against
+  // 1.19-1.20 for cuDNN's through our backend at 16,12,{1,2,4},2048,64; Pythia-160M MLKV-6
+  // training 1.1-1.4 % faster in three runs), cuDNN's SDPA at the other measured shapes (hd 64 MHA
+  // 1.02-1.06× its time, hd 80 1.15, hd 128 1.04-1.13, hd 256 1.07-1.39: ours / cuDNN through our
+  // backend) or where ours has no kernel; ours otherwise, and in builds without cuDNN. Revisit
+  // when our kernel wins another shape.
+  AutoChoice& auto_choice(int hd, int group) {
+    auto it = auto_choices_.find({hd, group});
     if (it != auto_choices_.end()) return it->second;
     const std::string at = "head dim " + std::to_string(hd);
     AutoChoice c{false, "this build has no cuDNN"};
 #ifdef MLKV_HAVE_CUDNN
     constexpr int kCudnnMeasuredFaster[] = {64, 80, 128, 256};
-    if (std::find(std::begin(kCudnnMeasuredFaster), std::end(kCudnnMeasuredFaster), hd) !=
-        std::end(kCudnnMeasuredFaster))
+    if (hd == 64 && group >= 3)
+      c = {false, "our kernels measured faster than cuDNN at " + at + " with " + std::to_string(group) +
+                      " query heads a KV head (scripts/bench_attention.sh)"};
+    else if (std::find(std::begin(kCudnnMeasuredFaster), std::end(kCudnnMeasuredFaster), hd) !=
+             std::end(kCudnnMeasuredFaster))
       c = {true, "cuDNN measured faster than our kernels at " + at + " (scripts/bench_attention.sh); ours if cuDNN "
                  "cannot run a shape"};
     else if (!attention_supports_head_dim(hd)) c = {true, "our kernels have no " + at};
     else c = {false, "no measurement shows cuDNN faster at " + at};
 #endif
-    return auto_choices_.emplace(hd, std::move(c)).first->second;
+    return auto_choices_.emplace(std::make_pair(hd, group), std::move(c)).first->second;
   }
 
   // Runs `cudnn` (profiled as `op`) when this shape takes cuDNN's path; false = the caller runs
@@ -492,7 +496,7 @@ class CudaBackend final : public Backend {
       cudnn();
       return true;
     }
-    AutoChoice& c = auto_choice(hd);
+    AutoChoice& c = auto_choice(hd, H / KVH);
     if (!c.cudnn) return false;
     std::string failure = cuda::cudnn_attention_unsupported(Bn, T, H, KVH, hd);
     if (failure.empty()) {

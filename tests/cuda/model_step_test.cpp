@@ -5,6 +5,8 @@
 // backends start from the same bf16-representable weights, so the differences measured are those
 // of bf16 compute alone.
 #include <cmath>
+#include <string>
+#include <tuple>
 
 #include "core/config.h"
 #include "core/model.h"
@@ -132,20 +134,20 @@ TEST_P(ModelStep, HeadInChunksMatchesWholeHead) {
   EXPECT_LE(worst, 0.05) << "eval logits, chunked against whole";
 }
 
-// train.attention = "auto" picks cuDNN's path where it measured faster (every head dim we train,
-// here 64) and says so; its forward is then cuDNN's, bit for bit.
+// train.attention = "auto" picks cuDNN's path where it measured faster (here head dim 64 with 1
+// or 2 query heads a KV head) and says so; its forward is then cuDNN's, bit for bit.
 TEST_P(ModelStep, AutoAttentionTakesTheMeasuredFasterPath) {
   const ModelSpec spec = spec_of(GetParam(), kVocab);
   auto gpu_auto = make_cuda_backend(0);
   gpu_auto->select_attention("auto");
-  const std::string plan = gpu_auto->attention_plan(spec.head_dim());
+  const std::string plan = gpu_auto->attention_plan(spec.head_dim(), spec.heads, spec.kv.kv_heads);
 #ifndef MLKV_HAVE_CUDNN
   EXPECT_EQ(plan.rfind("flash (train.attention = \"auto\": this build has no cuDNN", 0), 0u) << plan;
 #else
   EXPECT_EQ(plan.rfind("cudnn (train.attention = \"auto\": cuDNN measured faster", 0), 0u) << plan;
   auto gpu_cudnn = make_cuda_backend(0);
   gpu_cudnn->select_attention("cudnn");
-  EXPECT_EQ(gpu_cudnn->attention_plan(spec.head_dim()).rfind("cudnn (train.attention = \"cudnn\")", 0), 0u);
+  EXPECT_EQ(gpu_cudnn->attention_plan(spec.head_dim(), spec.heads, spec.kv.kv_heads).rfind("cudnn (train.attention = \"cudnn\")", 0), 0u);
   Model ma(spec, *gpu_auto, B, T), mn(spec, *gpu_cudnn, B, T);
   const auto params = bf16_params(ma.layout(), spec, rng);
   ma.set_master(params);
@@ -153,9 +155,9 @@ TEST_P(ModelStep, AutoAttentionTakesTheMeasuredFasterPath) {
   const auto tokens = randint(size_t(B) * T, 0, kVocab);
   const auto targets = randint(size_t(B) * T, 0, kVocab);
   EXPECT_EQ(ma.forward_loss(tokens.data(), targets.data()).sum, mn.forward_loss(tokens.data(), targets.data()).sum);
-  EXPECT_EQ(gpu_auto->attention_plan(spec.head_dim()), plan) << "auto fell back to our kernels";
+  EXPECT_EQ(gpu_auto->attention_plan(spec.head_dim(), spec.heads, spec.kv.kv_heads), plan) << "auto fell back to our kernels";
 #endif
-  EXPECT_EQ(gpu->attention_plan(spec.head_dim()), "flash (train.attention = \"flash\")")
+  EXPECT_EQ(gpu->attention_plan(spec.head_dim(), spec.heads, spec.kv.kv_heads), "flash (train.attention = \"flash\")")
       << "a backend made directly runs our kernels";
 }
 
@@ -203,6 +205,28 @@ TEST_P(ModelStep, TwoHundredStepsTrackCpuLossCurve) {
   EXPECT_LT(last_c, 0.5 * first) << "the stream is learnable: the CPU loss should fall far";
   EXPECT_LT(max_gap, 0.05) << "largest gap between the curves (relative, loss floor 1)";
   EXPECT_NEAR(last_g, last_c, 0.05 + 0.1 * last_c);
+}
+
+// "auto" per (head dim, query heads a KV head): ours at hd 64 with 3 or more query heads a KV head
+// (the MLKV and MQA plans of Pythia-160M, where ours measured faster), cuDNN's at hd 64 with 1 or
+// 2 and at the other head dims.
+TEST_F(CudaVsCpu, AutoAttentionChoosesPerHeadDimAndGroup) {
+  gpu->select_attention("auto");
+#ifndef MLKV_HAVE_CUDNN
+  EXPECT_EQ(gpu->attention_plan(64, 12, 1).rfind("flash (train.attention = \"auto\": this build has no cuDNN", 0), 0u);
+#else
+  for (const int kvh : {1, 2, 4}) {
+    const std::string plan = gpu->attention_plan(64, 12, kvh);
+    EXPECT_EQ(plan.rfind("flash (train.attention = \"auto\": our kernels measured faster than cuDNN at head dim 64 "
+                         "with " + std::to_string(12 / kvh) + " query heads a KV head", 0), 0u) << plan;
+  }
+  for (const auto& [hd, H, KVH] : {std::tuple{64, 12, 12}, {64, 12, 6}, {64, 4, 2}, {128, 16, 1}, {256, 8, 1},
+                                   {256, 8, 8}, {80, 32, 4}}) {
+    const std::string plan = gpu->attention_plan(hd, H, KVH);
+    EXPECT_EQ(plan.rfind("cudnn (train.attention = \"auto\": cuDNN measured faster", 0), 0u)
+        << hd << ", " << H << ", " << KVH << ": " << plan;
+  }
+#endif
 }
 
 INSTANTIATE_TEST_SUITE_P(Plans, ModelStep,

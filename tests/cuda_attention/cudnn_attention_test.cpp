@@ -20,7 +20,7 @@ TEST(SelectAttention, BackendsTakeWhatTheyHave) {
   EXPECT_NO_THROW(cpu->select_attention("flash"));
   EXPECT_NO_THROW(cpu->select_attention("cudnn"));
   EXPECT_NO_THROW(cpu->select_attention("auto"));
-  EXPECT_EQ(cpu->attention_plan(64), "flash (the one attention of this backend)");
+  EXPECT_EQ(cpu->attention_plan(64, 12, 12), "flash (the one attention of this backend)");
   try {
     cpu->select_attention("fast");
     ADD_FAILURE() << "select_attention(\"fast\") did not throw";
