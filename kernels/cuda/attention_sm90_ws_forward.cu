@@ -16,6 +16,8 @@
 //   Ping-pong (PINGPONG): the consumers issue their products in turn, handing the turn over
 //     with named barriers, so one warpgroup's softmax runs while the other's products use the
 //     tensor cores, instead of both softmaxes falling in the same window.
+//   Epilogue (hd 64, 128): O normalised into shared memory and written by a TMA store, so the
+//     consumer starts the next work tile while it drains; hd 256 has no room and stores directly.
 // The producer gives registers to the consumers (setmaxnreg): it needs few.
 #include <algorithm>
 #include <climits>
@@ -37,7 +39,11 @@ struct WsFwdTile {
   static constexpr int kChunks = HD / 64;  // 64-column TMA boxes per row
   static constexpr uint32_t kQBytes = kBr * HD * 2;
   static constexpr uint32_t kKVBytes = BC * HD * 2;         // K or V, one stage
-  static constexpr size_t kSmem = 1024 + kQBytes + size_t(2) * NS * kKVBytes;  // + 1024-byte alignment slack
+  static constexpr size_t kRingSmem = 1024 + kQBytes + size_t(2) * NS * kKVBytes;  // + 1024-byte alignment slack
+  // O leaves through shared memory and a TMA store (the consumer goes on while it is written)
+  // where its kBr × HD tile fits beside the ring; hd 256 writes it from registers.
+  static constexpr bool kTmaOut = kRingSmem + kQBytes <= 227 * 1024;
+  static constexpr size_t kSmem = kRingSmem + (kTmaOut ? kQBytes : 0);
   static_assert(HD % 64 == 0, "TMA boxes are 64 columns (128 bytes) wide");
   static_assert(kSmem <= 227 * 1024, "shared memory per block");
   static_assert(NS >= 2, "a consumer waits for tile j before it releases tile j-1");
@@ -61,8 +67,10 @@ __device__ __forceinline__ WorkTile work_tile(int w, int n_qt, int H, int B, int
 template <int HD, int BC, int NS, bool PINGPONG>
 __global__ void __launch_bounds__(384, 1)
     attention_fwd_ws_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
-                            const __grid_constant__ CUtensorMap tm_v, bf16* __restrict__ out,
-                            float* __restrict__ lse, int B, int T, int H, int group, float scale_log2) {
+                            const __grid_constant__ CUtensorMap tm_v, const __grid_constant__ CUtensorMap tm_o,
+                            bf16* __restrict__ out,
+                            float* __restrict__ lse, int B, int T, int H, int group, float scale_log2,
+                            bool tma_out) {
 #ifdef MLKV_SM90A
   using Tile = WsFwdTile<HD, BC, NS>;
   constexpr int kBr = Tile::kBr, kChunks = Tile::kChunks, kNC = Tile::kConsumers;
@@ -72,6 +80,7 @@ __global__ void __launch_bounds__(384, 1)
   bf16* sQ = reinterpret_cast<bf16*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
   bf16* sK = sQ + kBr * HD;      // [NS][kChunks][BC × 64]
   bf16* sV = sK + NS * BC * HD;  // [NS][kChunks][BC × 64]
+  bf16* sO = sV + NS * BC * HD;  // [kConsumers][kChunks][64 × 64] where Tile::kTmaOut
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp >> 2;
   const int KVH = H / group;
@@ -240,20 +249,49 @@ __global__ void __launch_bounds__(384, 1)
       l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
     }
     const float inv0 = 1.f / l[0], inv1 = 1.f / l[1];
-    bf16* row0 = out + (int64_t(wt.b) * T + r0) * H * HD + wt.h * HD;
-    bf16* row1 = row0 + int64_t(8) * H * HD;
+    if (Tile::kTmaOut && tma_out) {
+      // Into this consumer's 64 rows of sO in the TMA box layout (64-column boxes, 128-byte
+      // swizzle: 16-byte chunk j of row r at j ^ (r & 7), so a warp's 8 rows × 16 bytes hit
+      // distinct banks), then one thread stores the boxes; rows past T are clipped by the TMA.
+      // Its previous store must have read sO first. Direct 4-byte stores measured ~9 % of the
+      // hd-64 kernel's stall samples, queued behind one another (ATTENTION_NOTES log 16).
+      const bool leader = (tid & 127) == 0;
+      if (leader) bulk_wait_read<0>();
+      named_sync(3 + cw, 128);
+      bf16* so = sO + cw * 64 * HD;
+      const int rr = wq * 16 + (lane >> 2);  // rows rr, rr + 8 of the consumer's 64; same swizzle
 #pragma unroll
-    for (int dt = 0; dt < HD / 8; ++dt) {
-      const int col = dt * 8 + (lane & 3) * 2;
-      if (r0 < T) *reinterpret_cast<uint32_t*>(row0 + col) = pack_bf16(o[4 * dt] * inv0, o[4 * dt + 1] * inv0);
-      if (r0 + 8 < T)
-        *reinterpret_cast<uint32_t*>(row1 + col) = pack_bf16(o[4 * dt + 2] * inv1, o[4 * dt + 3] * inv1);
+      for (int dt = 0; dt < HD / 8; ++dt) {
+        const int off = (dt / 8) * 64 * 64 + rr * 64 + ((dt % 8) ^ (rr & 7)) * 8 + (lane & 3) * 2;
+        *reinterpret_cast<uint32_t*>(so + off) = pack_bf16(o[4 * dt] * inv0, o[4 * dt + 1] * inv0);
+        *reinterpret_cast<uint32_t*>(so + off + 8 * 64) = pack_bf16(o[4 * dt + 2] * inv1, o[4 * dt + 3] * inv1);
+      }
+      fence_proxy_async();
+      named_sync(3 + cw, 128);
+      if (leader) {
+#pragma unroll
+        for (int c = 0; c < kChunks; ++c) tma_store_3d(&tm_o, wt.h * HD + c * 64, wt.q0 + cw * 64, wt.b, so + c * 64 * 64);
+        bulk_commit();
+      }
+    } else {
+      bf16* row0 = out + (int64_t(wt.b) * T + r0) * H * HD + wt.h * HD;
+      bf16* row1 = row0 + int64_t(8) * H * HD;
+#pragma unroll
+      for (int dt = 0; dt < HD / 8; ++dt) {
+        const int col = dt * 8 + (lane & 3) * 2;
+        if (r0 < T) *reinterpret_cast<uint32_t*>(row0 + col) = pack_bf16(o[4 * dt] * inv0, o[4 * dt + 1] * inv0);
+        if (r0 + 8 < T)
+          *reinterpret_cast<uint32_t*>(row1 + col) = pack_bf16(o[4 * dt + 2] * inv1, o[4 * dt + 3] * inv1);
+      }
     }
     if ((lane & 3) == 0) {
       float* lp = lse + (int64_t(wt.b) * H + wt.h) * T;
       if (r0 < T) lp[r0] = (m[0] + log2f(l[0])) * kLn2;
       if (r0 + 8 < T) lp[r0 + 8] = (m[1] + log2f(l[1])) * kLn2;
     }
+  }
+  if (Tile::kTmaOut && tma_out) {
+    if ((tid & 127) == 0) bulk_wait<0>();  // sO stays in use until the last store is done
   }
 #endif
 }
@@ -272,13 +310,16 @@ void launch_fwd_ws(void* out, float* lse, const void* q, const void* k, const vo
   const CUtensorMap tm_q = make_tmap_bf16_3d(q, HD, T, uint64_t(B) * H, Tile::kBr);
   const CUtensorMap tm_k = make_tmap_bf16_3d(k, HD, T, uint64_t(B) * KVH, BC);
   const CUtensorMap tm_v = make_tmap_bf16_3d(v, HD, T, uint64_t(B) * KVH, BC);
+  const CUtensorMap tm_o = make_tmap_bf16_3d(out, uint64_t(H) * HD, T, B, 64);  // [B][T][H·hd], 64-row boxes
+  // Measurement switch: MLKV_ATTN_FWD_TMA_OUT=0 writes O from registers at every head dim.
+  const bool tma_out = env_switch("MLKV_ATTN_FWD_TMA_OUT") != 0;
   auto kernel = pingpong ? attention_fwd_ws_kernel<HD, BC, NS, true> : attention_fwd_ws_kernel<HD, BC, NS, false>;
   allow_smem(kernel, Tile::kSmem);
   const int64_t n_work = int64_t((T + Tile::kBr - 1) / Tile::kBr) * H * B;
   if (n_work > INT32_MAX) throw Error("attention_forward: too many query tiles for one launch");
   const int grid = persistent ? int(std::min<int64_t>(n_work, sm_count())) : int(n_work);
-  kernel<<<grid, Tile::kThreads, Tile::kSmem, stream>>>(tm_q, tm_k, tm_v, static_cast<bf16*>(out), lse, B, T, H,
-                                                        H / KVH, kLog2e / std::sqrt(float(HD)));
+  kernel<<<grid, Tile::kThreads, Tile::kSmem, stream>>>(tm_q, tm_k, tm_v, tm_o, static_cast<bf16*>(out), lse, B, T, H,
+                                                        H / KVH, kLog2e / std::sqrt(float(HD)), tma_out);
   check_launch("attention_fwd_ws_kernel");
 }
 
