@@ -95,8 +95,7 @@ __global__ void __launch_bounds__(384, 1)
   constexpr int kBc = Tile::kBc, kBr = Tile::kBr, kChunks = Tile::kChunks, kNdq = Tile::kNdq;
   extern __shared__ unsigned char smem_raw[];
   __shared__ __align__(8) uint64_t bar_kv, bar_full[NS], bar_empty[NS], bar_dq_full[kNdq], bar_dq_empty[kNdq];
-  unsigned char* base =
-      reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  unsigned char* base = smem_align1024(smem_raw);
   bf16* sK = reinterpret_cast<bf16*>(base);           // [kChunks][kBc × 64]
   bf16* sV = sK + kBc * HD;                           // [kChunks][kBc × 64]
   bf16* sQ = sV + kBc * HD;                           // [NS][kChunks][kBr × 64]

@@ -62,8 +62,7 @@ __global__ void __launch_bounds__(384, 1)
 #ifdef MLKV_SM90A
   extern __shared__ unsigned char smem_raw[];
   __shared__ __align__(8) uint64_t bar_kv, bar_full[kNs], bar_empty[kNs], bar_dq_full[kNs];
-  unsigned char* base =
-      reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  unsigned char* base = smem_align1024(smem_raw);
   bf16* sK = reinterpret_cast<bf16*>(base);  // [kChunks][kBc × 64], 128-byte swizzle (TMA)
   bf16* sV = sK + kBc * kHd;                 // [kChunks][kBc × 64]
   bf16* sQ = sV + kBc * kHd;                 // [kNs][Q, dO][kChunks][kBr × 64]; later this step's dQ

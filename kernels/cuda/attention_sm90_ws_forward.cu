@@ -77,7 +77,7 @@ __global__ void __launch_bounds__(384, 1)
   extern __shared__ unsigned char smem_raw[];
   __shared__ __align__(8) uint64_t bar_q_full, bar_q_empty, bar_full[NS], bar_empty[NS];
   // 128-byte-swizzled regions must start on 1024 bytes.
-  bf16* sQ = reinterpret_cast<bf16*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  bf16* sQ = reinterpret_cast<bf16*>(smem_align1024(smem_raw));
   bf16* sK = sQ + kBr * HD;      // [NS][kChunks][BC × 64]
   bf16* sV = sK + NS * BC * HD;  // [NS][kChunks][BC × 64]
   bf16* sO = sV + NS * BC * HD;  // [kConsumers][kChunks][64 × 64] where Tile::kTmaOut

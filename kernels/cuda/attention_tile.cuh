@@ -35,6 +35,14 @@ __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
+// The first 1024-byte-aligned byte of dynamic shared memory (128-byte-swizzled regions start on
+// 1024 bytes). Offsetting the __shared__ array itself, not rounding its address up as an integer,
+// keeps the pointer's address space visible to the compiler: through a uintptr_t round trip every
+// access became a generic one (ST.E, queued in the global-memory pipe; ATTENTION_NOTES log 16).
+__device__ __forceinline__ unsigned char* smem_align1024(unsigned char* raw) {
+  return raw + ((1024u - (smem_addr(raw) & 1023u)) & 1023u);
+}
+
 // ---- ldmatrix: four (x4) or two (x2) 8×8 b16 matrices; .trans delivers the transpose.
 __device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
