@@ -16,8 +16,8 @@
 //   Ping-pong (PINGPONG): the consumers issue their products in turn, handing the turn over
 //     with named barriers, so one warpgroup's softmax runs while the other's products use the
 //     tensor cores, instead of both softmaxes falling in the same window.
-//   Epilogue (hd 64, 128): O normalised into shared memory and written by a TMA store, so the
-//     consumer starts the next work tile while it drains; hd 256 has no room and stores directly.
+//   Epilogue: O normalised into shared memory and written by a TMA store, so the consumer
+//     starts the next work tile while it drains (hd 256, short of room, stages it in its Q rows).
 // The producer gives registers to the consumers (setmaxnreg): it needs few.
 #include <algorithm>
 #include <climits>
@@ -40,10 +40,11 @@ struct WsFwdTile {
   static constexpr uint32_t kQBytes = kBr * HD * 2;
   static constexpr uint32_t kKVBytes = BC * HD * 2;         // K or V, one stage
   static constexpr size_t kRingSmem = 1024 + kQBytes + size_t(2) * NS * kKVBytes;  // + 1024-byte alignment slack
-  // O leaves through shared memory and a TMA store (the consumer goes on while it is written)
-  // where its kBr × HD tile fits beside the ring; hd 256 writes it from registers.
-  static constexpr bool kTmaOut = kRingSmem + kQBytes <= 227 * 1024;
-  static constexpr size_t kSmem = kRingSmem + (kTmaOut ? kQBytes : 0);
+  // O leaves through shared memory and a TMA store (the consumer goes on while it is written):
+  // through a buffer of its own where the kBr × HD tile fits beside the ring, else (hd 256)
+  // through each consumer's own Q rows, which only its S products read.
+  static constexpr bool kOwnOutBuf = kRingSmem + kQBytes <= 227 * 1024;
+  static constexpr size_t kSmem = kRingSmem + (kOwnOutBuf ? kQBytes : 0);
   static_assert(HD % 64 == 0, "TMA boxes are 64 columns (128 bytes) wide");
   static_assert(kSmem <= 227 * 1024, "shared memory per block");
   static_assert(NS >= 2, "a consumer waits for tile j before it releases tile j-1");
@@ -80,7 +81,9 @@ __global__ void __launch_bounds__(384, 1)
   bf16* sQ = reinterpret_cast<bf16*>(smem_align1024(smem_raw));
   bf16* sK = sQ + kBr * HD;      // [NS][kChunks][BC × 64]
   bf16* sV = sK + NS * BC * HD;  // [NS][kChunks][BC × 64]
-  bf16* sO = sV + NS * BC * HD;  // [kConsumers][kChunks][64 × 64] where Tile::kTmaOut
+  bf16* sO = sV + NS * BC * HD;  // [kConsumers][kChunks][64 × 64] where Tile::kOwnOutBuf
+  // O in Q's rows: the next work tile's Q may load only once the store has read them.
+  const bool out_in_q = tma_out && !Tile::kOwnOutBuf;
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp >> 2;
   const int KVH = H / group;
@@ -238,7 +241,7 @@ __global__ void __launch_bounds__(384, 1)
     fence_regs_u32(p);
     release(n_tiles - 1);
     __syncwarp();
-    if (lane == 0) mbar_arrive(&bar_q_empty);  // every S of this work tile is done
+    if (lane == 0 && !out_in_q) mbar_arrive(&bar_q_empty);  // every S of this work tile is done
     it += n_tiles;
 
     // Epilogue: normalise and write this thread's two rows (4-byte pieces; the 4 lanes of a row
@@ -249,20 +252,22 @@ __global__ void __launch_bounds__(384, 1)
       l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
     }
     const float inv0 = 1.f / l[0], inv1 = 1.f / l[1];
-    if (Tile::kTmaOut && tma_out) {
+    if (tma_out) {
       // Into this consumer's 64 rows of sO in the TMA box layout (64-column boxes, 128-byte
       // swizzle: 16-byte chunk j of row r at j ^ (r & 7), so a warp's 8 rows × 16 bytes hit
       // distinct banks), then one thread stores the boxes; rows past T are clipped by the TMA.
       // Its previous store must have read sO first. Direct 4-byte stores measured ~9 % of the
       // hd-64 kernel's stall samples, queued behind one another (ATTENTION_NOTES log 16).
+      // Box c of this consumer: in sO [consumer][box], or in sQ [box][kBr rows] at its rows.
       const bool leader = (tid & 127) == 0;
-      if (leader) bulk_wait_read<0>();
-      named_sync(3 + cw, 128);
-      bf16* so = sO + cw * 64 * HD;
+      if (leader && !out_in_q) bulk_wait_read<0>();
+      if (!out_in_q) named_sync(3 + cw, 128);
+      bf16* so = out_in_q ? sQ + cw * 64 * 64 : sO + cw * 64 * HD;
+      const int box_stride = out_in_q ? kBr * 64 : 64 * 64;
       const int rr = wq * 16 + (lane >> 2);  // rows rr, rr + 8 of the consumer's 64; same swizzle
 #pragma unroll
       for (int dt = 0; dt < HD / 8; ++dt) {
-        const int off = (dt / 8) * 64 * 64 + rr * 64 + ((dt % 8) ^ (rr & 7)) * 8 + (lane & 3) * 2;
+        const int off = (dt / 8) * box_stride + rr * 64 + ((dt % 8) ^ (rr & 7)) * 8 + (lane & 3) * 2;
         *reinterpret_cast<uint32_t*>(so + off) = pack_bf16(o[4 * dt] * inv0, o[4 * dt + 1] * inv0);
         *reinterpret_cast<uint32_t*>(so + off + 8 * 64) = pack_bf16(o[4 * dt + 2] * inv1, o[4 * dt + 3] * inv1);
       }
@@ -270,8 +275,14 @@ __global__ void __launch_bounds__(384, 1)
       named_sync(3 + cw, 128);
       if (leader) {
 #pragma unroll
-        for (int c = 0; c < kChunks; ++c) tma_store_3d(&tm_o, wt.h * HD + c * 64, wt.q0 + cw * 64, wt.b, so + c * 64 * 64);
+        for (int c = 0; c < kChunks; ++c)
+          tma_store_3d(&tm_o, wt.h * HD + c * 64, wt.q0 + cw * 64, wt.b, so + c * box_stride);
         bulk_commit();
+      }
+      if (out_in_q) {  // Q's rows are free for the next work tile once the store has read them
+        if (leader) bulk_wait_read<0>();
+        named_sync(3 + cw, 128);
+        if (lane == 0) mbar_arrive(&bar_q_empty);
       }
     } else {
       bf16* row0 = out + (int64_t(wt.b) * T + r0) * H * HD + wt.h * HD;
@@ -290,7 +301,7 @@ __global__ void __launch_bounds__(384, 1)
       if (r0 + 8 < T) lp[r0 + 8] = (m[1] + log2f(l[1])) * kLn2;
     }
   }
-  if (Tile::kTmaOut && tma_out) {
+  if (tma_out) {
     if ((tid & 127) == 0) bulk_wait<0>();  // sO stays in use until the last store is done
   }
 #endif
