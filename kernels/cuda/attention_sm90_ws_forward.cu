@@ -244,8 +244,8 @@ __global__ void __launch_bounds__(384, 1)
     if (lane == 0 && !out_in_q) mbar_arrive(&bar_q_empty);  // every S of this work tile is done
     it += n_tiles;
 
-    // Epilogue: normalise and write this thread's two rows (4-byte pieces; the 4 lanes of a row
-    // cover 16 contiguous bytes per 8 columns).
+    // Epilogue: normalise this thread's two rows; O through shared memory and a TMA store, or
+    // (MLKV_ATTN_FWD_TMA_OUT=0) straight from registers in 4-byte pieces.
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
@@ -302,7 +302,7 @@ __global__ void __launch_bounds__(384, 1)
     }
   }
   if (tma_out) {
-    if ((tid & 127) == 0) bulk_wait<0>();  // sO stays in use until the last store is done
+    if ((tid & 127) == 0) bulk_wait<0>();  // the staging rows stay in use until the last store is done
   }
 #endif
 }
