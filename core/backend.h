@@ -111,11 +111,12 @@ class Backend {
   // out[B, T, H·hd] (heads merged, ready for the dense projection); lse[B, H, T] saved.
   virtual void attention_forward(void* out, float* lse, const void* q, const void* k, const void* v, int B, int T,
                                  int H, int KVH, int hd) = 0;
-  // dq[B, H, T, hd] assigned; dk, dv[B, KVH, T, hd] fp32 ACCUMULATED: the group's sum over every
-  // query head of this layer and over every layer that reads the shared K/V.
+  // dq[B, H, T, hd] assigned; dk, dv[B, KVH, T, hd] fp32: this layer's sum over its query heads,
+  // added to what they hold with `accumulate` (the group's sum over every layer that reads the
+  // shared K/V), else assigned (the first such layer the backward reaches; no zeroing first).
   virtual void attention_backward(void* dq, float* dk, float* dv, const void* dout, const void* q, const void* k,
                                   const void* v, const void* out, const float* lse, int B, int T, int H, int KVH,
-                                  int hd) = 0;
+                                  int hd, bool accumulate) = 0;
 
   // Which attention implementation the two calls above use: train.attention, "auto" (the
   // faster measured path per head dim and query heads per KV head), "flash" (ours) or "cudnn".

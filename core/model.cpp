@@ -256,10 +256,6 @@ void Model::layer_backward(int l, LayerActs& a) {
   const int64_t kv_elems = int64_t{B_} * KVH * T_ * hd;
   void* x = resid_[l];
 
-  if (l == s.kv.group_top(o)) {  // the first layer of this group the backward reaches
-    be_.zero(dk_acc_, kv_elems * sizeof(float));
-    be_.zero(dv_acc_, kv_elems * sizeof(float));
-  }
   // MLP branch
   be_.matmul_backward(dh_, g(lp.down_w), g(lp.down_b), dresid_, a.gelu, p(lp.down_w), N, F, d, false);
   be_.gelu_backward(dh_, a.h, dh_, N * F);
@@ -267,10 +263,15 @@ void Model::layer_backward(int l, LayerActs& a) {
   column_parallel_backward(dln2_, g(lp.up_w), g(lp.up_b), dh_, a.ln2, p(lp.up_w), N, d, F);
   // attention branch
   be_.matmul_backward(dattn_, g(lp.dense_w), g(lp.dense_b), dresid_, a.attn, p(lp.dense_w), N, H * hd, d, false);
+  // The first layer of this group the backward reaches assigns the group's dK/dV sums (no
+  // zeroing pass), the others add to them. An owner with its own rotated K (seed-paper plans)
+  // takes this layer's dK alone in dk_own_ and adds its un-rotation to the group's sum.
+  const bool accumulate = l != s.kv.group_top(o);
   const bool own_rot = owner && !shared_rot;
-  if (own_rot) be_.zero(dk_own_, kv_elems * sizeof(float));
+  if (own_rot && accumulate) be_.zero(dk_own_, kv_elems * sizeof(float));
+  if (own_rot && !accumulate) be_.zero(dk_acc_, kv_elems * sizeof(float));
   be_.attention_backward(dq_, own_rot ? dk_own_ : dk_acc_, dv_acc_, dattn_, a.q, own_rot ? a.k_rot : k_[o], v_[o],
-                         a.attn, a.lse, B_, T_, H, KVH, hd);
+                         a.attn, a.lse, B_, T_, H, KVH, hd, accumulate);
   if (own_rot) be_.rope_backward_accumulate(dk_acc_, dk_own_, int64_t{B_} * KVH, T_, hd, s.rot_dims(), base);
   // Owners hand the group's summed dK/dV to their projection; readers pass only dQ.
   be_.qkv_split_rope_backward(dqkv_, dq_, dk_acc_, dv_acc_, B_, T_, H, owner ? KVH : 0, hd, s.rot_dims(), base,

@@ -329,7 +329,7 @@ int bench_ops(const Args& a) {
     const double att = 4.0 * B * H * double(T) * T * hd / 2;  // causal, FlashAttention convention
     ob.time("attention_forward", att, 0, [&] { be->attention_forward(out, lse, q, k, v, B, T, H, KVH, hd); });
     ob.time("attention_backward", 2.5 * att, 0,
-            [&] { be->attention_backward(q, dk, dv, out, q, k, v, out, lse, B, T, H, KVH, hd); });
+            [&] { be->attention_backward(q, dk, dv, out, q, k, v, out, lse, B, T, H, KVH, hd, false); });
   }
   {
     void* logits = ob.act(N * V, 2.0f);

@@ -4,10 +4,12 @@
 // convention (forward 4·B·H·T²·hd / 2 for causal, backward 2.5× that), so the numbers line up
 // with torch SDPA's (scripts/bench_attention.sh runs both on the same shapes). Built with cuDNN,
 // the same row also times our cuDNN SDPA backend (kernels/cuda/cudnn_attention.h) on the same
-// inputs: the backward contract (dK/dV added into fp32 sums) included.
+// inputs: the backward contract (dK/dV as fp32 sums) included. The backward assigns dK/dV, as the
+// trainer's call for an MHA layer or the first layer of an MLKV group does; --accumulate times
+// the calls of the group's other layers (added into the sums).
 //
 //   mlkv-bench-attention [--shapes "B,H,KVH,T,hd;..."] [--iters N] [--csv FILE] [--mma] [--lockstep-fwd]
-//                        [--two-kernel-bwd]
+//                        [--two-kernel-bwd] [--accumulate]
 // --mma forces the portable mma.sync kernels instead of the Hopper wgmma ones; --lockstep-fwd the
 // lockstep wgmma forward instead of the warp-specialised one (MLKV_ATTN_PINGPONG=0 turns the
 // latter's ping-pong off); --two-kernel-bwd the two-kernel wgmma backward instead of the
@@ -41,7 +43,7 @@ struct Shape {
 struct Impl {
   void (*fwd)(void*, float*, const void*, const void*, const void*, int, int, int, int, int, cudaStream_t);
   void (*bwd)(void*, float*, float*, const void*, const void*, const void*, const void*, const void*, const float*,
-              int, int, int, int, int, cudaStream_t);
+              int, int, int, int, int, bool, cudaStream_t);
 };
 
 // The peer shapes of shared/gpu-host/README.md, then MLKV shapes (fewer KV heads per layer).
@@ -110,6 +112,7 @@ float median_ms(F&& f, int iters) {
 int main(int argc, char** argv) {
   std::string shapes = kDefaultShapes, csv;
   int iters = 20;
+  bool accumulate = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--shapes" && i + 1 < argc) shapes = argv[++i];
@@ -118,10 +121,11 @@ int main(int argc, char** argv) {
     else if (a == "--mma") mlkv::cuda::attention_use_sm90(false);
     else if (a == "--lockstep-fwd") mlkv::cuda::attention_use_ws_forward(false);
     else if (a == "--two-kernel-bwd") mlkv::cuda::attention_use_ws_backward(false);
+    else if (a == "--accumulate") accumulate = true;
     else {
       std::fprintf(stderr,
                    "usage: %s [--shapes \"B,H,KVH,T,hd;...\"] [--iters N] [--csv FILE] [--mma] [--lockstep-fwd] "
-                   "[--two-kernel-bwd]\n",
+                   "[--two-kernel-bwd] [--accumulate]\n",
                    argv[0]);
       return mlkv::kExitBadInput;
     }
@@ -137,8 +141,8 @@ int main(int argc, char** argv) {
                 mlkv::cuda::attention_sm90_active() ? "sm90 wgmma" : "mma.sync", iters);
     std::printf("forward at hd 64/128/256: %s; at hd 80: %s\n", mlkv::cuda::attention_forward_kernel(64),
                 mlkv::cuda::attention_forward_kernel(80));
-    std::printf("backward at hd 64/128/256: %s; at hd 80: %s\n", mlkv::cuda::attention_backward_kernel(64),
-                mlkv::cuda::attention_backward_kernel(80));
+    std::printf("backward at hd 64/128/256: %s; at hd 80: %s; dK/dV %s\n", mlkv::cuda::attention_backward_kernel(64),
+                mlkv::cuda::attention_backward_kernel(80), accumulate ? "added into fp32 sums" : "assigned (fp32)");
 #ifdef MLKV_HAVE_CUDNN
     std::printf("our cuDNN SDPA backend: cuDNN %s at run time\n",
                 mlkv::cuda::cudnn_attention_library_version().c_str());
@@ -175,7 +179,8 @@ int main(int argc, char** argv) {
       for (const Impl& impl : impls) {
         ms.push_back(median_ms([&] { impl.fwd(out, lse, q, k, v, s.B, s.T, s.H, s.KVH, s.hd, nullptr); }, iters));
         ms.push_back(median_ms(
-            [&] { impl.bwd(dq, dk, dv, dout, q, k, v, out, lse, s.B, s.T, s.H, s.KVH, s.hd, nullptr); }, iters));
+            [&] { impl.bwd(dq, dk, dv, dout, q, k, v, out, lse, s.B, s.T, s.H, s.KVH, s.hd, accumulate, nullptr); },
+            iters));
         check(cudaDeviceSynchronize(), "attention kernels");
       }
       const double fwd_flop = 4.0 * s.B * s.H * double(s.T) * s.T * s.hd / 2;

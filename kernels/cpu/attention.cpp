@@ -47,10 +47,10 @@ void CpuBackend::attention_forward(void* out_, float* lse, const void* q_, const
 }
 
 // With P = softmax(S), S = scale·q·kᵀ:  dv += Pᵀ·dout;  dP = dout·vᵀ;  D = rowsum(dout∘out);
-// dS = P∘(dP − D);  dq = scale·dS·k;  dk += scale·dSᵀ·q.
+// dS = P∘(dP − D);  dq = scale·dS·k;  dk += scale·dSᵀ·q (after zeroing dk, dv when not accumulating).
 void CpuBackend::attention_backward(void* dq_, float* dk, float* dv, const void* dout_, const void* q_,
                                     const void* k_, const void* v_, const void* out_, const float* lse, int B, int T,
-                                    int H, int KVH, int hd) {
+                                    int H, int KVH, int hd, bool accumulate) {
   float* dq = static_cast<float*>(dq_);
   const float *dout = static_cast<const float*>(dout_), *q = static_cast<const float*>(q_),
               *k = static_cast<const float*>(k_), *v = static_cast<const float*>(v_),
@@ -64,6 +64,10 @@ void CpuBackend::attention_backward(void* dq_, float* dk, float* dv, const void*
       const float* vb = v + (int64_t{b} * KVH + g) * T * hd;
       float* dkb = dk + (int64_t{b} * KVH + g) * T * hd;
       float* dvb = dv + (int64_t{b} * KVH + g) * T * hd;
+      if (!accumulate) {
+        std::fill(dkb, dkb + int64_t{T} * hd, 0.0f);
+        std::fill(dvb, dvb + int64_t{T} * hd, 0.0f);
+      }
       std::vector<float> p(T), dp(T);
       for (int h = g * group; h < (g + 1) * group; ++h)
         for (int t = 0; t < T; ++t) {

@@ -51,7 +51,7 @@ class CpuBackend final : public Backend {
                          int KVH, int hd) override;
   void attention_backward(void* dq, float* dk, float* dv, const void* dout, const void* q, const void* k,
                           const void* v, const void* out, const float* lse, int B, int T, int H, int KVH,
-                          int hd) override;
+                          int hd, bool accumulate) override;
   void kv_cache_store(void* k_cache, void* v_cache, const void* k, const void* v, int B, int KVH, int T, int C,
                       int hd) override;
   void qkv_rope_append(void* q, void* k_cache, void* v_cache, const void* qkv, const int32_t* pos, int B, int H,

@@ -17,8 +17,10 @@ bool attention_supports_head_dim(int hd);
 void attention_forward(void* out, float* lse, const void* q, const void* k, const void* v, int B, int T, int H,
                        int KVH, int hd, cudaStream_t stream);
 
-// dq[B, H, T, hd] bf16 assigned; dk, dv[B, KVH, T, hd] fp32 ACCUMULATED (+=): the sum over all
-// query heads that read each KV head, and (across calls) over all layers sharing the K/V.
+// dq[B, H, T, hd] bf16 assigned; dk, dv[B, KVH, T, hd] fp32: with `accumulate` the sums over
+// all query heads that read each KV head are ADDED (+=), so that calls for the layers sharing the
+// K/V sum into one buffer; without it they are assigned (the first layer of a group the backward
+// reaches: no zeroing pass, and the kernels do not read the buffer).
 // dout[B, T, H·hd] bf16; out and lse as from the forward. Bitwise deterministic: each K/V tile's
 // sums are made by one thread block (or, with few KV heads, by a fixed set of blocks whose
 // partials are added in a fixed order); dq either by one thread block per query tile (two-kernel
@@ -38,7 +40,7 @@ void attention_forward(void* out, float* lse, const void* q, const void* k, cons
 size_t attention_backward_workspace_bytes(int B, int T, int H, int KVH, int hd);
 void attention_backward(void* dq, float* dk, float* dv, const void* dout, const void* q, const void* k,
                         const void* v, const void* out, const float* lse, int B, int T, int H, int KVH, int hd,
-                        cudaStream_t stream);
+                        bool accumulate, cudaStream_t stream);
 void attention_release_workspace();
 
 // Kernel family: on an H100/H200 (compute capability 9.0) built with sm_90a code, the Hopper

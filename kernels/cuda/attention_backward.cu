@@ -435,13 +435,14 @@ void attention_release_workspace() { attn::g_workspace.release(); }
 
 void attention_backward(void* dq, float* dk, float* dv, const void* dout, const void* q, const void* k,
                         const void* v, const void* out, const float* lse, int B, int T, int H, int KVH, int hd,
-                        cudaStream_t stream) {
+                        bool accumulate, cudaStream_t stream) {
   attn::check_shape("attention_backward", B, T, H, KVH, hd);
   const void* ptrs[] = {dq, dk, dv, dout, q, k, v, out};
   for (const void* p : ptrs)
     if (!attn::aligned16(p)) throw Error("attention_backward: all tensors must be 16-byte aligned");
   const bool ws = attn::ws_backward_enabled(hd);
   attn::DkdvSplit split = attn::dkdv_split_for(B, T, H, KVH, hd, ws);
+  split.slice0_adds = accumulate;
   const size_t n_part = attn::dkdv_partial_floats(split, B, T, KVH, hd);
   const size_t n_head = attn::head_floats(B, T, H, hd, ws);
   float* dvec = attn::workspace((n_head + n_part) * sizeof(float));

@@ -57,6 +57,7 @@ inline void allow_smem(Kernel kernel, size_t bytes) {
 // order is fixed, so the result stays bitwise deterministic without atomics.
 struct DkdvSplit {
   int split = 1, heads_per = 1;
+  bool slice0_adds = true;  // false: slice 0 assigns dk, dv (attention_backward's `accumulate`)
   float* part_k = nullptr;
   float* part_v = nullptr;
 };
@@ -88,21 +89,23 @@ __device__ __forceinline__ DkdvBlock dkdv_block(const DkdvSplit& sp, int B, int 
   return r;
 }
 
-// Where a dK/dV block's fp32 sums go: slice 0 adds them into the caller's dk, dv; slice s > 0
-// writes them to partial s-1 (add_dkdv_partials adds those afterwards). `off` is an element
-// offset into [B, KVH, T, hd]; each call stores two adjacent columns of one key row.
+// Where a dK/dV block's fp32 sums go: slice 0 adds them into the caller's dk, dv (or assigns
+// them, without slice0_adds); slice s > 0 writes them to partial s-1 (add_dkdv_partials adds
+// those afterwards). `off` is an element offset into [B, KVH, T, hd]; each call stores two
+// adjacent columns of one key row.
 struct DkdvOut {
   float* k;
   float* v;
-  bool first;
+  bool adds;
   __device__ __forceinline__ DkdvOut(float* dk, float* dv, const DkdvSplit& sp, int slice, int64_t kv_elems)
       : k(slice == 0 ? dk : sp.part_k + (slice - 1) * kv_elems),
         v(slice == 0 ? dv : sp.part_v + (slice - 1) * kv_elems),
-        first(slice == 0) {}
-  // The sums this block adds to at off (zeros for a partial: this block is its only writer).
+        adds(slice == 0 && sp.slice0_adds) {}
+  // The sums this block adds to at off (zeros where this block is the only writer: a partial, or
+  // slice 0 assigning).
   __device__ __forceinline__ void load(int64_t off, float2& xk, float2& xv) const {
-    xk = first ? *reinterpret_cast<const float2*>(k + off) : make_float2(0.f, 0.f);
-    xv = first ? *reinterpret_cast<const float2*>(v + off) : make_float2(0.f, 0.f);
+    xk = adds ? *reinterpret_cast<const float2*>(k + off) : make_float2(0.f, 0.f);
+    xv = adds ? *reinterpret_cast<const float2*>(v + off) : make_float2(0.f, 0.f);
   }
   __device__ __forceinline__ void store(int64_t off, float2 xk, float2 xv) const {
     *reinterpret_cast<float2*>(k + off) = xk;

@@ -365,13 +365,14 @@ class CudaBackend final : public Backend {
   // back to ours after cuDNN's forward is still exact.
   void attention_backward(void* dq, float* dk, float* dv, const void* dout, const void* q, const void* k,
                           const void* v, const void* out, const float* lse, int Bn, int T, int H, int KVH,
-                          int hd) override {
+                          int hd, bool accumulate) override {
     if (run_cudnn("attention_backward_cudnn", Bn, T, H, KVH, hd, [&] {
-          cuda::cudnn_attention_backward(dq, dk, dv, dout, q, k, v, out, lse, Bn, T, H, KVH, hd, stream_);
+          cuda::cudnn_attention_backward(dq, dk, dv, dout, q, k, v, out, lse, Bn, T, H, KVH, hd, accumulate,
+                                         stream_);
         }))
       return;
     MLKV_PROFILE("attention_backward");
-    cuda::attention_backward(dq, dk, dv, dout, q, k, v, out, lse, Bn, T, H, KVH, hd, stream_);
+    cuda::attention_backward(dq, dk, dv, dout, q, k, v, out, lse, Bn, T, H, KVH, hd, accumulate, stream_);
   }
   void select_attention(const std::string& impl) override {
     if (impl == "auto") attention_mode_ = AttentionMode::automatic;

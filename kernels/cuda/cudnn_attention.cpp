@@ -400,7 +400,7 @@ void cudnn_attention_forward(void* out, float* lse, const void* q, const void* k
 
 void cudnn_attention_backward(void* dq, float* dk, float* dv, const void* dout, const void* q, const void* k,
                               const void* v, const void* out, const float* lse, int B, int T, int H, int KVH,
-                              int hd, cudaStream_t stream) {
+                              int hd, bool accumulate, cudaStream_t stream) {
   std::lock_guard<std::mutex> lock(g_mutex);
   auto [st, plan] = plan_for(true, B, T, H, KVH, hd, stream);
   // Workspace: cuDNN's own, then D [B, H, T] and the dq accumulator [B, H, T, hd] (fp32), then
@@ -418,8 +418,9 @@ void cudnn_attention_backward(void* dq, float* dk, float* dv, const void* dout, 
                  const_cast<float*>(lse), const_cast<void*>(dout), dq, ws + off_dk, ws + off_dv, &scale, &neg_inf,
                  &one, ws + off_sum, ws + off_dq},
                 ws);
-  add_bf16_to_f32(dk, reinterpret_cast<const bf16*>(ws + off_dk), int64_t(n_kv), stream);
-  add_bf16_to_f32(dv, reinterpret_cast<const bf16*>(ws + off_dv), int64_t(n_kv), stream);
+  const auto to_f32 = accumulate ? add_bf16_to_f32 : cast_bf16_to_f32;
+  to_f32(dk, reinterpret_cast<const bf16*>(ws + off_dk), int64_t(n_kv), stream);
+  to_f32(dv, reinterpret_cast<const bf16*>(ws + off_dv), int64_t(n_kv), stream);
 }
 
 void cudnn_attention_release() {

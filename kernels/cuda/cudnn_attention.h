@@ -32,7 +32,8 @@ const char* cudnn_attention_unsupported(int B, int T, int H, int KVH, int hd);
 void cudnn_attention_forward(void* out, float* lse, const void* q, const void* k, const void* v, int B, int T,
                              int H, int KVH, int hd, cudaStream_t stream);
 
-// dq[B, H, T, hd] bf16 assigned; dk, dv[B, KVH, T, hd] fp32 ACCUMULATED (+=), as in attention.h.
+// dq[B, H, T, hd] bf16 assigned; dk, dv[B, KVH, T, hd] fp32 added to (`accumulate`) or assigned,
+// as in attention.h.
 // dout[B, T, H·hd] bf16; out and lse from either forward (ours or cuDNN's: same quantities).
 // Scratch (cuDNN's workspace, its fp32 dq accumulator and softmax-sum, the bf16 dK/dV) is one
 // lazily grown buffer per device, reused by every call: calls on different streams of one device
@@ -40,7 +41,7 @@ void cudnn_attention_forward(void* out, float* lse, const void* q, const void* k
 // plan finalize), cannot be captured in a CUDA graph.
 void cudnn_attention_backward(void* dq, float* dk, float* dv, const void* dout, const void* q, const void* k,
                               const void* v, const void* out, const float* lse, int B, int T, int H, int KVH,
-                              int hd, cudaStream_t stream);
+                              int hd, bool accumulate, cudaStream_t stream);
 
 // Frees the workspaces, the cached plans and the handles (tests, shutdown).
 void cudnn_attention_release();

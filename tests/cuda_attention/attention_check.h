@@ -123,7 +123,7 @@ struct Inputs {
 using AttnForward = void (*)(void*, float*, const void*, const void*, const void*, int, int, int, int, int,
                              cudaStream_t);
 using AttnBackward = void (*)(void*, float*, float*, const void*, const void*, const void*, const void*,
-                              const void*, const float*, int, int, int, int, int, cudaStream_t);
+                              const void*, const float*, int, int, int, int, int, bool, cudaStream_t);
 
 // One forward call's outputs (NaN-poisoned first), run and checked against the reference;
 // lse to 2e-3 absolute: the natural-log log-sum-exp of the scaled scores.
@@ -149,25 +149,40 @@ struct Forward {
   }
 };
 
-// One backward call: dq poisoned, dk and dv starting at random sums (the accumulate contract);
-// run() downloads the results, check() compares dq and the increments of dk, dv to the reference.
+// How a backward call treats dk, dv: adds into the sums they hold, or assigns them.
+enum class DkdvMode { accumulate, assign };
+
+// One backward call: dq poisoned; dk and dv starting at random sums (accumulate) or poisoned
+// (assign: an element read or left unwritten stays NaN); run() downloads the results, check()
+// compares dq and the increments of dk, dv to the reference.
 struct Backward {
+  DkdvMode mode;
   std::vector<float> dk0, dv0;
   DevBuf dq, dk, dv;
   std::vector<uint16_t> dq_h;
   std::vector<float> dk_h, dv_h;
-  Backward(const AttnShape& s, std::mt19937_64& rng)
-      : dk0(s.kv_elems()), dv0(s.kv_elems()), dq(s.q_elems() * 2), dk(s.kv_elems() * 4), dv(s.kv_elems() * 4) {
+  Backward(const AttnShape& s, std::mt19937_64& rng, DkdvMode m = DkdvMode::accumulate)
+      : mode(m),
+        dk0(s.kv_elems()),
+        dv0(s.kv_elems()),
+        dq(s.q_elems() * 2),
+        dk(s.kv_elems() * 4),
+        dv(s.kv_elems() * 4) {
     std::normal_distribution<float> nd(0.f, 0.5f);
-    for (auto& x : dk0) x = nd(rng);
-    for (auto& x : dv0) x = nd(rng);
+    for (auto& x : dk0) x = mode == DkdvMode::accumulate ? nd(rng) : 0.f;
+    for (auto& x : dv0) x = mode == DkdvMode::accumulate ? nd(rng) : 0.f;
   }
   void run(AttnBackward backward, const AttnShape& s, const Inputs& in, const Forward& f) {
     poison(dq);
-    upload(dk, dk0);
-    upload(dv, dv0);
+    if (mode == DkdvMode::accumulate) {
+      upload(dk, dk0);
+      upload(dv, dv0);
+    } else {
+      poison(dk);
+      poison(dv);
+    }
     backward(dq.p, dk.as<float>(), dv.as<float>(), in.ddo.p, in.dq_in.p, in.dk_in.p, in.dv_in.p, f.out.p,
-             f.lse.as<float>(), s.B, s.T, s.H, s.KVH, s.hd, nullptr);
+             f.lse.as<float>(), s.B, s.T, s.H, s.KVH, s.hd, mode == DkdvMode::accumulate, nullptr);
     CUDA_OK(cudaDeviceSynchronize());
     dq_h = download<uint16_t>(dq, s.q_elems());
     dk_h = download<float>(dk, s.kv_elems());
@@ -182,15 +197,16 @@ struct Backward {
   }
 };
 
-// MLKV across layers: three layers with their own q and dout read one shared K/V; their backward
-// calls accumulate into one fp32 group buffer, which must equal the sum of the three reference
-// gradients; each layer's dq must match its own reference.
+// MLKV across layers: three layers with their own q and dout read one shared K/V; as in the
+// trainer, the first backward call assigns the fp32 group buffer (poisoned with NaN before it) and
+// the other two add into it; it must equal the sum of the three reference gradients; each layer's
+// dq must match its own reference.
 inline void check_layers_sharing_kv(AttnForward forward, AttnBackward backward, const AttnShape& s, uint64_t seed) {
   std::mt19937_64 rng(seed);
   Inputs shared(s, rng);  // its k, v are the group's; its q, dout are layer 0's
   DevBuf dk(s.kv_elems() * 4), dv(s.kv_elems() * 4);
-  CUDA_OK(cudaMemset(dk.p, 0, dk.bytes));
-  CUDA_OK(cudaMemset(dv.p, 0, dv.bytes));
+  poison(dk);
+  poison(dv);
   std::vector<double> sum_dk(s.kv_elems(), 0.0), sum_dv(s.kv_elems(), 0.0);
   for (int layer = 0; layer < 3; ++layer) {
     Inputs own(s, rng);  // fresh q and dout for this layer
@@ -198,7 +214,7 @@ inline void check_layers_sharing_kv(AttnForward forward, AttnBackward backward, 
     DevBuf out(s.q_elems() * 2), lse(s.vec_elems() * 4), dq(s.q_elems() * 2);
     forward(out.p, lse.as<float>(), L.dq_in.p, shared.dk_in.p, shared.dv_in.p, s.B, s.T, s.H, s.KVH, s.hd, nullptr);
     backward(dq.p, dk.as<float>(), dv.as<float>(), L.ddo.p, L.dq_in.p, shared.dk_in.p, shared.dv_in.p, out.p,
-             lse.as<float>(), s.B, s.T, s.H, s.KVH, s.hd, nullptr);
+             lse.as<float>(), s.B, s.T, s.H, s.KVH, s.hd, /*accumulate=*/layer > 0, nullptr);
     CUDA_OK(cudaDeviceSynchronize());
     std::vector<double> rdq;
     ref_backward(s, L.q.data(), shared.k.data(), shared.v.data(), L.dout.data(), rdq, sum_dk, sum_dv);

@@ -1,5 +1,5 @@
 // The CUDA MLKV attention kernels against a float64 host reference: forward (out, lse) and
-// backward (dq assigned; dk, dv accumulated) for every head dim, GQA/MQA/MLKV group sizes,
+// backward (dq assigned; dk, dv accumulated or assigned) for every head dim, GQA/MQA/MLKV group sizes,
 // sequence lengths that are and are not multiples of the tiles, accumulation across several
 // "layers" sharing one K/V, bitwise determinism, and the errors for unsupported shapes.
 // Inputs are fresh random bf16 values; outputs are poisoned with NaN before each run so that an
@@ -95,6 +95,12 @@ void check_case(const AttnShape& s) {
   EXPECT_TRUE(b.dq_h == dq_h) << "dq not deterministic " << name(s);
   EXPECT_TRUE(b.dk_h == dk_h) << "dk not deterministic " << name(s);
   EXPECT_TRUE(b.dv_h == dv_h) << "dv not deterministic " << name(s);
+
+  // The first layer of a group assigns dk, dv: they start as NaN, so a kernel that reads them or
+  // leaves an element unwritten fails.
+  Backward assigned(s, rng, DkdvMode::assign);
+  assigned.run(mlkv::cuda::attention_backward, s, in, f);
+  assigned.check(s, in);
 }
 
 // B, T, H, KVH, hd: every head dim; MHA, GQA, MQA groups; T = 1, tile multiples and ragged tails.
@@ -194,7 +200,7 @@ TEST(Attention, RejectsUnsupportedShapes) {
   EXPECT_THROW(mlkv::cuda::attention_forward(buf.p, f, buf.p, buf.p, buf.p, 1, 8, 2, 1, 96, nullptr), mlkv::Error);
   EXPECT_THROW(mlkv::cuda::attention_forward(buf.p, f, buf.p, buf.p, buf.p, 1, 8, 3, 2, 64, nullptr), mlkv::Error);
   EXPECT_THROW(mlkv::cuda::attention_backward(buf.p, f, f, buf.p, buf.p, buf.p, buf.p, buf.p, f, 1, 8, 2, 1, 48,
-                                              nullptr),
+                                              true, nullptr),
                mlkv::Error);
   EXPECT_FALSE(mlkv::cuda::attention_supports_head_dim(96));
   EXPECT_TRUE(mlkv::cuda::attention_supports_head_dim(80));

@@ -91,6 +91,9 @@ TEST_P(CudnnAttentionCase, ForwardBackwardMatchReference) {
   Backward b(s, rng);
   b.run(mlkv::cuda::cudnn_attention_backward, s, in, f);
   b.check(s, in);
+  Backward assigned(s, rng, DkdvMode::assign);  // dk, dv NaN before: assigned, never read
+  assigned.run(mlkv::cuda::cudnn_attention_backward, s, in, f);
+  assigned.check(s, in);
 }
 
 // The backward fed by our kernels' forward (out, lse): the two implementations' saved tensors
@@ -117,7 +120,7 @@ INSTANTIATE_TEST_SUITE_P(
                       AttnShape{2, 65, 4, 1, 256}),
     [](const ::testing::TestParamInfo<AttnShape>& info) { return name(info.param); });
 
-// MLKV across layers: three layers sharing one K/V add into one fp32 group buffer. Each layer's
+// MLKV across layers: three layers sharing one K/V sum into one fp32 group buffer. Each layer's
 // dq is checked too: cuDNN sums dq in a workspace that every call must start clean.
 TEST(CudnnAttention, AccumulatesAcrossLayersSharingKV) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
@@ -134,7 +137,7 @@ TEST(CudnnAttention, RejectsUnsupportedShapes) {
   EXPECT_THROW(mlkv::cuda::cudnn_attention_forward(buf.p, f, buf.p, buf.p, buf.p, 1, 8, 3, 2, 64, nullptr),
                mlkv::Error);
   EXPECT_THROW(mlkv::cuda::cudnn_attention_backward(buf.p, f, f, buf.p, buf.p, buf.p, buf.p, buf.p, f, 1, 8, 2, 1,
-                                                    264, nullptr),
+                                                    264, true, nullptr),
                mlkv::Error);
   EXPECT_STREQ(mlkv::cuda::cudnn_attention_unsupported(2, 77, 4, 2, 80), "");
   EXPECT_STRNE(mlkv::cuda::cudnn_attention_unsupported(2, 77, 4, 3, 64), "");
