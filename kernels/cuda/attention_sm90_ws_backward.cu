@@ -7,7 +7,9 @@
 // One block = one producer warpgroup + two consumer warpgroups, per (key tile of 128 keys, b, KV
 // head, head slice); its steps are the (query tile, query head) pairs of its slice, query tiles
 // of BR rows (128 at hd 64, 64 at hd 128) at or below the diagonal, in step_of's order (the last
-// query tile first, heads inner). K and V stay in shared memory.
+// query tile first, heads inner). K and V stay in shared memory. At hd 64 without a head split a
+// block may take several KV heads one after another (bwd_kv_per_block; ATTENTION_NOTES log 17),
+// their K/V in a two-slot ring and each one's dK/dV stored after its last step.
 //   producer warp 0 (one thread): TMA loads of K, V, then per step of Q, dO (128-byte swizzle)
 //     and of that tile's lse·log2e and D into an NS-stage ring (mbarriers).
 //   producer warp 1 (one thread), the dQ writer: per step, once the consumers have put the fp32
@@ -55,10 +57,17 @@ enum class DqMode {
   alternate,  // one consumer a step, all of it, taking turns (named barrier)
 };
 
-// BR query rows a step (64 or 128: one or two 64-query, 128-byte swizzle regions of dSᵀ).
-template <int HD, int BR, int NS, DqMode DQ>
+// BR query rows a step (64 or 128: one or two 64-query, 128-byte swizzle regions of dSᵀ). KVS
+// K/V slots: 1 for blocks of one KV head; 2 for blocks of several (hd 64 only: no room at hd 128),
+// so that the next item's K and V load while this item's steps run.
+template <int HD, int BR, int NS, DqMode DQ, int KVS>
 struct WsBwdTile {
-  static constexpr int kBc = kWsBc, kBr = BR, kChunks = HD / 64;
+  static constexpr int kBc = kWsBc, kBr = BR, kChunks = HD / 64, kKVS = KVS;
+  // dSᵀ buffers: two (step t writes t % 2 while the other consumer may still read t - 1's), or,
+  // to make room for the second K/V slot, one that a step writes once both consumers' dQ
+  // products of the step before have read it (a named barrier). One buffer costs 5 % at MQA
+  // (16,12,1,2048: 0.754 against 0.72 ms), which is why blocks of one item keep two.
+  static constexpr int kDsBufs = kKVS > 1 ? 1 : 2;
   static constexpr int kDqN = DQ == DqMode::half_cols ? HD / 2 : HD;  // dQ columns a consumer computes
   static constexpr int kDqKeys = DQ == DqMode::own_keys ? 64 : kBc;  // keys it sums over
   static constexpr uint32_t kKVBytes = kBc * HD * 2;       // K or V
@@ -71,17 +80,18 @@ struct WsBwdTile {
   static constexpr bool kShared = DQ == DqMode::half_cols || DQ == DqMode::half_rows;  // one buffer, both write
   static constexpr int kNdq = kShared ? 1 : 2;
   static constexpr int kDqWarps = kShared ? 8 : 4;  // warps writing one buffer
-  static constexpr size_t kSmem = 1024 + 2 * size_t(kKVBytes) + 2 * size_t(NS) * kQBytes + 2 * kDSBytes +
+  static constexpr size_t kSmem = 1024 + 2 * size_t(kKVS) * kKVBytes + 2 * size_t(NS) * kQBytes + kDsBufs * kDSBytes +
                                   size_t(kNdq) * kDQBytes + 2 * size_t(NS) * kVecBytes;
   static_assert(HD == 64 || HD == 128, "hd 256 has its own kernel, hd 80 keeps the two-kernel backward");
-  static_assert(kSmem <= 227 * 1024, "shared memory per block");
+  static_assert(KVS == 1 || KVS == 2, "one item's K/V, or a two-slot ring");
+  static_assert(kSmem + 256 <= 227 * 1024, "shared memory per block, the static barriers included");
   static_assert(kDqN == 64, "the dQ product reads one 64-column region of K (a 64 × 64 accumulator)");
   static_assert(DQ != DqMode::half_cols || HD == 128, "half columns = one 64-column region each");
   static_assert((DQ == DqMode::half_rows) == (BR == 128), "128 query rows are split by rows, 64 are not");
   static_assert(BR % 64 == 0 && kWsPad % BR == 0, "query tiles of whole swizzle regions that tile the padding");
 };
 
-template <int HD, int BR, int NS, DqMode DQ>
+template <int HD, int BR, int NS, DqMode DQ, int KVS>
 __global__ void __launch_bounds__(384, 1)
     attention_bwd_ws_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
                             const __grid_constant__ CUtensorMap tm_v, const __grid_constant__ CUtensorMap tm_do,
@@ -89,30 +99,34 @@ __global__ void __launch_bounds__(384, 1)
                             const __grid_constant__ CUtensorMap tm_dvec, int* __restrict__ dq_turn,
                             float* __restrict__ dk,
                             float* __restrict__ dv, int B, int T, int t_pad, int H, int group, DkdvSplit split,
-                            float scale_log2, float scale, bool head_major) {
+                            int kv_per, float scale_log2, float scale, bool head_major) {
 #ifdef MLKV_SM90A
-  using Tile = WsBwdTile<HD, BR, NS, DQ>;
-  constexpr int kBc = Tile::kBc, kBr = Tile::kBr, kChunks = Tile::kChunks, kNdq = Tile::kNdq;
+  using Tile = WsBwdTile<HD, BR, NS, DQ, KVS>;
+  constexpr int kBc = Tile::kBc, kBr = Tile::kBr, kChunks = Tile::kChunks, kNdq = Tile::kNdq, kKVS = Tile::kKVS;
   extern __shared__ unsigned char smem_raw[];
-  __shared__ __align__(8) uint64_t bar_kv, bar_full[NS], bar_empty[NS], bar_dq_full[kNdq], bar_dq_empty[kNdq];
+  __shared__ __align__(8) uint64_t bar_kv[kKVS], bar_kv_empty[kKVS], bar_full[NS], bar_empty[NS], bar_dq_full[kNdq],
+      bar_dq_empty[kNdq];
   unsigned char* base = smem_align1024(smem_raw);
-  bf16* sK = reinterpret_cast<bf16*>(base);           // [kChunks][kBc × 64]
-  bf16* sV = sK + kBc * HD;                           // [kChunks][kBc × 64]
-  bf16* sQ = sV + kBc * HD;                           // [NS][kChunks][kBr × 64]
+  bf16* sK = reinterpret_cast<bf16*>(base);           // [kKVS][kChunks][kBc × 64]
+  bf16* sV = sK + kKVS * kBc * HD;                    // [kKVS][kChunks][kBc × 64]
+  bf16* sQ = sV + kKVS * kBc * HD;                    // [NS][kChunks][kBr × 64]
   bf16* sdO = sQ + NS * kBr * HD;                     // [NS][kChunks][kBr × 64]
-  bf16* sdS = sdO + NS * kBr * HD;                    // [2][kBc × kBr]  dSᵀ, keys × queries
-  float* sDQ = reinterpret_cast<float*>(sdS + 2 * kBc * kBr);  // [kNdq][HD / 32][kBr × 32]
+  bf16* sdS = sdO + NS * kBr * HD;                    // [kDsBufs][kBc × kBr]  dSᵀ, keys × queries
+  float* sDQ = reinterpret_cast<float*>(sdS + Tile::kDsBufs * kBc * kBr);  // [kNdq][HD / 32][kBr × 32]
   float* sL = sDQ + kNdq * kBr * HD;                  // [NS][kBr]  lse₂
   float* sD = sL + NS * kBr;                          // [NS][kBr]  D
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp >> 2;
   const int KVH = H / group;
-  const BwdBlockWork w = bwd_block_work<kBc, kBr>(split, B, T, H, group);
-  const int jt = w.jt, g = w.g, b = w.b, h0 = w.h0, kv0 = w.kv0, n_q = w.n_q, q_first = w.q_first,
-            per_head = w.per_head, n_steps = w.n_steps;
+  const BwdBlockWork w = bwd_block_work<kBc, kBr>(split, B, T, H, group, kv_per);
+  const int jt = w.jt, b = w.b, kv0 = w.kv0, n_q = w.n_q, n_steps = w.n_steps;
 
   if (tid == 0) {
-    mbar_init(&bar_kv, 1);
+#pragma unroll
+    for (int i = 0; i < kKVS; ++i) {
+      mbar_init(&bar_kv[i], 1);
+      mbar_init(&bar_kv_empty[i], 8);  // one arrival per consumer warp, after an item's last step
+    }
 #pragma unroll
     for (int s = 0; s < NS; ++s) {
       mbar_init(&bar_full[s], 1);
@@ -130,15 +144,15 @@ __global__ void __launch_bounds__(384, 1)
   if (wg == 0) {
     regs_dealloc<kBwdProducerRegs>();
     if (tid == 0) {  // loads
-      ws_bwd_load<HD, kBc, kBr, NS>(w, &tm_q, &tm_k, &tm_v, &tm_do, &tm_lse2, &tm_dvec, sK, sV, sQ, sdO,
-                                    kChunks * kBr * 64, sL, sD, &bar_kv, bar_full, bar_empty, H, KVH,
-                                    split.heads_per, t_pad, head_major);
+      ws_bwd_load<HD, kBc, kBr, NS, kKVS>(w, &tm_q, &tm_k, &tm_v, &tm_do, &tm_lse2, &tm_dvec, sK, sV, kBc * HD, sQ,
+                                          sdO, kChunks * kBr * 64, sL, sD, bar_kv, bar_kv_empty, bar_full,
+                                          bar_empty, H, KVH, split.heads_per, t_pad, head_major);
     } else if (tid == 32) {  // the dQ writer
       // Buffers written at step t: both (own_keys, added in consumer order), buffer t % 2
       // (alternate), the one (half_cols).
       constexpr int kPerStep = DQ == DqMode::own_keys ? 2 : 1;
       for (int t = 0; t < n_steps; ++t) {
-        const Step st = step_of(t, h0, split.heads_per, q_first, per_head, head_major);
+        const Step st = item_step(w, t, split.heads_per, head_major).st;
         int* turn = dq_turn + (int64_t(b) * H + st.h) * n_q + st.qi;
         const int row = (b * H + st.h) * t_pad + st.qi * kBr;
         for (int i = 0; i < kPerStep; ++i) {
@@ -182,13 +196,22 @@ __global__ void __launch_bounds__(384, 1)
   float s_t[kBr / 2], dpt[kBr / 2], dqa[Tile::kDqN / 2];
   uint32_t pa[kBr / 16][4], dsa[kBr / 16][4];  // Pᵀ, dSᵀ as A fragments (16 queries each)
 
-  const uint32_t k_addr = smem_addr(sK), v_addr = smem_addr(sV);
-  mbar_wait(&bar_kv, 0);
-
+  // dK, dV of an item: slice 0 adds into the caller's sums (or assigns them); slice s > 0 writes
+  // partial s-1.
+  const auto store_dkdv = [&](int item) {
+    const DkdvOut dst(dk, dv, split, w.slice, int64_t(B) * KVH * T * HD);
+    add_dkdv_acc<HD>(dst, (int64_t(b) * KVH + w.g0 + item) * T * HD, key_r, T, lane, dka, dva, scale);
+  };
   for (int t = 0; t < n_steps; ++t) {
     const int s = t % NS;
-    const Step stp = step_of(t, h0, split.heads_per, q_first, per_head, head_major);
-    const int qr0 = stp.qi * kBr;
+    // One item a block at kKVS 1: no per-step division (at hd 128 it costs a spilled register).
+    const ItemStep is = kKVS > 1 ? item_step(w, t, split.heads_per, head_major)
+                                 : ItemStep{0, step_of(t, w.h0, split.heads_per, w.q_first, w.per_head, head_major)};
+    const int t_item = t - is.item * w.steps_item, slot = is.item % kKVS;
+    const uint32_t k_addr = smem_addr(sK + slot * kBc * HD), v_addr = smem_addr(sV + slot * kBc * HD);
+    if (t_item == 0) mbar_wait(&bar_kv[slot], (is.item / kKVS) & 1);
+    const int qr0 = is.st.qi * kBr;
+    const int ds_buf = Tile::kDsBufs == 2 ? (t & 1) : 0;
     const uint32_t q_addr = smem_addr(sQ + s * kChunks * kBr * 64);
     const uint32_t do_addr = smem_addr(sdO + s * kChunks * kBr * 64);
     mbar_wait(&bar_full[s], (t / NS) & 1);
@@ -261,7 +284,7 @@ __global__ void __launch_bounds__(384, 1)
       WgmmaRS<HD>::run(dka, dsa[kk], desc_sw128(q_addr + kk * 2048, kBr * 128, 1024), 1);
     wgmma_commit();
 
-    // dSᵀ → buffer t % 2 in the 128-byte-swizzle layout (row = key, 64 queries = 128 bytes a
+    // dSᵀ → buffer ds_buf in the 128-byte-swizzle layout (row = key, 64 queries = 128 bytes a
     // region, BR / 64 regions; the 16-byte chunk c of row r sits at chunk c ^ (r % 8), and
     // r % 8 = lane / 4 here).
     {
@@ -269,7 +292,10 @@ __global__ void __launch_bounds__(384, 1)
       // Opaque to the optimiser, so that the 16 store offsets are not hoisted out of the step loop
       // into 16 live registers (at hd 128 that spills).
       asm volatile("" : "+r"(row_off), "+r"(sw));
-      unsigned char* buf = reinterpret_cast<unsigned char*>(sdS + (t & 1) * kBc * kBr) + row_off;
+      // One buffer: both consumers' dQ products of step t - 1 have read it (own_keys: each reads
+      // only its own rows, and has waited for its product).
+      if (Tile::kDsBufs == 1 && DQ != DqMode::own_keys && t > 0) named_sync(4, 256);
+      unsigned char* buf = reinterpret_cast<unsigned char*>(sdS + ds_buf * kBc * kBr) + row_off;
 #pragma unroll
       for (int hr = 0; hr < 2; ++hr)
 #pragma unroll
@@ -294,7 +320,7 @@ __global__ void __launch_bounds__(384, 1)
 
     const bool my_dq = DQ != DqMode::alternate || (t & 1) == cw;
     if (my_dq) {
-      const uint32_t ds_addr = smem_addr(sdS + (t & 1) * kBc * kBr);
+      const uint32_t ds_addr = smem_addr(sdS + ds_buf * kBc * kBr);
       // own_keys: this consumer's 64 rows of dSᵀ and K; half_cols: its 64-column region of K;
       // half_rows: its 64-query region of dSᵀ.
       const uint32_t a_addr = ds_addr + (DQ == DqMode::own_keys    ? cw * 64 * 128
@@ -339,11 +365,16 @@ __global__ void __launch_bounds__(384, 1)
       __syncwarp();
       if (lane == 0) mbar_arrive(&bar_dq_full[nb]);
     }
+    // The item's last step (several items a block): its K, V are read (all products waited).
+    if (kKVS > 1 && t_item == w.steps_item - 1) {
+      __syncwarp();
+      if (lane == 0) mbar_arrive(&bar_kv_empty[slot]);
+      store_dkdv(is.item);
+#pragma unroll
+      for (int i = 0; i < HD / 2; ++i) dva[i] = dka[i] = 0.f;
+    }
   }
-
-  // dK, dV: slice 0 adds into the caller's sums; slice s > 0 writes partial s-1.
-  const DkdvOut dst(dk, dv, split, w.slice, int64_t(B) * KVH * T * HD);
-  add_dkdv_acc<HD>(dst, (int64_t(b) * KVH + g) * T * HD, key_r, T, lane, dka, dva, scale);
+  if (kKVS == 1) store_dkdv(0);  // one item a block (hd 128: inside the loop, the epilogue spills)
 #endif
 }
 
@@ -408,12 +439,35 @@ int bwd_dq_mode() {
 
 bool ws_bwd_head_major() { return env_int("MLKV_ATTN_BWD_ORDER", 0) == 1; }
 
+// A block's steps stay at most kMaxBlockSteps (longer blocks leave the last wave's SMs idle: at
+// 16,12,12,2048 four items of 8.5 steps measured 0.827 ms against three's 0.810), and at least
+// kBlocksPerSm blocks an SM remain.
+constexpr double kMaxBlockSteps = 32;
+constexpr int kBlocksPerSm = 4;
+
+int bwd_kv_per_block(int B, int T, int KVH, int key_tile, int q_tile, const DkdvSplit& split) {
+  if (split.split != 1) return 1;
+  const long forced = env_int("MLKV_ATTN_BWD_KV_PER", 0);
+  if (forced > 0) return KVH % forced == 0 ? int(forced) : 1;
+  const int n_kt = (T + key_tile - 1) / key_tile, n_q = (T + q_tile - 1) / q_tile;
+  int64_t q_tiles = 0;  // query tiles at or after each key tile's first, summed over key tiles
+  for (int jt = 0; jt < n_kt; ++jt) q_tiles += n_q - int64_t(jt) * key_tile / q_tile;
+  const double item_steps = double(q_tiles) * split.heads_per / n_kt;
+  const int64_t blocks = int64_t(B) * KVH * n_kt;
+  for (int kv : {4, 3, 2})
+    if (KVH % kv == 0 && kv * item_steps <= kMaxBlockSteps && blocks / kv >= int64_t(kBlocksPerSm) * sm_count())
+      return kv;
+  return 1;
+}
+
 namespace {
 
-template <int HD, int BR, int NS, DqMode DQ>
+// kv_per KV heads a block (1 unless KVS is 2).
+template <int HD, int BR, int NS, DqMode DQ, int KVS = 1>
 void launch_bwd_ws(float* dk, float* dv, const void* dout, const void* q, const void* k, const void* v, int B, int T,
-                   int H, int KVH, const DkdvSplit& split, const WsBwdScratch& ws, cudaStream_t stream) {
-  using Tile = WsBwdTile<HD, BR, NS, DQ>;
+                   int H, int KVH, const DkdvSplit& split, const WsBwdScratch& ws, cudaStream_t stream,
+                   int kv_per = 1) {
+  using Tile = WsBwdTile<HD, BR, NS, DQ, KVS>;
   const int t_pad = ws_t_pad(T);
   const int64_t rows = int64_t(B) * H * t_pad;
   const float scale = 1.f / std::sqrt(float(HD));
@@ -424,12 +478,12 @@ void launch_bwd_ws(float* dk, float* dv, const void* dout, const void* q, const 
   const CUtensorMap tm_dq = make_tmap_f32_2d(ws.dq_acc, HD, uint64_t(rows), BR);
   const CUtensorMap tm_lse2 = make_tmap_f32_1d(ws.lse2, uint64_t(rows), BR);
   const CUtensorMap tm_dvec = make_tmap_f32_1d(ws.dvec, uint64_t(rows), BR);
-  auto kernel = attention_bwd_ws_kernel<HD, BR, NS, DQ>;
+  auto kernel = attention_bwd_ws_kernel<HD, BR, NS, DQ, KVS>;
   allow_smem(kernel, Tile::kSmem);
-  const int64_t blocks = int64_t((T + kWsBc - 1) / kWsBc) * KVH * B * split.split;
+  const int64_t blocks = int64_t((T + kWsBc - 1) / kWsBc) * (KVH / kv_per) * B * split.split;
   kernel<<<dim3(unsigned(blocks)), 384, Tile::kSmem, stream>>>(tm_q, tm_k, tm_v, tm_do, tm_dq, tm_lse2, tm_dvec,
                                                                ws.dq_turn, dk, dv, B, T, t_pad, H, H / KVH, split,
-                                                               scale * kLog2e, scale, ws_bwd_head_major());
+                                                               kv_per, scale * kLog2e, scale, ws_bwd_head_major());
   check_launch("attention_bwd_ws_kernel");
 }
 
@@ -475,8 +529,10 @@ void backward_sm90_ws(void* dq, float* dk, float* dv, const void* dout, const vo
     check_launch("ws_bwd_prepass_kernel");
   };
   switch (hd) {
-    // Shared memory: K, V + NS stages of Q, dO, lse₂, D + 2 dSᵀ buffers + the fp32 dQ partial
-    // buffers = 145 KB (hd 64, 3 stages, 2 dQ buffers) and 193 KB (hd 128, 2 stages, 1).
+    // Shared memory: K, V slots + NS stages of Q, dO, lse₂, D + dSᵀ buffers + the fp32 dQ
+    // partial buffers = 195 KB (hd 64, 128-query steps, several KV heads a block: 2 K/V slots,
+    // 2 stages, 1 dSᵀ, 1 dQ), 194 KB (the same, one KV head: 1, 2, 2, 1), 145 KB (hd 64,
+    // 64-query steps: 1, 3, 2, 2) and 194 KB (hd 128: 1, 2, 2, 1).
     case 64:
       prepass(ws_bwd_prepass_kernel<64>);
       // 64-query steps: alternate measured 16-20 % faster than own_keys, whose writer waits for
@@ -488,7 +544,12 @@ void backward_sm90_ws(void* dq, float* dk, float* dv, const void* dout, const vo
         case 2:
           launch_bwd_ws<64, 64, 3, DqMode::alternate>(dk, dv, dout, q, k, v, B, T, H, KVH, split, ws, stream);
           break;
-        default: launch_bwd_ws<64, 128, 2, DqMode::half_rows>(dk, dv, dout, q, k, v, B, T, H, KVH, split, ws, stream);
+        default:
+          if (const int kv_per = bwd_kv_per_block(B, T, KVH, kWsBc, 128, split); kv_per > 1)
+            launch_bwd_ws<64, 128, 2, DqMode::half_rows, 2>(dk, dv, dout, q, k, v, B, T, H, KVH, split, ws, stream,
+                                                            kv_per);
+          else
+            launch_bwd_ws<64, 128, 2, DqMode::half_rows>(dk, dv, dout, q, k, v, B, T, H, KVH, split, ws, stream);
       }
       break;
     case 128:  // own_keys and alternate would need a 64 × 128 dQ accumulator besides dK, dV

@@ -56,67 +56,114 @@ __device__ __forceinline__ void dq_turn_pass(int* turn, int next) {
   st_release(turn, next);
 }
 
-// What a block of BC keys with query tiles of BR rows works on: (key tile jt, b, KV head g, head
-// slice from h0), and its steps.
+// What a block of BC keys with query tiles of BR rows works on: key tile jt of batch b, for
+// kv_items KV heads g0 .. g0 + kv_items - 1 one after another (an item each: its K, V, dK, dV),
+// each with the query heads of head slice `slice`; and its steps, steps_item an item, item-major.
+// Several items a block keep MHA blocks (one query head a KV head) from being so short that their
+// start and end dominate (ATTENTION_NOTES log 17).
 struct BwdBlockWork {
-  int jt, b, g, slice, h0, kv0, n_q, q_first, per_head, n_steps;
+  int jt, b, g0, slice, kv_items, h0, group, kv0, n_q, q_first, per_head, steps_item, n_steps;
 };
 template <int BC, int BR>
-__device__ __forceinline__ BwdBlockWork bwd_block_work(const DkdvSplit& split, int B, int T, int H, int group) {
-  const DkdvBlock blk = dkdv_block(split, B, H / group);
+__device__ __forceinline__ BwdBlockWork bwd_block_work(const DkdvSplit& split, int B, int T, int H, int group,
+                                                       int kv_per) {
+  const DkdvBlock blk = dkdv_block(split, B, H / group / kv_per);
   BwdBlockWork w;
   w.jt = blk.jt;
   w.b = blk.b;
-  w.g = blk.g;
+  w.g0 = blk.g * kv_per;
   w.slice = blk.slice;
-  w.h0 = blk.g * group + blk.slice * split.heads_per;
+  w.kv_items = kv_per;
+  w.group = group;
+  w.h0 = w.g0 * group + blk.slice * split.heads_per;
   w.kv0 = blk.jt * BC;
   w.n_q = (T + BR - 1) / BR;
   w.q_first = w.kv0 / BR;
   w.per_head = w.n_q - w.q_first;
-  w.n_steps = split.heads_per * w.per_head;
+  w.steps_item = split.heads_per * w.per_head;
+  w.n_steps = kv_per * w.steps_item;
   return w;
 }
 
-// The load thread of both kernels: K and V of the block once (128-byte-swizzled 64-column
-// regions, onto bar_kv), then per step into stage t % NS, once the stage is empty: Q and dO
-// (region c of stage s at q_stage + s·stage_elems + c·BR·64, the same from do_stage) and this
-// query tile's lse₂ and D, all onto bar_full[s].
-template <int HD, int BC, int BR, int NS>
+// Step t of a block: its item and (head, query tile); within an item, step_of's order.
+struct ItemStep {
+  int item;
+  Step st;
+};
+__device__ __forceinline__ ItemStep item_step(const BwdBlockWork& w, int t, int heads, bool head_major) {
+  const int item = t / w.steps_item;
+  return {item, step_of(t - item * w.steps_item, w.h0 + item * w.group, heads, w.q_first, w.per_head, head_major)};
+}
+
+// The load thread of both kernels: K and V of each item into slot item % KVS of a KVS-slot ring
+// (KVS 1 only for blocks of one item)
+// (128-byte-swizzled 64-column regions at sK/sV + slot·kv_slot_elems, onto bar_kv[slot]; a slot is
+// refilled once the consumers' 8 warps have arrived on bar_kv_empty[slot] after the item before
+// it), then per step into stage t % NS, once the stage is empty: Q and dO (region c of stage s at
+// q_stage + s·stage_elems + c·BR·64, the same from do_stage) and this query tile's lse₂ and D, all
+// onto bar_full[s]. An item's K/V load is issued before its first step's loads at the latest, and
+// as early as its slot is known to be free without waiting: once a stage the consumers released
+// belongs to an item after the slot's previous one.
+template <int HD, int BC, int BR, int NS, int KVS>
 __device__ __forceinline__ void ws_bwd_load(const BwdBlockWork& w, const CUtensorMap* tm_q, const CUtensorMap* tm_k,
                                             const CUtensorMap* tm_v, const CUtensorMap* tm_do,
                                             const CUtensorMap* tm_lse2, const CUtensorMap* tm_dvec, bf16* sK,
-                                            bf16* sV, bf16* q_stage, bf16* do_stage, int stage_elems, float* sL,
-                                            float* sD, uint64_t* bar_kv, uint64_t* bar_full, uint64_t* bar_empty,
-                                            int H, int KVH, int heads, int t_pad, bool head_major) {
+                                            bf16* sV, int kv_slot_elems, bf16* q_stage, bf16* do_stage,
+                                            int stage_elems, float* sL, float* sD, uint64_t* bar_kv,
+                                            uint64_t* bar_kv_empty, uint64_t* bar_full, uint64_t* bar_empty, int H,
+                                            int KVH, int heads, int t_pad, bool head_major) {
   constexpr int kChunks = HD / 64;
   tma_prefetch_map(tm_q);
   tma_prefetch_map(tm_do);
   tma_prefetch_map(tm_lse2);
   tma_prefetch_map(tm_dvec);
-  const int kv_row = w.b * KVH + w.g;
-  mbar_arrive_expect_tx(bar_kv, 2u * BC * HD * 2);
+  const auto load_kv = [&](int item) {
+    const int slot = item % KVS;
+    if (item >= KVS) mbar_wait(&bar_kv_empty[slot], (item / KVS - 1) & 1);
+    const int kv_row = w.b * KVH + w.g0 + item;
+    mbar_arrive_expect_tx(&bar_kv[slot], 2u * BC * HD * 2);
 #pragma unroll
-  for (int c = 0; c < kChunks; ++c) {
-    tma_load_3d(sK + c * BC * 64, tm_k, c * 64, w.kv0, kv_row, bar_kv);
-    tma_load_3d(sV + c * BC * 64, tm_v, c * 64, w.kv0, kv_row, bar_kv);
-  }
+    for (int c = 0; c < kChunks; ++c) {
+      tma_load_3d(sK + slot * kv_slot_elems + c * BC * 64, tm_k, c * 64, w.kv0, kv_row, &bar_kv[slot]);
+      tma_load_3d(sV + slot * kv_slot_elems + c * BC * 64, tm_v, c * 64, w.kv0, kv_row, &bar_kv[slot]);
+    }
+  };
+  // One slot holds the one item of a block (kv_items 1): its K/V load first, no more state (the
+  // load thread has 24 registers).
+  if (KVS == 1) load_kv(0);
+  int next_kv = KVS == 1 ? 1 : 0;  // the next item whose K/V load is not issued
   for (int t = 0; t < w.n_steps; ++t) {
     const int s = t % NS;
     if (t >= NS) mbar_wait(&bar_empty[s], (t / NS - 1) & 1);
-    const Step st = step_of(t, w.h0, heads, w.q_first, w.per_head, head_major);
-    const int qr0 = st.qi * BR;
+    const ItemStep is = KVS == 1 ? ItemStep{0, step_of(t, w.h0, heads, w.q_first, w.per_head, head_major)}
+                                 : item_step(w, t, heads, head_major);
+    if (KVS > 1) {
+      // Items the consumers have finished (kv_empty arrived): all before the item of step t - NS,
+      // whose stage they have released.
+      const int done = t >= NS ? (t - NS) / w.steps_item : 0;
+      while (next_kv < w.kv_items && (next_kv <= is.item || (next_kv < is.item + KVS && next_kv - KVS < done))) {
+        load_kv(next_kv);
+        ++next_kv;
+      }
+    }
+    const int qr0 = is.st.qi * BR;
     mbar_arrive_expect_tx(&bar_full[s], 2u * BR * HD * 2 + 2u * BR * 4);
 #pragma unroll
     for (int c = 0; c < kChunks; ++c) {
-      tma_load_3d(q_stage + s * stage_elems + c * BR * 64, tm_q, c * 64, qr0, w.b * H + st.h, &bar_full[s]);
-      tma_load_3d(do_stage + s * stage_elems + c * BR * 64, tm_do, st.h * HD + c * 64, qr0, w.b, &bar_full[s]);
+      tma_load_3d(q_stage + s * stage_elems + c * BR * 64, tm_q, c * 64, qr0, w.b * H + is.st.h, &bar_full[s]);
+      tma_load_3d(do_stage + s * stage_elems + c * BR * 64, tm_do, is.st.h * HD + c * 64, qr0, w.b, &bar_full[s]);
     }
-    const int vec0 = (w.b * H + st.h) * t_pad + qr0;
+    const int vec0 = (w.b * H + is.st.h) * t_pad + qr0;
     tma_load_1d(sL + s * BR, tm_lse2, vec0, &bar_full[s]);
     tma_load_1d(sD + s * BR, tm_dvec, vec0, &bar_full[s]);
   }
 }
+
+// KV heads a block works through (BwdBlockWork::kv_items) for key tiles of key_tile and query
+// tiles of q_tile: 1 with a head split; else the largest of 4, 3, 2 dividing KVH that keeps a
+// block's steps within kMaxBlockSteps and leaves kBlocksPerSm blocks an SM, else 1.
+// MLKV_ATTN_BWD_KV_PER=n (a divisor of KVH) forces it, for measurements.
+int bwd_kv_per_block(int B, int T, int KVH, int key_tile, int q_tile, const DkdvSplit& split);
 
 // hd 256 (attention_sm90_ws_backward_wide.cu): the main kernel only; the caller has run the
 // pre-pass (D, lse₂), zeroed the turn counters, and casts dQ afterwards.

@@ -168,6 +168,27 @@ TEST(Attention, WsBackwardOtherDqFormsMatchReference) {
   ::unsetenv("MLKV_ATTN_BWD_DQ");
 }
 
+// The warp-specialised backward at hd 64 with several KV heads a block (MLKV_ATTN_BWD_KV_PER,
+// the default for MHA shapes with many blocks): each KV head's K/V in a two-slot ring, its dK/dV
+// stored after its last step. MHA with 2, 3 and 4 heads a block; a single key tile, where an item
+// is one step (shorter than the 2-stage Q/dO ring); GQA (2 query heads a KV head, enough blocks
+// for no head split); reference, assign and determinism (check_case), and three layers summing.
+TEST(Attention, WsBackwardSeveralKvHeadsABlock) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  KernelFamily family(true);
+  for (const char* kv : {"2", "3", "4"}) {
+    ::setenv("MLKV_ATTN_BWD_KV_PER", kv, 1);
+    for (const AttnShape& s : {AttnShape{2, 300, 12, 12, 64}, AttnShape{3, 100, 12, 12, 64}})
+      check_case(s);
+  }
+  ::setenv("MLKV_ATTN_BWD_KV_PER", "3", 1);
+  check_case(AttnShape{17, 400, 6, 3, 64});
+  ::setenv("MLKV_ATTN_BWD_KV_PER", "2", 1);
+  check_layers_sharing_kv(mlkv::cuda::attention_forward, mlkv::cuda::attention_backward, AttnShape{2, 333, 4, 4, 64},
+                          82);
+  ::unsetenv("MLKV_ATTN_BWD_KV_PER");
+}
+
 // The warp-specialised forward with one block per SM walking the work tiles (its K/V ring and
 // barrier phases running on across tiles) and with one block per work tile: both match the
 // reference and each other bitwise. The shapes have more work tiles than an H100/H200 has SMs, so
