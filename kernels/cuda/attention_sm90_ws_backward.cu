@@ -36,6 +36,7 @@
 #include <climits>
 #include <cmath>
 #include <cstdint>
+#include <string>
 
 #include "core/env.h"
 #include "kernels/cuda/attention_launch.cuh"
@@ -468,6 +469,9 @@ void launch_bwd_ws(float* dk, float* dv, const void* dout, const void* q, const 
                    int H, int KVH, const DkdvSplit& split, const WsBwdScratch& ws, cudaStream_t stream,
                    int kv_per = 1) {
   using Tile = WsBwdTile<HD, BR, NS, DQ, KVS>;
+  if (kv_per < 1 || KVH % kv_per != 0 || (KVS == 1 && kv_per != 1))  // one slot: the kernel takes one item
+    throw Error("attention_backward: " + std::to_string(kv_per) + " KV heads a block with " + std::to_string(KVS) +
+                " K/V slot(s) and " + std::to_string(KVH) + " KV heads");
   const int t_pad = ws_t_pad(T);
   const int64_t rows = int64_t(B) * H * t_pad;
   const float scale = 1.f / std::sqrt(float(HD));
