@@ -153,7 +153,7 @@ __global__ void __launch_bounds__(384, 1)
       // (alternate), the one (half_cols).
       constexpr int kPerStep = DQ == DqMode::own_keys ? 2 : 1;
       for (int t = 0; t < n_steps; ++t) {
-        const Step st = item_step(w, t, split.heads_per, head_major).st;
+        const Step st = item_step<kKVS>(w, t, split.heads_per, head_major).st;
         int* turn = dq_turn + (int64_t(b) * H + st.h) * n_q + st.qi;
         const int row = (b * H + st.h) * t_pad + st.qi * kBr;
         for (int i = 0; i < kPerStep; ++i) {
@@ -205,9 +205,7 @@ __global__ void __launch_bounds__(384, 1)
   };
   for (int t = 0; t < n_steps; ++t) {
     const int s = t % NS;
-    // One item a block at kKVS 1: no per-step division (at hd 128 it costs a spilled register).
-    const ItemStep is = kKVS > 1 ? item_step(w, t, split.heads_per, head_major)
-                                 : ItemStep{0, step_of(t, w.h0, split.heads_per, w.q_first, w.per_head, head_major)};
+    const ItemStep is = item_step<kKVS>(w, t, split.heads_per, head_major);
     const int t_item = t - is.item * w.steps_item, slot = is.item % kKVS;
     const uint32_t k_addr = smem_addr(sK + slot * kBc * HD), v_addr = smem_addr(sV + slot * kBc * HD);
     if (t_item == 0) mbar_wait(&bar_kv[slot], (is.item / kKVS) & 1);

@@ -61,7 +61,7 @@ __global__ void __launch_bounds__(384, 1)
                                  bool head_major) {
 #ifdef MLKV_SM90A
   extern __shared__ unsigned char smem_raw[];
-  __shared__ __align__(8) uint64_t bar_kv, bar_kv_empty, bar_full[kNs], bar_empty[kNs], bar_dq_full[kNs];
+  __shared__ __align__(8) uint64_t bar_kv, bar_full[kNs], bar_empty[kNs], bar_dq_full[kNs];
   unsigned char* base = smem_align1024(smem_raw);
   bf16* sK = reinterpret_cast<bf16*>(base);  // [kChunks][kBc × 64], 128-byte swizzle (TMA)
   bf16* sV = sK + kBc * kHd;                 // [kChunks][kBc × 64]
@@ -78,7 +78,6 @@ __global__ void __launch_bounds__(384, 1)
 
   if (tid == 0) {
     mbar_init(&bar_kv, 1);
-    mbar_init(&bar_kv_empty, 8);  // unused with one item a block
 #pragma unroll
     for (int s = 0; s < kNs; ++s) {
       mbar_init(&bar_full[s], 1);
@@ -94,12 +93,12 @@ __global__ void __launch_bounds__(384, 1)
     if (tid == 0) {  // loads; a stage is [Q: kChunks regions][dO: kChunks regions]
       ws_bwd_load<kHd, kBc, kBr, kNs, 1>(w, &tm_q, &tm_k, &tm_v, &tm_do, &tm_lse2, &tm_dvec, sK, sV, kBc * kHd, sQ,
                                          sQ + kChunks * kBr * 64, 2 * kChunks * kBr * 64, sL, sD, &bar_kv,
-                                         &bar_kv_empty, bar_full, bar_empty, H, KVH, split.heads_per, t_pad,
+                                         nullptr, bar_full, bar_empty, H, KVH, split.heads_per, t_pad,
                                          head_major);
     } else if (tid == 32) {  // the dQ writer
       for (int t = 0; t < w.n_steps; ++t) {
         const int s = t % kNs;
-        const Step st = item_step(w, t, split.heads_per, head_major).st;
+        const Step st = item_step<1>(w, t, split.heads_per, head_major).st;
         int* turn = dq_turn + (int64_t(b) * H + st.h) * w.n_q + st.qi;
         const int row = (b * H + st.h) * t_pad + st.qi * kBr;
         const unsigned char* stage = reinterpret_cast<const unsigned char*>(sQ + s * 2 * kBr * kHd);
@@ -138,7 +137,7 @@ __global__ void __launch_bounds__(384, 1)
 
   for (int t = 0; t < w.n_steps; ++t) {
     const int s = t % kNs;
-    const Step stp = item_step(w, t, split.heads_per, head_major).st;
+    const Step stp = item_step<1>(w, t, split.heads_per, head_major).st;
     const int qr0 = stp.qi * kBr;
     const uint32_t q_addr = smem_addr(sQ + s * 2 * kBr * kHd);
     const uint32_t do_addr = q_addr + kQBytes;

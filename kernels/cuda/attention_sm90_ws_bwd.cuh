@@ -85,18 +85,21 @@ __device__ __forceinline__ BwdBlockWork bwd_block_work(const DkdvSplit& split, i
   return w;
 }
 
-// Step t of a block: its item and (head, query tile); within an item, step_of's order.
+// Step t of a block: its item and (head, query tile); within an item, step_of's order. KVS 1 (a
+// block of one item) skips the division by steps_item (at hd 128 it costs a spilled register).
 struct ItemStep {
   int item;
   Step st;
 };
+template <int KVS>
 __device__ __forceinline__ ItemStep item_step(const BwdBlockWork& w, int t, int heads, bool head_major) {
+  if constexpr (KVS == 1) return {0, step_of(t, w.h0, heads, w.q_first, w.per_head, head_major)};
   const int item = t / w.steps_item;
   return {item, step_of(t - item * w.steps_item, w.h0 + item * w.group, heads, w.q_first, w.per_head, head_major)};
 }
 
 // The load thread of both kernels: K and V of each item into slot item % KVS of a KVS-slot ring
-// (KVS 1 only for blocks of one item)
+// (KVS 1 only for blocks of one item; bar_kv_empty is then never used and may be null)
 // (128-byte-swizzled 64-column regions at sK/sV + slot·kv_slot_elems, onto bar_kv[slot]; a slot is
 // refilled once the consumers' 8 warps have arrived on bar_kv_empty[slot] after the item before
 // it), then per step into stage t % NS, once the stage is empty: Q and dO (region c of stage s at
@@ -135,8 +138,7 @@ __device__ __forceinline__ void ws_bwd_load(const BwdBlockWork& w, const CUtenso
   for (int t = 0; t < w.n_steps; ++t) {
     const int s = t % NS;
     if (t >= NS) mbar_wait(&bar_empty[s], (t / NS - 1) & 1);
-    const ItemStep is = KVS == 1 ? ItemStep{0, step_of(t, w.h0, heads, w.q_first, w.per_head, head_major)}
-                                 : item_step(w, t, heads, head_major);
+    const ItemStep is = item_step<KVS>(w, t, heads, head_major);
     if (KVS > 1) {
       // Items the consumers have finished (kv_empty arrived): all before the item of step t - NS,
       // whose stage they have released.
