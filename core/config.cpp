@@ -136,7 +136,7 @@ const std::vector<Key>& schema() {
     k.push_back(MLKV_KEY(train, seq_len, "Tokens per training sequence; at most `model.max_seq_len`.").min(1).max(1 << 20));
     k.push_back(MLKV_KEY(train, seed, "Seed of initialisation and data order.").min(0));
     k.push_back(MLKV_KEY(train, backend, "Compute backend; auto = cuda when a GPU is present, else cpu.").one_of({"auto", "cpu", "cuda"}));
-    k.push_back(MLKV_KEY(train, attention, "CUDA attention: auto = the faster measured path per head dim and KV grouping (ours at head dim 64 with 3 or more query heads a KV head, cuDNN's elsewhere; ours where cuDNN is missing or cannot run the shape; the start-up line says which and why); flash = our MLKV kernels (deterministic); cudnn = cuDNN's fused SDPA (needs cuDNN at build time). The CPU backend has one reference for all three.").one_of({"auto", "flash", "cudnn"}));
+    k.push_back(MLKV_KEY(train, attention, "CUDA attention: auto = the faster measured path per head dim and KV grouping (ours at head dim 64, and at 80 with K/V shared by 2 or more query heads, cuDNN's elsewhere; ours where cuDNN is missing or cannot run the shape; the start-up line says which and why); flash = our MLKV kernels (deterministic); cudnn = cuDNN's fused SDPA (needs cuDNN at build time). The CPU backend has one reference for all three.").one_of({"auto", "flash", "cudnn"}));
     k.push_back(MLKV_KEY(train, recompute, "Activation recomputation in backward.").one_of({"none", "attention", "block"}));
     k.push_back(MLKV_KEY(train, init_from, "Checkpoint directory to start from at step 0 (e.g. mlkv-convert output); empty = random init."));
     k.push_back(MLKV_KEY(train, eval_interval, "Steps between validation passes; 0 = only at the end.").min(0));

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The README's one-GPU training table (issues 6 and 15): `mlkv-bench train` over Pythia 160M (every
 # KV plan), 410M, 1B, 2.8B and 6.9B with the default attention (train.attention = "auto": the
-# faster measured path per head dim and KV grouping: ours at hd 64 with ≥ 3 query heads a KV head,
-# cuDNN's elsewhere) and, where the third field says y, again with
-# our own kernels (train.attention = "flash"). Prints each run's RESULT line, then one markdown row
+# faster measured path per head dim and KV grouping: ours at hd 64, and at hd 80 with K/V shared,
+# cuDNN's elsewhere) and, where the third field says y, again with our own kernels
+# (train.attention = "flash"). Prints each run's RESULT line, then one markdown row
 # per run; the attention column is "asked: used".
 #   scripts/bench_train.sh [BIN_DIR]        default build/bin
 #   RUNS="config|settings|y-or-n ..." to choose rows; STEPS, WARMUP (default 5, 2) per run;

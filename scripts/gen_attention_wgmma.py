@@ -22,7 +22,7 @@ long (up to 128 registers), hence the generator. Run: python3 scripts/gen_attent
 import pathlib
 
 SS = [(32, 0, 0), (64, 0, 0), (128, 0, 0), (64, 1, 0), (80, 1, 0), (128, 1, 0), (256, 1, 0), (64, 1, 1), (128, 1, 1)]  # (N, trans-b, trans-a)
-RS = [64, 128, 256]  # N; B always MN-major (V in O += P·V)
+RS = [64, 80, 128, 256]  # N; B always MN-major (V in O += P·V; dV, dK at hd 80)
 
 
 def regs(n):

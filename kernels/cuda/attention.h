@@ -48,21 +48,22 @@ void attention_release_workspace();
 // and up) do. Both compute the same function; the switch exists for tests and benchmarks.
 void attention_use_sm90(bool enable);
 bool attention_sm90_active();  // whether calls on the current device take the wgmma kernels
-// Forward kernel within the sm90 family: for hd 64, 128 and 256 the warp-specialised one (TMA
-// producer, two consumer warpgroups, ping-pong) unless attention_use_ws_forward(false) selects the
-// lockstep one (all warpgroups behind one block barrier a tile), which hd 80 always runs.
+// Forward kernel within the sm90 family: the warp-specialised one (TMA producer, two consumer
+// warpgroups, ping-pong; hd 80 with group = H / KVH ≥ 2 on the hd-128 kernel with zero-filled
+// columns) unless attention_use_ws_forward(false) selects the lockstep one (all warpgroups behind
+// one block barrier a tile), which hd 80 MHA runs.
 void attention_use_ws_forward(bool enable);
-bool attention_ws_forward_active(int hd);
+bool attention_ws_forward_active(int hd, int group);
 // The forward kernel that calls at head dim hd take on the current device, in words (benchmarks
 // and test logs): "warp-specialised, ping-pong", "warp-specialised, no ping-pong", "lockstep
 // wgmma" or "mma.sync".
-const char* attention_forward_kernel(int hd);
-// Backward kernel within the sm90 family: for hd 64, 128 and 256 the warp-specialised one (dQ, dK,
-// dV in one kernel, 5 products per tile pair, dQ added in a fixed key-tile order) unless
-// attention_use_ws_backward(false) selects the two-kernel one (dq kernel + dK/dV kernel, 7
-// products), which hd 80 always runs. attention_backward_kernel names it.
+const char* attention_forward_kernel(int hd, int group);
+// Backward kernel within the sm90 family: the warp-specialised one (dQ, dK, dV in one kernel, 5
+// products per tile pair, dQ added in a fixed key-tile order; hd 80 with group ≥ 2 on the hd-128
+// kernel) unless attention_use_ws_backward(false) selects the two-kernel one (dq kernel + dK/dV
+// kernel, 7 products), which hd 80 MHA runs. attention_backward_kernel names it.
 void attention_use_ws_backward(bool enable);
-bool attention_ws_backward_active(int hd);
-const char* attention_backward_kernel(int hd);
+bool attention_ws_backward_active(int hd, int group);
+const char* attention_backward_kernel(int hd, int group);
 
 }  // namespace mlkv::cuda

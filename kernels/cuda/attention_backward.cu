@@ -409,7 +409,7 @@ float* workspace(size_t bytes) { return static_cast<float*>(g_workspace.get(byte
 size_t dvec_floats(int B, int T, int H) { return (size_t(B) * H * T + 63) / 64 * 64; }
 
 // The head split of whichever dK/dV kernel attention_backward will run for hd (ws: the
-// warp-specialised backward, ws_backward_enabled(hd)).
+// warp-specialised backward, ws_backward_enabled).
 DkdvSplit dkdv_split_for(int B, int T, int H, int KVH, int hd, bool ws) {
   if (ws) return choose_dkdv_split(B, T, H, KVH, backward_ws_key_tile(hd));
   const bool sm90 = sm90_enabled() && backward_dkdv_sm90_supports(hd);
@@ -426,7 +426,7 @@ size_t head_floats(int B, int T, int H, int hd, bool ws) {
 }  // namespace attn
 
 size_t attention_backward_workspace_bytes(int B, int T, int H, int KVH, int hd) {
-  const bool ws = attn::ws_backward_enabled(hd);
+  const bool ws = attn::ws_backward_enabled(hd, H / KVH);
   const attn::DkdvSplit split = attn::dkdv_split_for(B, T, H, KVH, hd, ws);
   return (attn::head_floats(B, T, H, hd, ws) + attn::dkdv_partial_floats(split, B, T, KVH, hd)) * sizeof(float);
 }
@@ -440,7 +440,7 @@ void attention_backward(void* dq, float* dk, float* dv, const void* dout, const 
   const void* ptrs[] = {dq, dk, dv, dout, q, k, v, out};
   for (const void* p : ptrs)
     if (!attn::aligned16(p)) throw Error("attention_backward: all tensors must be 16-byte aligned");
-  const bool ws = attn::ws_backward_enabled(hd);
+  const bool ws = attn::ws_backward_enabled(hd, H / KVH);
   attn::DkdvSplit split = attn::dkdv_split_for(B, T, H, KVH, hd, ws);
   split.slice0_adds = accumulate;
   const size_t n_part = attn::dkdv_partial_floats(split, B, T, KVH, hd);

@@ -156,10 +156,13 @@ __device__ __forceinline__ void scale_rows(float (&o)[N / 2], const float (&alph
 // read must stay behind the writes before it (dk and dv may alias, as far as the compiler knows),
 // so each would wait a whole global-memory latency, N / 4 of them in a row; the reads of up to
 // 16 pairs are issued together instead, then their writes.
-template <int N, int ROW = N>
+// COLS < N: the accumulators' columns past COLS are padding (hd 80 on the 128-column kernel),
+// never stored.
+template <int N, int ROW = N, int COLS = N>
 __device__ __forceinline__ void add_dkdv_acc(const DkdvOut& out, int64_t kvbase, int key_r, int T, int lane,
                                              const float (&dka)[N / 2], const float (&dva)[N / 2], float scale) {
-  constexpr int kPairs = N / 4;  // (dt, hr): column pair 8·dt + 2·(lane % 4), key key_r + 8·hr
+  static_assert(COLS <= N && COLS % 8 == 0, "whole 8-column accumulator tiles");
+  constexpr int kPairs = COLS / 4;  // (dt, hr): column pair 8·dt + 2·(lane % 4), key key_r + 8·hr
   constexpr int kGroup = kPairs < 16 ? kPairs : 16;
   const auto offset = [&](int p) { return kvbase + int64_t(key_r + (p & 1) * 8) * ROW + (p >> 1) * 8 + (lane & 3) * 2; };
 #pragma unroll

@@ -12,9 +12,12 @@ namespace mlkv::cuda::attn {
 // called. Checked once per device with a tiny probe kernel (do not first call it under graph capture).
 bool sm90_enabled();
 
-// The warp-specialised forward (attention_sm90_ws_forward.cu) for hd 64, 128, 256; forward_sm90
-// takes it unless attention_use_ws_forward(false) was called.
-bool forward_ws_supports(int hd);
+// Whether the warp-specialised kernels (attention_sm90_ws_forward.cu, _ws_backward.cu) take head
+// dim hd with `group` query heads a KV head: hd 64, 128, 256; hd 80 (on the hd-128 kernels,
+// columns 80-127 zero-filled) when K/V are shared (group ≥ 2), where they measured faster than
+// the lockstep forward and two-kernel backward on 80 real columns, which MHA keeps (ATTENTION_NOTES
+// log 18). forward_sm90 takes them unless attention_use_ws_forward(false) was called.
+bool ws_kernels_take(int hd, int group);
 bool ws_pingpong();  // false after MLKV_ATTN_PINGPONG=0 (a measurement switch)
 void forward_sm90_ws(void* out, float* lse, const void* q, const void* k, const void* v, int B, int T, int H,
                      int KVH, int hd, cudaStream_t stream);
@@ -44,13 +47,13 @@ struct WsBwdScratch {
   float* dq_acc = nullptr;  // fp32 dQ, [B·H, T padded, hd]
   int* dq_turn = nullptr;   // per (b, h, 64-query tile): key tiles added so far
 };
-bool backward_ws_supports(int hd);
 int backward_ws_key_tile(int hd);
 size_t ws_backward_scratch_floats(int B, int T, int H, int hd);
 WsBwdScratch ws_backward_scratch(float* base, int B, int T, int H, int hd);
 void backward_sm90_ws(void* dq, float* dk, float* dv, const void* dout, const void* q, const void* k, const void* v,
                       const void* out, const float* lse, int B, int T, int H, int KVH, int hd,
                       const DkdvSplit& split, const WsBwdScratch& ws, cudaStream_t stream);
-bool ws_backward_enabled(int hd);  // sm90 on, hd supported, not turned off by attention_use_ws_backward
+// sm90 on, ws_kernels_take(hd, group), not turned off by attention_use_ws_backward
+bool ws_backward_enabled(int hd, int group);
 
 }  // namespace mlkv::cuda::attn

@@ -253,7 +253,7 @@ void forward_sm90(void* out, float* lse, const void* q, const void* k, const voi
   bool ws = false;
   {
     std::lock_guard<std::mutex> lock(g_probe_mutex);
-    ws = g_ws_forward && forward_ws_supports(hd);
+    ws = g_ws_forward && ws_kernels_take(hd, H / KVH);
   }
   if (ws) return forward_sm90_ws(out, lse, q, k, v, B, T, H, KVH, hd, stream);
   switch (hd) {
@@ -266,8 +266,8 @@ void forward_sm90(void* out, float* lse, const void* q, const void* k, const voi
   }
 }
 
-bool ws_backward_enabled(int hd) {
-  if (!sm90_enabled() || !backward_ws_supports(hd)) return false;
+bool ws_backward_enabled(int hd, int group) {
+  if (!sm90_enabled() || !ws_kernels_take(hd, group)) return false;
   std::lock_guard<std::mutex> lock(g_probe_mutex);
   return g_ws_backward;
 }
@@ -286,8 +286,8 @@ void attention_use_ws_forward(bool enable) {
   attn::g_ws_forward = enable;
 }
 
-bool attention_ws_forward_active(int hd) {
-  if (!attn::sm90_enabled() || !attn::forward_ws_supports(hd)) return false;
+bool attention_ws_forward_active(int hd, int group) {
+  if (!attn::sm90_enabled() || !attn::ws_kernels_take(hd, group)) return false;
   std::lock_guard<std::mutex> lock(attn::g_probe_mutex);
   return attn::g_ws_forward;
 }
@@ -297,17 +297,17 @@ void attention_use_ws_backward(bool enable) {
   attn::g_ws_backward = enable;
 }
 
-bool attention_ws_backward_active(int hd) { return attn::ws_backward_enabled(hd); }
+bool attention_ws_backward_active(int hd, int group) { return attn::ws_backward_enabled(hd, group); }
 
-const char* attention_backward_kernel(int hd) {
+const char* attention_backward_kernel(int hd, int group) {
   if (!attn::sm90_enabled()) return "mma.sync";
-  if (attn::ws_backward_enabled(hd)) return "warp-specialised";
+  if (attn::ws_backward_enabled(hd, group)) return "warp-specialised";
   return attn::backward_dkdv_sm90_supports(hd) ? "two-kernel wgmma" : "two-kernel wgmma (mma.sync dK/dV)";
 }
 
-const char* attention_forward_kernel(int hd) {
+const char* attention_forward_kernel(int hd, int group) {
   if (!attn::sm90_enabled()) return "mma.sync";
-  if (!attention_ws_forward_active(hd)) return "lockstep wgmma";
+  if (!attention_ws_forward_active(hd, group)) return "lockstep wgmma";
   return attn::ws_pingpong() ? "warp-specialised, ping-pong" : "warp-specialised, no ping-pong";
 }
 

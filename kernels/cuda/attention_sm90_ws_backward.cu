@@ -1,7 +1,8 @@
 // MLKV flash-attention backward, warp-specialised (FlashAttention-3's Hopper structure, sm_90a),
-// for hd 64 and 128 (hd 256: attention_sm90_ws_backward_wide.cu, launched from here): one kernel
-// computes dQ, dK and dV with 5 tile products per (query tile, key tile) pair instead of the
-// two-kernel scheme's 7 (attention_sm90_backward.cu, which hd 80 keeps). Same contract as
+// for hd 64 and 128, and hd 80 on the hd-128 kernel with zero-filled columns (hd 256:
+// attention_sm90_ws_backward_wide.cu, launched from here): one kernel computes dQ, dK and dV with
+// 5 tile products per (query tile, key tile) pair instead of the two-kernel scheme's 7
+// (attention_sm90_backward.cu). Same contract as
 // attention_backward (attention.h): dq assigned, dk/dv fp32 accumulated, bitwise deterministic.
 //
 // One block = one producer warpgroup + two consumer warpgroups, per (key tile of 128 keys, b, KV
@@ -33,12 +34,14 @@
 // A pre-pass writes D = rowsum(dO∘O) and lse·log2e with T padded to 128 rows (lse₂ = +inf past T,
 // so those rows' P is 0); a post-pass turns the fp32 dQ into bf16 dq.
 #include <algorithm>
+#include <atomic>
 #include <climits>
 #include <cmath>
 #include <cstdint>
 #include <string>
 
 #include "core/env.h"
+#include "core/logging.h"
 #include "kernels/cuda/attention_launch.cuh"
 #include "kernels/cuda/attention_sm90.cuh"
 #include "kernels/cuda/attention_sm90.h"
@@ -83,7 +86,7 @@ struct WsBwdTile {
   static constexpr int kDqWarps = kShared ? 8 : 4;  // warps writing one buffer
   static constexpr size_t kSmem = 1024 + 2 * size_t(kKVS) * kKVBytes + 2 * size_t(NS) * kQBytes + kDsBufs * kDSBytes +
                                   size_t(kNdq) * kDQBytes + 2 * size_t(NS) * kVecBytes;
-  static_assert(HD == 64 || HD == 128, "hd 256 has its own kernel, hd 80 keeps the two-kernel backward");
+  static_assert(HD == 64 || HD == 128, "hd 256 has its own kernel; hd 80 runs on the hd-128 one");
   static_assert(KVS == 1 || KVS == 2, "one item's K/V, or a two-slot ring");
   static_assert(kSmem + 256 <= 227 * 1024, "shared memory per block, the static barriers included");
   static_assert(kDqN == 64, "the dQ product reads one 64-column region of K (a 64 × 64 accumulator)");
@@ -92,7 +95,11 @@ struct WsBwdTile {
   static_assert(BR % 64 == 0 && kWsPad % BR == 0, "query tiles of whole swizzle regions that tile the padding");
 };
 
-template <int HD, int BR, int NS, DqMode DQ, int KVS>
+// HDR: the tensors' head dim; HD (a multiple of 64) the kernel's, the columns past HDR zero
+// (TMA fills them) and never stored: hd 80 runs on the hd-128 kernel. NACC: the columns of the
+// dK, dV accumulators and products, HDR rounded up to 16 (80 measured as fast as 128 and holds
+// 48 fewer registers; ATTENTION_NOTES log 18).
+template <int HD, int BR, int NS, DqMode DQ, int KVS, int HDR, int NACC>
 __global__ void __launch_bounds__(384, 1)
     attention_bwd_ws_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
                             const __grid_constant__ CUtensorMap tm_v, const __grid_constant__ CUtensorMap tm_do,
@@ -163,7 +170,7 @@ __global__ void __launch_bounds__(384, 1)
           mbar_wait(&bar_dq_full[nb], use & 1);
           if (i == 0) dq_turn_wait(turn, jt);
 #pragma unroll
-          for (int r = 0; r < HD / 32; ++r) {
+          for (int r = 0; r < ws_dq_cols(HDR) / 32; ++r) {  // all-padding columns are not added
             if (jt == 0 && i == 0)
               tma_store_2d(&tm_dq, r * 32, row, src + r * kBr * 32);
             else
@@ -189,9 +196,10 @@ __global__ void __launch_bounds__(384, 1)
   const int cw = wg - 1, wq = warp & 3;
   const int wg_key0 = kv0 + cw * 64;
   const int key_r = wg_key0 + wq * 16 + (lane >> 2);  // this thread's keys: key_r, key_r + 8
-  float dva[HD / 2], dka[HD / 2];
+  static_assert(NACC >= HDR && NACC <= HD && NACC % 16 == 0, "dK, dV columns: HDR's, in 16s, within HD");
+  float dva[NACC / 2], dka[NACC / 2];
 #pragma unroll
-  for (int i = 0; i < HD / 2; ++i) dva[i] = dka[i] = 0.f;
+  for (int i = 0; i < NACC / 2; ++i) dva[i] = dka[i] = 0.f;
   // Products that start a fresh accumulator (scale-d 0) still take it as an asm input; zeroing it
   // just before the issue keeps the previous step's values from being live across the loop.
   float s_t[kBr / 2], dpt[kBr / 2], dqa[Tile::kDqN / 2];
@@ -200,8 +208,8 @@ __global__ void __launch_bounds__(384, 1)
   // dK, dV of an item: slice 0 adds into the caller's sums (or assigns them); slice s > 0 writes
   // partial s-1.
   const auto store_dkdv = [&](int item) {
-    const DkdvOut dst(dk, dv, split, w.slice, int64_t(B) * KVH * T * HD);
-    add_dkdv_acc<HD>(dst, (int64_t(b) * KVH + w.g0 + item) * T * HD, key_r, T, lane, dka, dva, scale);
+    const DkdvOut dst(dk, dv, split, w.slice, int64_t(B) * KVH * T * HDR);
+    add_dkdv_acc<NACC, HDR, HDR>(dst, (int64_t(b) * KVH + w.g0 + item) * T * HDR, key_r, T, lane, dka, dva, scale);
   };
   for (int t = 0; t < n_steps; ++t) {
     const int s = t % NS;
@@ -216,21 +224,22 @@ __global__ void __launch_bounds__(384, 1)
     mbar_wait(&bar_full[s], (t / NS) & 1);
 
     // Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ (this consumer's 64 keys × kBr queries), a commit group each
-    // (two loops, not one helper: folding them into a lambda changed this kernel's SASS).
+    // (two loops, not one helper: folding them into a lambda changed this kernel's SASS); the
+    // k-steps over columns past HDR would add zeros and are skipped.
 #pragma unroll
     for (int i = 0; i < kBr / 2; ++i) s_t[i] = dpt[i] = 0.f;
     fence_regs(s_t);
     fence_regs(dpt);
     wgmma_fence();
 #pragma unroll
-    for (int ks = 0; ks < HD / 16; ++ks) {
+    for (int ks = 0; ks < (HDR + 15) / 16; ++ks) {
       const uint32_t in = (ks / 4) * kBc * 128 + cw * 64 * 128 + (ks % 4) * 32;
       const uint32_t inq = (ks / 4) * kBr * 128 + (ks % 4) * 32;
       WgmmaSS<kBr>::run(s_t, desc_sw128(k_addr + in, 16, 1024), desc_sw128(q_addr + inq, 16, 1024), ks > 0);
     }
     wgmma_commit();
 #pragma unroll
-    for (int ks = 0; ks < HD / 16; ++ks) {
+    for (int ks = 0; ks < (HDR + 15) / 16; ++ks) {
       const uint32_t in = (ks / 4) * kBc * 128 + cw * 64 * 128 + (ks % 4) * 32;
       const uint32_t inq = (ks / 4) * kBr * 128 + (ks % 4) * 32;
       WgmmaSS<kBr>::run(dpt, desc_sw128(v_addr + in, 16, 1024), desc_sw128(do_addr + inq, 16, 1024), ks > 0);
@@ -277,10 +286,10 @@ __global__ void __launch_bounds__(384, 1)
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kBr / 16; ++kk)
-      WgmmaRS<HD>::run(dva, pa[kk], desc_sw128(do_addr + kk * 2048, kBr * 128, 1024), 1);
+      WgmmaRS<NACC>::run(dva, pa[kk], desc_sw128(do_addr + kk * 2048, kBr * 128, 1024), 1);
 #pragma unroll
     for (int kk = 0; kk < kBr / 16; ++kk)
-      WgmmaRS<HD>::run(dka, dsa[kk], desc_sw128(q_addr + kk * 2048, kBr * 128, 1024), 1);
+      WgmmaRS<NACC>::run(dka, dsa[kk], desc_sw128(q_addr + kk * 2048, kBr * 128, 1024), 1);
     wgmma_commit();
 
     // dSᵀ → buffer ds_buf in the 128-byte-swizzle layout (row = key, 64 queries = 128 bytes a
@@ -370,7 +379,7 @@ __global__ void __launch_bounds__(384, 1)
       if (lane == 0) mbar_arrive(&bar_kv_empty[slot]);
       store_dkdv(is.item);
 #pragma unroll
-      for (int i = 0; i < HD / 2; ++i) dva[i] = dka[i] = 0.f;
+      for (int i = 0; i < NACC / 2; ++i) dva[i] = dka[i] = 0.f;
     }
   }
   if (kKVS == 1) store_dkdv(0);  // one item a block (hd 128: inside the loop, the epilogue spills)
@@ -378,12 +387,15 @@ __global__ void __launch_bounds__(384, 1)
 }
 
 // Pre-pass: for every (b, h) and padded row t < t_pad, D = rowsum(dO∘O) and lse₂ = lse·log2e
-// (0 and +inf past T). HD/8 lanes a row, 8 elements each.
+// (0 and +inf past T). HD/8 lanes a row, 8 elements each, in a power-of-two group (hd 80: 10 of
+// 16) for the shuffle sum.
+__host__ __device__ constexpr int prepass_lanes(int hd) { return hd <= 64 ? 8 : hd <= 128 ? 16 : 32; }
 template <int HD>
 __global__ void ws_bwd_prepass_kernel(float* __restrict__ dvec, float* __restrict__ lse2,
                                       const bf16* __restrict__ dout, const bf16* __restrict__ out,
                                       const float* __restrict__ lse, int T, int H, int t_pad, int64_t n_rows) {
-  constexpr int kLanes = HD / 8;
+  constexpr int kLanes = prepass_lanes(HD);
+  static_assert(HD % 8 == 0 && HD <= 256, "8-element pieces, at most 32 a row");
   const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   const int64_t r = i / kLanes;
   const int c = int(i % kLanes);
@@ -391,7 +403,7 @@ __global__ void ws_bwd_prepass_kernel(float* __restrict__ dvec, float* __restric
   const int64_t bh = live ? r / t_pad : 0;
   const int t = live ? int(r % t_pad) : 0;
   float acc = 0.f;
-  if (live && t < T) {
+  if (live && t < T && c < HD / 8) {
     const int64_t off = ((bh / H) * T + t) * int64_t(H) * HD + (bh % H) * HD + c * 8;
     const uint4 x = *reinterpret_cast<const uint4*>(dout + off);
     const uint4 y = *reinterpret_cast<const uint4*>(out + off);
@@ -411,14 +423,15 @@ __global__ void ws_bwd_prepass_kernel(float* __restrict__ dvec, float* __restric
   }
 }
 
-// Post-pass: dq[B, H, T, hd] bf16 = scale · the fp32 accumulator [B·H, t_pad, hd] (rows < T).
+// Post-pass: dq[B, H, T, hd] bf16 = scale · the fp32 accumulator [B·H, t_pad, acc4·4] (rows < T;
+// acc4·4 = ws_dq_cols(hd)).
 __global__ void ws_bwd_dq_cast_kernel(bf16* __restrict__ dq, const float4* __restrict__ acc, int T, int t_pad,
-                                      int hd4, int64_t n4, float scale) {
+                                      int hd4, int acc4, int64_t n4, float scale) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n4; i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t row = i / hd4;  // row of dq: (b·H + h)·T + t
     const int64_t bh = row / T;
     const int t = int(row % T);
-    const float4 a = acc[(bh * t_pad + t) * hd4 + i % hd4];
+    const float4 a = acc[(bh * t_pad + t) * acc4 + i % hd4];
     uint2 o;
     o.x = pack_bf16(a.x * scale, a.y * scale);
     o.y = pack_bf16(a.z * scale, a.w * scale);
@@ -447,7 +460,16 @@ constexpr int kBlocksPerSm = 4;
 int bwd_kv_per_block(int B, int T, int KVH, int key_tile, int q_tile, const DkdvSplit& split) {
   if (split.split != 1) return 1;
   const long forced = env_int("MLKV_ATTN_BWD_KV_PER", 0);
-  if (forced > 0) return KVH % forced == 0 ? int(forced) : 1;
+  if (forced > 0 && KVH % forced == 0) return int(forced);
+  if (forced > 0 || forced < 0) {
+    // A measurement taken with a value the shape cannot take would otherwise measure the
+    // default under the forced value's name.
+    static std::atomic<bool> warned{false};
+    if (!warned.exchange(true))
+      log::warn("MLKV_ATTN_BWD_KV_PER=" + std::to_string(forced) + " does not divide the " + std::to_string(KVH) +
+                " KV heads (or is negative): one KV head a block (warned once)");
+    return 1;
+  }
   const int n_kt = (T + key_tile - 1) / key_tile, n_q = (T + q_tile - 1) / q_tile;
   int64_t q_tiles = 0;  // query tiles at or after each key tile's first, summed over key tiles
   for (int jt = 0; jt < n_kt; ++jt) q_tiles += n_q - int64_t(jt) * key_tile / q_tile;
@@ -461,26 +483,27 @@ int bwd_kv_per_block(int B, int T, int KVH, int key_tile, int q_tile, const Dkdv
 
 namespace {
 
-// kv_per KV heads a block (1 unless KVS is 2).
-template <int HD, int BR, int NS, DqMode DQ, int KVS = 1>
+// kv_per KV heads a block (1 unless KVS is 2); HDR, NACC: attention_bwd_ws_kernel's.
+template <int HD, int BR, int NS, DqMode DQ, int KVS = 1, int HDR = HD, int NACC = HD>
 void launch_bwd_ws(float* dk, float* dv, const void* dout, const void* q, const void* k, const void* v, int B, int T,
                    int H, int KVH, const DkdvSplit& split, const WsBwdScratch& ws, cudaStream_t stream,
                    int kv_per = 1) {
   using Tile = WsBwdTile<HD, BR, NS, DQ, KVS>;
+  static_assert(HDR <= HD && HD - HDR < 64, "padding within the last 64-column region");
   if (kv_per < 1 || KVH % kv_per != 0 || (KVS == 1 && kv_per != 1))  // one slot: the kernel takes one item
     throw Error("attention_backward: " + std::to_string(kv_per) + " KV heads a block with " + std::to_string(KVS) +
                 " K/V slot(s) and " + std::to_string(KVH) + " KV heads");
   const int t_pad = ws_t_pad(T);
   const int64_t rows = int64_t(B) * H * t_pad;
-  const float scale = 1.f / std::sqrt(float(HD));
-  const CUtensorMap tm_q = make_tmap_bf16_3d(q, HD, T, uint64_t(B) * H, BR);
-  const CUtensorMap tm_k = make_tmap_bf16_3d(k, HD, T, uint64_t(B) * KVH, kWsBc);
-  const CUtensorMap tm_v = make_tmap_bf16_3d(v, HD, T, uint64_t(B) * KVH, kWsBc);
-  const CUtensorMap tm_do = make_tmap_bf16_3d(dout, uint64_t(H) * HD, T, B, BR);
-  const CUtensorMap tm_dq = make_tmap_f32_2d(ws.dq_acc, HD, uint64_t(rows), BR);
+  const float scale = 1.f / std::sqrt(float(HDR));
+  const CUtensorMap tm_q = make_tmap_bf16_3d(q, HDR, T, uint64_t(B) * H, BR);
+  const CUtensorMap tm_k = make_tmap_bf16_3d(k, HDR, T, uint64_t(B) * KVH, kWsBc);
+  const CUtensorMap tm_v = make_tmap_bf16_3d(v, HDR, T, uint64_t(B) * KVH, kWsBc);
+  const CUtensorMap tm_do = make_tmap_bf16_heads(dout, HDR, H, T, B, BR);
+  const CUtensorMap tm_dq = make_tmap_f32_2d(ws.dq_acc, ws_dq_cols(HDR), uint64_t(rows), BR);
   const CUtensorMap tm_lse2 = make_tmap_f32_1d(ws.lse2, uint64_t(rows), BR);
   const CUtensorMap tm_dvec = make_tmap_f32_1d(ws.dvec, uint64_t(rows), BR);
-  auto kernel = attention_bwd_ws_kernel<HD, BR, NS, DQ, KVS>;
+  auto kernel = attention_bwd_ws_kernel<HD, BR, NS, DQ, KVS, HDR, NACC>;
   allow_smem(kernel, Tile::kSmem);
   const int64_t blocks = int64_t((T + kWsBc - 1) / kWsBc) * (KVH / kv_per) * B * split.split;
   kernel<<<dim3(unsigned(blocks)), 384, Tile::kSmem, stream>>>(tm_q, tm_k, tm_v, tm_do, tm_dq, tm_lse2, tm_dvec,
@@ -494,7 +517,6 @@ size_t ws_turns(int B, int T, int H) { return size_t(B) * H * ((T + kWsBrMin - 1
 
 }  // namespace
 
-bool backward_ws_supports(int hd) { return hd == 64 || hd == 128 || hd == 256; }
 int backward_ws_key_tile(int hd) { return hd == 256 ? kWideKeyTile : kWsBc; }
 
 size_t ws_backward_scratch_floats(int B, int T, int H, int hd) {
@@ -502,7 +524,7 @@ size_t ws_backward_scratch_floats(int B, int T, int H, int hd) {
   // D, lse₂, the fp32 dQ, the turn counters (ints, as floats' worth of space); each piece a
   // multiple of 64 floats so the next stays 256-byte aligned.
   auto round = [](size_t n) { return (n + 63) / 64 * 64; };
-  return round(rows) * 2 + round(rows * hd) + round(ws_turns(B, T, H));
+  return round(rows) * 2 + round(rows * ws_dq_cols(hd)) + round(ws_turns(B, T, H));
 }
 
 WsBwdScratch ws_backward_scratch(float* base, int B, int T, int H, int hd) {
@@ -512,7 +534,7 @@ WsBwdScratch ws_backward_scratch(float* base, int B, int T, int H, int hd) {
   ws.dvec = base;
   ws.lse2 = ws.dvec + round(rows);
   ws.dq_acc = ws.lse2 + round(rows);
-  ws.dq_turn = reinterpret_cast<int*>(ws.dq_acc + round(rows * hd));
+  ws.dq_turn = reinterpret_cast<int*>(ws.dq_acc + round(rows * ws_dq_cols(hd)));
   return ws;
 }
 
@@ -525,7 +547,7 @@ void backward_sm90_ws(void* dq, float* dk, float* dv, const void* dout, const vo
   if (rows > INT32_MAX) throw Error("attention_backward: too many rows for the warp-specialised backward");
   check_cuda(cudaMemsetAsync(ws.dq_turn, 0, ws_turns(B, T, H) * sizeof(int), stream), "cudaMemsetAsync(dq turns)");
   const auto prepass = [&](auto kernel) {
-    const int64_t threads = rows * (hd / 8);
+    const int64_t threads = rows * prepass_lanes(hd);
     kernel<<<unsigned((threads + 255) / 256), 256, 0, stream>>>(ws.dvec, ws.lse2, static_cast<const bf16*>(dout),
                                                                 static_cast<const bf16*>(out), lse, T, H, t_pad, rows);
     check_launch("ws_bwd_prepass_kernel");
@@ -554,6 +576,10 @@ void backward_sm90_ws(void* dq, float* dk, float* dv, const void* dout, const vo
             launch_bwd_ws<64, 128, 2, DqMode::half_rows>(dk, dv, dout, q, k, v, B, T, H, KVH, split, ws, stream);
       }
       break;
+    case 80:  // the hd-128 kernel, columns 80-127 zero-filled by the TMA loads (ATTENTION_NOTES log 18)
+      prepass(ws_bwd_prepass_kernel<80>);
+      launch_bwd_ws<128, 64, 2, DqMode::half_cols, 1, 80, 80>(dk, dv, dout, q, k, v, B, T, H, KVH, split, ws, stream);
+      break;
     case 128:  // own_keys and alternate would need a 64 × 128 dQ accumulator besides dK, dV
       prepass(ws_bwd_prepass_kernel<128>);
       launch_bwd_ws<128, 64, 2, DqMode::half_cols>(dk, dv, dout, q, k, v, B, T, H, KVH, split, ws, stream);
@@ -568,7 +594,7 @@ void backward_sm90_ws(void* dq, float* dk, float* dv, const void* dout, const vo
   const int cast_blocks = int(std::min<int64_t>((n4 + 255) / 256, 8 * int64_t(sm_count())));
   ws_bwd_dq_cast_kernel<<<cast_blocks, 256, 0, stream>>>(static_cast<bf16*>(dq),
                                                          reinterpret_cast<const float4*>(ws.dq_acc), T, t_pad, hd / 4,
-                                                         n4, 1.f / std::sqrt(float(hd)));
+                                                         ws_dq_cols(hd) / 4, n4, 1.f / std::sqrt(float(hd)));
   check_launch("ws_bwd_dq_cast_kernel");
 }
 

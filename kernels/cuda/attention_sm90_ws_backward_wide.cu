@@ -272,7 +272,7 @@ void launch_bwd_ws_wide(float* dk, float* dv, const void* dout, const void* q, c
   const CUtensorMap tm_q = make_tmap_bf16_3d(q, kHd, T, uint64_t(B) * H, kBr);
   const CUtensorMap tm_k = make_tmap_bf16_3d(k, kHd, T, uint64_t(B) * KVH, kBc);
   const CUtensorMap tm_v = make_tmap_bf16_3d(v, kHd, T, uint64_t(B) * KVH, kBc);
-  const CUtensorMap tm_do = make_tmap_bf16_3d(dout, uint64_t(H) * kHd, T, B, kBr);
+  const CUtensorMap tm_do = make_tmap_bf16_heads(dout, kHd, H, T, B, kBr);
   const CUtensorMap tm_lse2 = make_tmap_f32_1d(ws.lse2, uint64_t(rows), kBr);
   const CUtensorMap tm_dvec = make_tmap_f32_1d(ws.dvec, uint64_t(rows), kBr);
   const CUtensorMap tm_dq = make_tmap_f32_2d(ws.dq_acc, kHd, uint64_t(rows), kBr);

@@ -15,6 +15,8 @@
 namespace mlkv::cuda::attn {
 
 constexpr int kWsPad = 128;   // D, lse₂ and the fp32 dQ have T rounded up to this (every query tile size)
+// Columns of the fp32 dQ accumulator for head dim hd: whole 32-column TMA boxes (hd 80: 96).
+__host__ __device__ constexpr int ws_dq_cols(int hd) { return (hd + 31) / 32 * 32; }
 constexpr int kWsBrMin = 64;  // the smallest query tile: the turn counters are sized for it
 inline int ws_t_pad(int T) { return (T + kWsPad - 1) / kWsPad * kWsPad; }
 
@@ -98,8 +100,9 @@ __device__ __forceinline__ ItemStep item_step(const BwdBlockWork& w, int t, int 
   return {item, step_of(t - item * w.steps_item, w.h0 + item * w.group, heads, w.q_first, w.per_head, head_major)};
 }
 
-// The load thread of both kernels: K and V of each item into slot item % KVS of a KVS-slot ring
-// (KVS 1 only for blocks of one item; bar_kv_empty is then never used and may be null)
+// The load thread of both kernels (tm_do from make_tmap_bf16_heads; HD is the kernel's width, a
+// multiple of 64, the columns past the tensors' own zero-filled): K and V of each item into slot
+// item % KVS of a KVS-slot ring (KVS 1 only for blocks of one item; bar_kv_empty is then never used and may be null)
 // (128-byte-swizzled 64-column regions at sK/sV + slot·kv_slot_elems, onto bar_kv[slot]; a slot is
 // refilled once the consumers' 8 warps have arrived on bar_kv_empty[slot] after the item before
 // it), then per step into stage t % NS, once the stage is empty: Q and dO (region c of stage s at
@@ -153,7 +156,7 @@ __device__ __forceinline__ void ws_bwd_load(const BwdBlockWork& w, const CUtenso
 #pragma unroll
     for (int c = 0; c < kChunks; ++c) {
       tma_load_3d(q_stage + s * stage_elems + c * BR * 64, tm_q, c * 64, qr0, w.b * H + is.st.h, &bar_full[s]);
-      tma_load_3d(do_stage + s * stage_elems + c * BR * 64, tm_do, is.st.h * HD + c * 64, qr0, w.b, &bar_full[s]);
+      tma_load_4d(do_stage + s * stage_elems + c * BR * 64, tm_do, c * 64, is.st.h, qr0, w.b, &bar_full[s]);
     }
     const int vec0 = (w.b * H + is.st.h) * t_pad + qr0;
     tma_load_1d(sL + s * BR, tm_lse2, vec0, &bar_full[s]);

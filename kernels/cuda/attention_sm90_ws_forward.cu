@@ -1,6 +1,7 @@
 // MLKV flash-attention forward, warp-specialised (FlashAttention-3's Hopper structure, sm_90a):
 // out[B, T, H·hd] and lse[B, H, T] from q[B, H, T, hd], k/v[B, KVH, T, hd], causal; the same
-// contract as attention_fwd_sm90_kernel (attention_sm90_forward.cu), which hd 80 keeps.
+// contract as attention_fwd_sm90_kernel (attention_sm90_forward.cu). hd 80 runs on the hd-128
+// kernel: the TMA loads zero-fill columns 80-127, S skips their k-steps, P·V and O are 80 wide.
 //
 // One block = one producer warpgroup + two consumer warpgroups; a work tile is 128 query rows of
 // one (b, h), heaviest first; a block takes one work tile, or (PERSISTENT) one block per SM walks
@@ -65,7 +66,9 @@ __device__ __forceinline__ WorkTile work_tile(int w, int n_qt, int H, int B, int
   return {(n_qt - 1 - w / per_qt) * br, rest % H, rest / H};
 }
 
-template <int HD, int BC, int NS, bool PINGPONG>
+// HDR: the tensors' head dim (≤ HD; the columns past it are zero in shared memory); NACC: the
+// columns of O's accumulator and of P·V (HDR rounded up to 16).
+template <int HD, int BC, int NS, bool PINGPONG, int HDR, int NACC>
 __global__ void __launch_bounds__(384, 1)
     attention_fwd_ws_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
                             const __grid_constant__ CUtensorMap tm_v, const __grid_constant__ CUtensorMap tm_o,
@@ -138,7 +141,8 @@ __global__ void __launch_bounds__(384, 1)
 
   regs_alloc<kConsumerRegs>();
   const int cw = wg - 1, wq = warp & 3;  // consumer warpgroup, warp within it
-  float o[HD / 2];
+  static_assert(NACC >= HDR && NACC <= HD && NACC % 16 == 0, "O's columns: HDR's, in 16s, within HD");
+  float o[NACC / 2];
   float s[BC / 2];
 #pragma unroll
   for (int i = 0; i < BC / 2; ++i) s[i] = 0.f;
@@ -159,7 +163,7 @@ __global__ void __launch_bounds__(384, 1)
   auto issue_s = [&](int j) {
     const uint32_t k_addr = smem_addr(sK + ((it + j) % NS) * kChunks * BC * 64);
 #pragma unroll
-    for (int ks = 0; ks < HD / 16; ++ks) {
+    for (int ks = 0; ks < (HDR + 15) / 16; ++ks) {  // k-steps over zero columns skipped
       const uint32_t in = (ks % 4) * 32;  // k-step within its 64-column region
       WgmmaSS<BC>::run(s, desc_sw128(q_addr + (ks / 4) * kBr * 128 + in, 16, 1024),
                        desc_sw128(k_addr + (ks / 4) * BC * 128 + in, 16, 1024), ks > 0);
@@ -168,7 +172,7 @@ __global__ void __launch_bounds__(384, 1)
   auto issue_pv = [&](int j) {
     const uint32_t v_addr = smem_addr(sV + ((it + j) % NS) * kChunks * BC * 64);
 #pragma unroll
-    for (int kk = 0; kk < BC / 16; ++kk) WgmmaRS<HD>::run(o, p[kk], desc_sw128(v_addr + kk * 2048, BC * 128, 1024), 1);
+    for (int kk = 0; kk < BC / 16; ++kk) WgmmaRS<NACC>::run(o, p[kk], desc_sw128(v_addr + kk * 2048, BC * 128, 1024), 1);
   };
   auto release = [&](int j) {  // this warp is done reading tile j's stage
     __syncwarp();
@@ -179,7 +183,7 @@ __global__ void __launch_bounds__(384, 1)
   // O *= alpha (before the newest P's product is added), then P packed as 16-key A fragments
   // (two n8 accumulator tiles each).
   auto rescale_pack = [&] {
-    scale_rows<HD>(o, alpha);
+    scale_rows<NACC>(o, alpha);
 #pragma unroll
     for (int kk = 0; kk < BC / 16; ++kk) {
       p[kk][0] = pack_bf16(s[8 * kk], s[8 * kk + 1]);
@@ -195,7 +199,7 @@ __global__ void __launch_bounds__(384, 1)
     wrow0 = wt.q0 + cw * 64 + wq * 16;
     r0 = wrow0 + (lane >> 2);  // this thread's rows r0, r0 + 8
 #pragma unroll
-    for (int i = 0; i < HD / 2; ++i) o[i] = 0.f;
+    for (int i = 0; i < NACC / 2; ++i) o[i] = 0.f;
     m[0] = m[1] = -INFINITY;
     l[0] = l[1] = 0.f;
     if (PINGPONG && cw == 1) named_arrive(1, 256);
@@ -266,7 +270,7 @@ __global__ void __launch_bounds__(384, 1)
       const int box_stride = out_in_q ? kBr * 64 : 64 * 64;
       const int rr = wq * 16 + (lane >> 2);  // rows rr, rr + 8 of the consumer's 64; same swizzle
 #pragma unroll
-      for (int dt = 0; dt < HD / 8; ++dt) {
+      for (int dt = 0; dt < NACC / 8; ++dt) {
         const int off = (dt / 8) * box_stride + rr * 64 + ((dt % 8) ^ (rr & 7)) * 8 + (lane & 3) * 2;
         *reinterpret_cast<uint32_t*>(so + off) = pack_bf16(o[4 * dt] * inv0, o[4 * dt + 1] * inv0);
         *reinterpret_cast<uint32_t*>(so + off + 8 * 64) = pack_bf16(o[4 * dt + 2] * inv1, o[4 * dt + 3] * inv1);
@@ -276,7 +280,7 @@ __global__ void __launch_bounds__(384, 1)
       if (leader) {
 #pragma unroll
         for (int c = 0; c < kChunks; ++c)
-          tma_store_3d(&tm_o, wt.h * HD + c * 64, wt.q0 + cw * 64, wt.b, so + c * box_stride);
+          tma_store_4d(&tm_o, c * 64, wt.h, wt.q0 + cw * 64, wt.b, so + c * box_stride);
         bulk_commit();
       }
       if (out_in_q) {  // Q's rows are free for the next work tile once the store has read them
@@ -285,10 +289,10 @@ __global__ void __launch_bounds__(384, 1)
         if (lane == 0) mbar_arrive(&bar_q_empty);
       }
     } else {
-      bf16* row0 = out + (int64_t(wt.b) * T + r0) * H * HD + wt.h * HD;
-      bf16* row1 = row0 + int64_t(8) * H * HD;
+      bf16* row0 = out + (int64_t(wt.b) * T + r0) * H * HDR + wt.h * HDR;
+      bf16* row1 = row0 + int64_t(8) * H * HDR;
 #pragma unroll
-      for (int dt = 0; dt < HD / 8; ++dt) {
+      for (int dt = 0; dt < NACC / 8; ++dt) {
         const int col = dt * 8 + (lane & 3) * 2;
         if (r0 < T) *reinterpret_cast<uint32_t*>(row0 + col) = pack_bf16(o[4 * dt] * inv0, o[4 * dt + 1] * inv0);
         if (r0 + 8 < T)
@@ -309,7 +313,7 @@ __global__ void __launch_bounds__(384, 1)
 
 // PERSISTENT: one block per SM walking the work tiles (the next tile's loads overlap the current
 // one's epilogue) rather than one block per work tile (the hardware balances the causal tail).
-template <int HD, int BC, int NS, bool PERSISTENT>
+template <int HD, int BC, int NS, bool PERSISTENT, int HDR = HD>
 void launch_fwd_ws(void* out, float* lse, const void* q, const void* k, const void* v, int B, int T, int H, int KVH,
                    cudaStream_t stream) {
   using Tile = WsFwdTile<HD, BC, NS>;
@@ -318,25 +322,30 @@ void launch_fwd_ws(void* out, float* lse, const void* q, const void* k, const vo
   // tile or one per SM over the per-head-dim default; read per call, as the tests flip it.
   const int forced = env_switch("MLKV_ATTN_PERSISTENT");
   const bool persistent = forced < 0 ? PERSISTENT : forced == 1;
-  const CUtensorMap tm_q = make_tmap_bf16_3d(q, HD, T, uint64_t(B) * H, Tile::kBr);
-  const CUtensorMap tm_k = make_tmap_bf16_3d(k, HD, T, uint64_t(B) * KVH, BC);
-  const CUtensorMap tm_v = make_tmap_bf16_3d(v, HD, T, uint64_t(B) * KVH, BC);
-  const CUtensorMap tm_o = make_tmap_bf16_3d(out, uint64_t(H) * HD, T, B, 64);  // [B][T][H·hd], 64-row boxes
+  static_assert(HDR <= HD && HD - HDR < 64, "padding within the last 64-column region");
+  constexpr int kNacc = (HDR + 15) / 16 * 16;
+  const CUtensorMap tm_q = make_tmap_bf16_3d(q, HDR, T, uint64_t(B) * H, Tile::kBr);
+  const CUtensorMap tm_k = make_tmap_bf16_3d(k, HDR, T, uint64_t(B) * KVH, BC);
+  const CUtensorMap tm_v = make_tmap_bf16_3d(v, HDR, T, uint64_t(B) * KVH, BC);
+  const CUtensorMap tm_o = make_tmap_bf16_heads(out, HDR, H, T, B, 64);  // 64-row boxes, clipped at column HDR
   // Measurement switch: MLKV_ATTN_FWD_TMA_OUT=0 writes O from registers at every head dim.
   const bool tma_out = env_switch("MLKV_ATTN_FWD_TMA_OUT") != 0;
-  auto kernel = pingpong ? attention_fwd_ws_kernel<HD, BC, NS, true> : attention_fwd_ws_kernel<HD, BC, NS, false>;
+  auto kernel = pingpong ? attention_fwd_ws_kernel<HD, BC, NS, true, HDR, kNacc>
+                         : attention_fwd_ws_kernel<HD, BC, NS, false, HDR, kNacc>;
   allow_smem(kernel, Tile::kSmem);
   const int64_t n_work = int64_t((T + Tile::kBr - 1) / Tile::kBr) * H * B;
   if (n_work > INT32_MAX) throw Error("attention_forward: too many query tiles for one launch");
   const int grid = persistent ? int(std::min<int64_t>(n_work, sm_count())) : int(n_work);
   kernel<<<grid, Tile::kThreads, Tile::kSmem, stream>>>(tm_q, tm_k, tm_v, tm_o, static_cast<bf16*>(out), lse, B, T, H,
-                                                        H / KVH, kLog2e / std::sqrt(float(HD)), tma_out);
+                                                        H / KVH, kLog2e / std::sqrt(float(HDR)), tma_out);
   check_launch("attention_fwd_ws_kernel");
 }
 
 }  // namespace
 
-bool forward_ws_supports(int hd) { return hd == 64 || hd == 128 || hd == 256; }
+// H100, 2026-12-07, fwd + bwd ms, warp-specialised against lockstep + two-kernel: 4,32,4,2048,80
+// 1.081 against 1.394; 4,32,32,2048,80 (MHA) 1.549 against 1.427.
+bool ws_kernels_take(int hd, int group) { return hd == 64 || hd == 128 || hd == 256 || (hd == 80 && group >= 2); }
 
 // Measurement switch: MLKV_ATTN_PINGPONG=0 turns the ping-pong off (read once).
 bool ws_pingpong() {
@@ -352,6 +361,7 @@ void forward_sm90_ws(void* out, float* lse, const void* q, const void* k, const 
     // persistent against not (5 % faster at hd 64, 2-5 % slower at 128 and 256): ATTENTION_NOTES
     // log 12.
     case 64: launch_fwd_ws<64, 128, 3, true>(out, lse, q, k, v, B, T, H, KVH, stream); break;
+    case 80: launch_fwd_ws<128, 128, 2, false, 80>(out, lse, q, k, v, B, T, H, KVH, stream); break;
     case 128: launch_fwd_ws<128, 128, 2, false>(out, lse, q, k, v, B, T, H, KVH, stream); break;
     case 256: launch_fwd_ws<256, 64, 2, false>(out, lse, q, k, v, B, T, H, KVH, stream); break;
     default: throw Error("attention: the warp-specialised forward has no head dim " + std::to_string(hd));

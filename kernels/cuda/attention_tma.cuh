@@ -72,6 +72,13 @@ inline CUtensorMap make_tmap_bf16_3d(const void* base, uint64_t cols, uint64_t r
                                      uint32_t box_rows) {
   return make_tmap<3>(CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, base, {cols, rows, outer}, {64, box_rows, 1});
 }
+// dO or O as [B][T][H][hd] (the model's [B, T, H·hd]) per head in boxes of box_rows × 64
+// columns: past column hd (hd 80's second box) a load is zero-filled and a store clipped, never
+// reaching into the next head.
+inline CUtensorMap make_tmap_bf16_heads(const void* base, uint64_t hd, uint64_t H, uint64_t T, uint64_t B,
+                                        uint32_t box_rows) {
+  return make_tmap<4>(CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, base, {hd, H, T, B}, {64, 1, box_rows, 1});
+}
 // A 2-D fp32 tensor [rows][cols] written (stored or reduce-added) in boxes of box_rows × 32 columns.
 inline CUtensorMap make_tmap_f32_2d(const void* base, uint64_t cols, uint64_t rows, uint32_t box_rows) {
   return make_tmap<2>(CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 4, base, {cols, rows}, {32, box_rows});
@@ -114,6 +121,15 @@ __device__ __forceinline__ void tma_load_3d(void* dst, const CUtensorMap* map, i
       "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(smem_addr(bar))
       : "memory");
 }
+// The same for a 4-D map (c0 = column, c1 = head, c2 = row, c3 = batch: make_tmap_bf16_heads).
+__device__ __forceinline__ void tma_load_4d(void* dst, const CUtensorMap* map, int c0, int c1, int c2, int c3,
+                                            uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4, %5}], "
+      "[%6];\n" ::"r"(smem_addr(dst)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(smem_addr(bar))
+      : "memory");
+}
 __device__ __forceinline__ void tma_prefetch_map(const CUtensorMap* map) {
   asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(map)) : "memory");
 }
@@ -127,7 +143,7 @@ __device__ __forceinline__ void tma_load_1d(void* dst, const CUtensorMap* map, i
 }
 
 // TMA writes of a shared-memory box to global memory (tensor map coordinates c0 = column, c1 =
-// row, c2 = outer index): a store, or an fp32 add performed in L2. Both are asynchronous (bulk
+// row; 4-D: c1 = head, c2 = row, c3 = batch): a store, or an fp32 add performed in L2. Both are asynchronous (bulk
 // async-groups): commit, then wait with bulk_wait_read (the shared-memory source may be
 // overwritten) or bulk_wait (the global writes are done).
 __device__ __forceinline__ void tma_store_2d(const CUtensorMap* map, int c0, int c1, const void* src) {
@@ -136,10 +152,10 @@ __device__ __forceinline__ void tma_store_2d(const CUtensorMap* map, int c0, int
                "r"(smem_addr(src)), "r"(c0), "r"(c1)
                : "memory");
 }
-__device__ __forceinline__ void tma_store_3d(const CUtensorMap* map, int c0, int c1, int c2, const void* src) {
-  asm volatile("cp.async.bulk.tensor.3d.global.shared::cta.tile.bulk_group [%0, {%2, %3, %4}], [%1];\n" ::"l"(
+__device__ __forceinline__ void tma_store_4d(const CUtensorMap* map, int c0, int c1, int c2, int c3, const void* src) {
+  asm volatile("cp.async.bulk.tensor.4d.global.shared::cta.tile.bulk_group [%0, {%2, %3, %4, %5}], [%1];\n" ::"l"(
                    reinterpret_cast<uint64_t>(map)),
-               "r"(smem_addr(src)), "r"(c0), "r"(c1), "r"(c2)
+               "r"(smem_addr(src)), "r"(c0), "r"(c1), "r"(c2), "r"(c3)
                : "memory");
 }
 __device__ __forceinline__ void tma_reduce_add_2d(const CUtensorMap* map, int c0, int c1, const void* src) {

@@ -51,12 +51,13 @@ TEST_P(AttentionCase, ForwardBackwardMatchReference) {
   const AttnShape& s = GetParam();
   std::printf("  [%s kernels, forward: %s, backward: %s]\n",
               mlkv::cuda::attention_sm90_active() ? "sm90 wgmma" : "mma.sync",
-              mlkv::cuda::attention_forward_kernel(s.hd), mlkv::cuda::attention_backward_kernel(s.hd));
+              mlkv::cuda::attention_forward_kernel(s.hd, s.H / s.KVH),
+              mlkv::cuda::attention_backward_kernel(s.hd, s.H / s.KVH));
   check_case(GetParam());
 }
 
-// The sm90 family with the lockstep forward instead of the warp-specialised one (hd 64/128/256;
-// hd 80 runs the lockstep forward in every test).
+// The sm90 family with the lockstep forward instead of the warp-specialised one (whose hd 80 runs
+// on the hd-128 kernel, columns 80-127 zero-filled).
 TEST_P(AttentionCase, LockstepForwardMatchesReference) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
   KernelFamily family(true, false);
@@ -64,7 +65,7 @@ TEST_P(AttentionCase, LockstepForwardMatchesReference) {
 }
 
 // The sm90 family with the two-kernel backward (dq kernel + dK/dV kernel) instead of the
-// warp-specialised one (hd 64/128/256; hd 80 runs the two-kernel backward in every test).
+// warp-specialised one (whose hd 80 runs on the hd-128 kernel, as the forward's).
 TEST_P(AttentionCase, TwoKernelBackwardMatchesReference) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
   KernelFamily family(true, true, false);
@@ -108,9 +109,9 @@ INSTANTIATE_TEST_SUITE_P(
     Shapes, AttentionCase,
     ::testing::Values(AttnShape{1, 1, 2, 1, 64}, AttnShape{2, 17, 4, 4, 64}, AttnShape{1, 64, 4, 1, 64},
                       AttnShape{2, 200, 6, 2, 64}, AttnShape{1, 129, 12, 1, 64}, AttnShape{1, 1100, 2, 1, 64},
-                      AttnShape{2, 77, 4, 2, 80}, AttnShape{1, 257, 6, 3, 80}, AttnShape{1, 130, 8, 8, 128},
-                      AttnShape{2, 191, 4, 1, 128}, AttnShape{1, 2048, 2, 1, 128}, AttnShape{1, 300, 2, 2, 256},
-                      AttnShape{2, 65, 4, 1, 256}, AttnShape{1, 31, 3, 1, 256}),
+                      AttnShape{2, 77, 4, 2, 80}, AttnShape{1, 257, 6, 3, 80}, AttnShape{1, 150, 3, 3, 80},
+                      AttnShape{1, 130, 8, 8, 128}, AttnShape{2, 191, 4, 1, 128}, AttnShape{1, 2048, 2, 1, 128},
+                      AttnShape{1, 300, 2, 2, 256}, AttnShape{2, 65, 4, 1, 256}, AttnShape{1, 31, 3, 1, 256}),
     [](const ::testing::TestParamInfo<AttnShape>& info) { return name(info.param); });
 
 // Few K/V blocks for the SMs, so the dK/dV kernels split each group's query heads over several
@@ -141,7 +142,9 @@ TEST(Attention, HeadSplitAccumulatesAcrossLayers) {
 // The warp-specialised backward's two remaining paths across layers: the head split (4 slices of
 // one head; slices 1..3 as partials) at hd 128, and dQ's ordered key-tile adds over 9 query tiles
 // with three layers at hd 64 (each layer's dq assigned, dk/dv summed); at hd 256 (its own kernel:
-// 64-key tiles, dQ staged in the Q/dO stage) over 8 query tiles.
+// 64-key tiles, dQ staged in the Q/dO stage) over 8 query tiles; at hd 80 (the hd-128 kernel with
+// zero-filled columns: only the tensors' 80 columns stored, dO per head, 96-column dQ sums) over
+// 11 query tiles with a ragged last one.
 TEST(Attention, WsBackwardAccumulatesAcrossLayers) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
   KernelFamily family(true);
@@ -151,6 +154,8 @@ TEST(Attention, WsBackwardAccumulatesAcrossLayers) {
                           80);
   check_layers_sharing_kv(mlkv::cuda::attention_forward, mlkv::cuda::attention_backward, AttnShape{2, 500, 4, 2, 256},
                           81);
+  check_layers_sharing_kv(mlkv::cuda::attention_forward, mlkv::cuda::attention_backward, AttnShape{2, 700, 6, 3, 80},
+                          82);
 }
 
 // The warp-specialised backward's other forms at hd 64 (the measurement switch MLKV_ATTN_BWD_DQ):
