@@ -172,7 +172,8 @@ __global__ void __launch_bounds__(384, 1)
   auto issue_pv = [&](int j) {
     const uint32_t v_addr = smem_addr(sV + ((it + j) % NS) * kChunks * BC * 64);
 #pragma unroll
-    for (int kk = 0; kk < BC / 16; ++kk) WgmmaRS<NACC>::run(o, p[kk], desc_sw128(v_addr + kk * 2048, BC * 128, 1024), 1);
+    for (int kk = 0; kk < BC / 16; ++kk)
+      WgmmaRS<NACC>::run(o, p[kk], desc_sw128(v_addr + kk * 2048, BC * 128, 1024), 1);
   };
   auto release = [&](int j) {  // this warp is done reading tile j's stage
     __syncwarp();
