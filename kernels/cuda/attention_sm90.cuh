@@ -57,6 +57,10 @@ __device__ __forceinline__ uint64_t desc_mnmajor(const bf16* tile, int ks) {
   return make_desc(smem_addr(tile) + ks * 2 * (HD / 8) * 128, 16 * HD, 128);
 }
 
+// Columns of the accumulators and products for a head dim of hd: whole 16-column k-steps and
+// N tiles (hd 80 on the hd-128 warp-specialised kernels: 80, the columns past it zero).
+__host__ __device__ constexpr int acc_cols(int hd) { return (hd + 15) / 16 * 16; }
+
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 template <int N>

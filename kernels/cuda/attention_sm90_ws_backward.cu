@@ -96,10 +96,10 @@ struct WsBwdTile {
 };
 
 // HDR: the tensors' head dim; HD (a multiple of 64) the kernel's, the columns past HDR zero
-// (TMA fills them) and never stored: hd 80 runs on the hd-128 kernel. NACC: the columns of the
-// dK, dV accumulators and products, HDR rounded up to 16 (80 measured as fast as 128 and holds
-// 48 fewer registers; ATTENTION_NOTES log 18).
-template <int HD, int BR, int NS, DqMode DQ, int KVS, int HDR, int NACC>
+// (TMA fills them) and never stored: hd 80 runs on the hd-128 kernel. The dK, dV accumulators and
+// products are acc_cols(HDR) wide (80 measured as fast as 128 and holds 48 fewer registers;
+// ATTENTION_NOTES log 18).
+template <int HD, int BR, int NS, DqMode DQ, int KVS, int HDR>
 __global__ void __launch_bounds__(384, 1)
     attention_bwd_ws_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
                             const __grid_constant__ CUtensorMap tm_v, const __grid_constant__ CUtensorMap tm_do,
@@ -196,7 +196,8 @@ __global__ void __launch_bounds__(384, 1)
   const int cw = wg - 1, wq = warp & 3;
   const int wg_key0 = kv0 + cw * 64;
   const int key_r = wg_key0 + wq * 16 + (lane >> 2);  // this thread's keys: key_r, key_r + 8
-  static_assert(NACC >= HDR && NACC <= HD && NACC % 16 == 0, "dK, dV columns: HDR's, in 16s, within HD");
+  constexpr int NACC = acc_cols(HDR);
+  static_assert(NACC <= HD, "dK, dV columns within the kernel's");
   float dva[NACC / 2], dka[NACC / 2];
 #pragma unroll
   for (int i = 0; i < NACC / 2; ++i) dva[i] = dka[i] = 0.f;
@@ -232,14 +233,14 @@ __global__ void __launch_bounds__(384, 1)
     fence_regs(dpt);
     wgmma_fence();
 #pragma unroll
-    for (int ks = 0; ks < (HDR + 15) / 16; ++ks) {
+    for (int ks = 0; ks < NACC / 16; ++ks) {
       const uint32_t in = (ks / 4) * kBc * 128 + cw * 64 * 128 + (ks % 4) * 32;
       const uint32_t inq = (ks / 4) * kBr * 128 + (ks % 4) * 32;
       WgmmaSS<kBr>::run(s_t, desc_sw128(k_addr + in, 16, 1024), desc_sw128(q_addr + inq, 16, 1024), ks > 0);
     }
     wgmma_commit();
 #pragma unroll
-    for (int ks = 0; ks < (HDR + 15) / 16; ++ks) {
+    for (int ks = 0; ks < NACC / 16; ++ks) {
       const uint32_t in = (ks / 4) * kBc * 128 + cw * 64 * 128 + (ks % 4) * 32;
       const uint32_t inq = (ks / 4) * kBr * 128 + (ks % 4) * 32;
       WgmmaSS<kBr>::run(dpt, desc_sw128(v_addr + in, 16, 1024), desc_sw128(do_addr + inq, 16, 1024), ks > 0);
@@ -483,8 +484,8 @@ int bwd_kv_per_block(int B, int T, int KVH, int key_tile, int q_tile, const Dkdv
 
 namespace {
 
-// kv_per KV heads a block (1 unless KVS is 2); HDR, NACC: attention_bwd_ws_kernel's.
-template <int HD, int BR, int NS, DqMode DQ, int KVS = 1, int HDR = HD, int NACC = HD>
+// kv_per KV heads a block (1 unless KVS is 2); HDR: attention_bwd_ws_kernel's.
+template <int HD, int BR, int NS, DqMode DQ, int KVS = 1, int HDR = HD>
 void launch_bwd_ws(float* dk, float* dv, const void* dout, const void* q, const void* k, const void* v, int B, int T,
                    int H, int KVH, const DkdvSplit& split, const WsBwdScratch& ws, cudaStream_t stream,
                    int kv_per = 1) {
@@ -503,7 +504,7 @@ void launch_bwd_ws(float* dk, float* dv, const void* dout, const void* q, const 
   const CUtensorMap tm_dq = make_tmap_f32_2d(ws.dq_acc, ws_dq_cols(HDR), uint64_t(rows), BR);
   const CUtensorMap tm_lse2 = make_tmap_f32_1d(ws.lse2, uint64_t(rows), BR);
   const CUtensorMap tm_dvec = make_tmap_f32_1d(ws.dvec, uint64_t(rows), BR);
-  auto kernel = attention_bwd_ws_kernel<HD, BR, NS, DQ, KVS, HDR, NACC>;
+  auto kernel = attention_bwd_ws_kernel<HD, BR, NS, DQ, KVS, HDR>;
   allow_smem(kernel, Tile::kSmem);
   const int64_t blocks = int64_t((T + kWsBc - 1) / kWsBc) * (KVH / kv_per) * B * split.split;
   kernel<<<dim3(unsigned(blocks)), 384, Tile::kSmem, stream>>>(tm_q, tm_k, tm_v, tm_do, tm_dq, tm_lse2, tm_dvec,
@@ -578,7 +579,7 @@ void backward_sm90_ws(void* dq, float* dk, float* dv, const void* dout, const vo
       break;
     case 80:  // the hd-128 kernel, columns 80-127 zero-filled by the TMA loads (ATTENTION_NOTES log 18)
       prepass(ws_bwd_prepass_kernel<80>);
-      launch_bwd_ws<128, 64, 2, DqMode::half_cols, 1, 80, 80>(dk, dv, dout, q, k, v, B, T, H, KVH, split, ws, stream);
+      launch_bwd_ws<128, 64, 2, DqMode::half_cols, 1, 80>(dk, dv, dout, q, k, v, B, T, H, KVH, split, ws, stream);
       break;
     case 128:  // own_keys and alternate would need a 64 × 128 dQ accumulator besides dK, dV
       prepass(ws_bwd_prepass_kernel<128>);

@@ -102,8 +102,8 @@ __device__ __forceinline__ ItemStep item_step(const BwdBlockWork& w, int t, int 
 
 // The load thread of both kernels (tm_do from make_tmap_bf16_heads; HD is the kernel's width, a
 // multiple of 64, the columns past the tensors' own zero-filled): K and V of each item into slot
-// item % KVS of a KVS-slot ring (KVS 1 only for blocks of one item; bar_kv_empty is then never used and may be null)
-// (128-byte-swizzled 64-column regions at sK/sV + slot·kv_slot_elems, onto bar_kv[slot]; a slot is
+// item % KVS of a KVS-slot ring (KVS 1 only for blocks of one item; bar_kv_empty is then never
+// used and may be null) (128-byte-swizzled 64-column regions at sK/sV + slot·kv_slot_elems, onto bar_kv[slot]; a slot is
 // refilled once the consumers' 8 warps have arrived on bar_kv_empty[slot] after the item before
 // it), then per step into stage t % NS, once the stage is empty: Q and dO (region c of stage s at
 // q_stage + s·stage_elems + c·BR·64, the same from do_stage) and this query tile's lse₂ and D, all

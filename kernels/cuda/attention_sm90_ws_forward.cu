@@ -66,9 +66,9 @@ __device__ __forceinline__ WorkTile work_tile(int w, int n_qt, int H, int B, int
   return {(n_qt - 1 - w / per_qt) * br, rest % H, rest / H};
 }
 
-// HDR: the tensors' head dim (≤ HD; the columns past it are zero in shared memory); NACC: the
-// columns of O's accumulator and of P·V (HDR rounded up to 16).
-template <int HD, int BC, int NS, bool PINGPONG, int HDR, int NACC>
+// HDR: the tensors' head dim (≤ HD; the columns past it are zero in shared memory); O's
+// accumulator and P·V are acc_cols(HDR) wide.
+template <int HD, int BC, int NS, bool PINGPONG, int HDR>
 __global__ void __launch_bounds__(384, 1)
     attention_fwd_ws_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
                             const __grid_constant__ CUtensorMap tm_v, const __grid_constant__ CUtensorMap tm_o,
@@ -141,7 +141,8 @@ __global__ void __launch_bounds__(384, 1)
 
   regs_alloc<kConsumerRegs>();
   const int cw = wg - 1, wq = warp & 3;  // consumer warpgroup, warp within it
-  static_assert(NACC >= HDR && NACC <= HD && NACC % 16 == 0, "O's columns: HDR's, in 16s, within HD");
+  constexpr int NACC = acc_cols(HDR);
+  static_assert(NACC <= HD, "O's columns within the kernel's");
   float o[NACC / 2];
   float s[BC / 2];
 #pragma unroll
@@ -163,7 +164,7 @@ __global__ void __launch_bounds__(384, 1)
   auto issue_s = [&](int j) {
     const uint32_t k_addr = smem_addr(sK + ((it + j) % NS) * kChunks * BC * 64);
 #pragma unroll
-    for (int ks = 0; ks < (HDR + 15) / 16; ++ks) {  // k-steps over zero columns skipped
+    for (int ks = 0; ks < NACC / 16; ++ks) {  // k-steps over zero columns skipped
       const uint32_t in = (ks % 4) * 32;  // k-step within its 64-column region
       WgmmaSS<BC>::run(s, desc_sw128(q_addr + (ks / 4) * kBr * 128 + in, 16, 1024),
                        desc_sw128(k_addr + (ks / 4) * BC * 128 + in, 16, 1024), ks > 0);
@@ -324,15 +325,14 @@ void launch_fwd_ws(void* out, float* lse, const void* q, const void* k, const vo
   const int forced = env_switch("MLKV_ATTN_PERSISTENT");
   const bool persistent = forced < 0 ? PERSISTENT : forced == 1;
   static_assert(HDR <= HD && HD - HDR < 64, "padding within the last 64-column region");
-  constexpr int kNacc = (HDR + 15) / 16 * 16;
   const CUtensorMap tm_q = make_tmap_bf16_3d(q, HDR, T, uint64_t(B) * H, Tile::kBr);
   const CUtensorMap tm_k = make_tmap_bf16_3d(k, HDR, T, uint64_t(B) * KVH, BC);
   const CUtensorMap tm_v = make_tmap_bf16_3d(v, HDR, T, uint64_t(B) * KVH, BC);
   const CUtensorMap tm_o = make_tmap_bf16_heads(out, HDR, H, T, B, 64);  // 64-row boxes, clipped at column HDR
   // Measurement switch: MLKV_ATTN_FWD_TMA_OUT=0 writes O from registers at every head dim.
   const bool tma_out = env_switch("MLKV_ATTN_FWD_TMA_OUT") != 0;
-  auto kernel = pingpong ? attention_fwd_ws_kernel<HD, BC, NS, true, HDR, kNacc>
-                         : attention_fwd_ws_kernel<HD, BC, NS, false, HDR, kNacc>;
+  auto kernel =
+      pingpong ? attention_fwd_ws_kernel<HD, BC, NS, true, HDR> : attention_fwd_ws_kernel<HD, BC, NS, false, HDR>;
   allow_smem(kernel, Tile::kSmem);
   const int64_t n_work = int64_t((T + Tile::kBr - 1) / Tile::kBr) * H * B;
   if (n_work > INT32_MAX) throw Error("attention_forward: too many query tiles for one launch");

@@ -143,9 +143,9 @@ __device__ __forceinline__ void tma_load_1d(void* dst, const CUtensorMap* map, i
 }
 
 // TMA writes of a shared-memory box to global memory (tensor map coordinates c0 = column, c1 =
-// row; 4-D: c1 = head, c2 = row, c3 = batch): a store, or an fp32 add performed in L2. Both are asynchronous (bulk
-// async-groups): commit, then wait with bulk_wait_read (the shared-memory source may be
-// overwritten) or bulk_wait (the global writes are done).
+// row; 4-D: c1 = head, c2 = row, c3 = batch): a store, or an fp32 add performed in L2. Both are
+// asynchronous (bulk async-groups): commit, then wait with bulk_wait_read (the shared-memory
+// source may be overwritten) or bulk_wait (the global writes are done).
 __device__ __forceinline__ void tma_store_2d(const CUtensorMap* map, int c0, int c1, const void* src) {
   asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.tile.bulk_group [%0, {%2, %3}], [%1];\n" ::"l"(
                    reinterpret_cast<uint64_t>(map)),
