@@ -3,6 +3,7 @@
 // into the caller's dk, dv [B, KVH, T, hd].
 #include <algorithm>
 
+#include "core/env.h"
 #include "kernels/cuda/attention_launch.cuh"
 
 namespace mlkv::cuda::attn {
@@ -45,6 +46,13 @@ DkdvSplit choose_dkdv_split(int B, int T, int H, int KVH, int key_tile) {
     }
   sp.heads_per = group / sp.split;
   return sp;
+}
+
+int l2_section(int64_t unit_bytes, int64_t units) {
+  const long mib = env_int("MLKV_ATTN_L2_MIB", -1);
+  const int64_t budget = mib >= 0 ? int64_t(mib) << 20 : l2_bytes() / 2;
+  if (budget == 0 || units <= 1) return int(std::max<int64_t>(units, 1));
+  return int(std::clamp<int64_t>(budget / std::max<int64_t>(unit_bytes, 1), 1, units));
 }
 
 size_t dkdv_partial_floats(const DkdvSplit& sp, int B, int T, int KVH, int hd) {

@@ -26,6 +26,24 @@ inline int sm_count() {
   return n;
 }
 
+// Bytes of L2 cache of the current device.
+inline int64_t l2_bytes() {
+  int dev = 0, n = 0;
+  check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
+  check_cuda(cudaDeviceGetAttribute(&n, cudaDevAttrL2CacheSize, dev), "cudaDeviceGetAttribute");
+  return n;
+}
+
+// L2 sections. Kernels whose blocks re-read a head's tensors (the forward's K/V, the backward's
+// Q, dO and fp32 dQ) take their heads a section at a time, so that the blocks running together
+// touch only one section's bytes and find them in L2; numbering every head at once (the order
+// before 2026-12-07) spreads the running blocks over all heads, whose bytes exceed L2 for MHA
+// at T 2048, so each re-read came from memory. Returns the units (KV heads, or (b, KV head)
+// pairs) a section of `unit_bytes` each holds within the budget, in [1, units]: half of L2, or
+// MLKV_ATTN_L2_MIB=n MiB (0: one section of all, the old order), a measurement switch that also
+// forces sections where a kernel's default leaves them off (ws_bwd_sectioned).
+int l2_section(int64_t unit_bytes, int64_t units);
+
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
 inline void check_shape(const char* op, int B, int T, int H, int KVH, int hd) {
@@ -57,6 +75,7 @@ inline void allow_smem(Kernel kernel, size_t bytes) {
 // order is fixed, so the result stays bitwise deterministic without atomics.
 struct DkdvSplit {
   int split = 1, heads_per = 1;
+  int section = 0;  // (b, KV head) pairs a section of dkdv_block's numbering (0: all; l2_section)
   bool slice0_adds = true;  // false: slice 0 assigns dk, dv (attention_backward's `accumulate`)
   float* part_k = nullptr;
   float* part_v = nullptr;
@@ -71,21 +90,29 @@ size_t dkdv_partial_floats(const DkdvSplit& sp, int B, int T, int KVH, int hd);
 void add_dkdv_partials(float* dk, float* dv, const DkdvSplit& sp, int B, int T, int KVH, int hd,
                        cudaStream_t stream);
 
-// The (key tile, b, kv head, head slice) of a dK/dV block. Numbered with the key tile slowest, so
-// that all blocks of key tile 0 (the most causal query tiles) start first and the light last
-// tiles fill the SMs at the end (longest job first), and the slices of one tile run side by side.
+// The (key tile, b, kv head, head slice) of a dK/dV block. Numbered by L2 section (sp.section
+// (b, KV head) pairs each, the last maybe fewer), then with the key tile slowest, so that all
+// blocks of key tile 0 (the most causal query tiles) start first and the light last tiles fill
+// the SMs at the end (longest job first), and the slices of one tile run side by side. A block
+// waiting on key tile jt - 1 of its pair waits on a block numbered before it. The grid is every
+// key tile × B·KVH pairs × slices.
 struct DkdvBlock {
   int jt, b, g, slice;
 };
 __device__ __forceinline__ DkdvBlock dkdv_block(const DkdvSplit& sp, int B, int KVH) {
+  const int pairs = B * KVH, n_jt = gridDim.x / (pairs * sp.split);
+  const int sec = sp.section > 0 && sp.section < pairs ? sp.section : pairs;
   int idx = blockIdx.x;
+  const int s = idx / (sec * n_jt * sp.split);
+  idx -= s * sec * n_jt * sp.split;
+  const int in_sec = min(sec, pairs - s * sec);  // pairs in this section
   DkdvBlock r;
   r.slice = idx % sp.split;
   idx /= sp.split;
-  r.g = idx % KVH;
-  idx /= KVH;
-  r.b = idx % B;
-  r.jt = idx / B;
+  const int pair = s * sec + idx % in_sec;
+  r.jt = idx / in_sec;
+  r.g = pair % KVH;
+  r.b = pair / KVH;
   return r;
 }
 

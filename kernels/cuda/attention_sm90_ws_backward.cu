@@ -507,8 +507,9 @@ void launch_bwd_ws(float* dk, float* dv, const void* dout, const void* q, const 
   auto kernel = attention_bwd_ws_kernel<HD, BR, NS, DQ, KVS, HDR>;
   allow_smem(kernel, Tile::kSmem);
   const int64_t blocks = int64_t((T + kWsBc - 1) / kWsBc) * (KVH / kv_per) * B * split.split;
+  const DkdvSplit sp = ws_bwd_sectioned(split, B, T, H, KVH, HDR, kv_per);
   kernel<<<dim3(unsigned(blocks)), 384, Tile::kSmem, stream>>>(tm_q, tm_k, tm_v, tm_do, tm_dq, tm_lse2, tm_dvec,
-                                                               ws.dq_turn, dk, dv, B, T, t_pad, H, H / KVH, split,
+                                                               ws.dq_turn, dk, dv, B, T, t_pad, H, H / KVH, sp,
                                                                kv_per, scale * kLog2e, scale, ws_bwd_head_major());
   check_launch("attention_bwd_ws_kernel");
 }

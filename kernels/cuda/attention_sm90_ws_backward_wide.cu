@@ -279,7 +279,8 @@ void launch_bwd_ws_wide(float* dk, float* dv, const void* dout, const void* q, c
   allow_smem(attention_bwd_ws_wide_kernel, kSmem);
   const int64_t blocks = int64_t((T + kBc - 1) / kBc) * KVH * B * split.split;
   attention_bwd_ws_wide_kernel<<<dim3(unsigned(blocks)), 384, kSmem, stream>>>(
-      tm_q, tm_k, tm_v, tm_do, tm_lse2, tm_dvec, tm_dq, ws.dq_turn, dk, dv, B, T, t_pad, H, H / KVH, split,
+      tm_q, tm_k, tm_v, tm_do, tm_lse2, tm_dvec, tm_dq, ws.dq_turn, dk, dv, B, T, t_pad, H, H / KVH,
+      ws_bwd_sectioned(split, B, T, H, KVH, kHd, 1),
       scale * kLog2e, scale, ws_bwd_head_major());
   check_launch("attention_bwd_ws_wide_kernel");
 }

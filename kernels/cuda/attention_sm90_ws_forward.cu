@@ -55,15 +55,19 @@ struct WsFwdTile {
 constexpr int kProducerRegs = 40;
 constexpr int kConsumerRegs = 232;
 
-// Work tile w (128 query rows of one (b, h)), numbered with the query tile slowest and from the
-// last (the most causal K/V tiles) down, so the heaviest tiles start first everywhere.
+// Work tile w (128 query rows of one (b, h)). Numbered by L2 section (`section` query heads
+// each, the last maybe fewer: a whole number of KV heads, whose K/V the section's tiles re-read;
+// l2_section), then with the query tile slowest and from the last (the most causal K/V tiles)
+// down, so the heaviest tiles start first everywhere.
 struct WorkTile {
   int q0, h, b;
 };
-__device__ __forceinline__ WorkTile work_tile(int w, int n_qt, int H, int B, int br) {
-  const int per_qt = H * B;
-  const int rest = w % per_qt;
-  return {(n_qt - 1 - w / per_qt) * br, rest % H, rest / H};
+__device__ __forceinline__ WorkTile work_tile(int w, int n_qt, int H, int B, int br, int section) {
+  const int s = w / (section * n_qt);
+  const int rest = w - s * section * n_qt;
+  const int in_sec = min(section, B * H - s * section);  // query heads in this section
+  const int bh = s * section + rest % in_sec;
+  return {(n_qt - 1 - rest / in_sec) * br, bh % H, bh / H};
 }
 
 // HDR: the tensors' head dim (≤ HD; the columns past it are zero in shared memory); O's
@@ -73,8 +77,8 @@ __global__ void __launch_bounds__(384, 1)
     attention_fwd_ws_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
                             const __grid_constant__ CUtensorMap tm_v, const __grid_constant__ CUtensorMap tm_o,
                             bf16* __restrict__ out,
-                            float* __restrict__ lse, int B, int T, int H, int group, float scale_log2,
-                            bool tma_out) {
+                            float* __restrict__ lse, int B, int T, int H, int group, int section,
+                            float scale_log2, bool tma_out) {
 #ifdef MLKV_SM90A
   using Tile = WsFwdTile<HD, BC, NS>;
   constexpr int kBr = Tile::kBr, kChunks = Tile::kChunks, kNC = Tile::kConsumers;
@@ -116,7 +120,7 @@ __global__ void __launch_bounds__(384, 1)
       tma_prefetch_map(&tm_v);
       int it = 0, wi = 0;
       for (int w = blockIdx.x; w < n_work; w += gridDim.x, ++wi) {
-        const WorkTile wt = work_tile(w, n_qt, H, B, kBr);
+        const WorkTile wt = work_tile(w, n_qt, H, B, kBr, section);
         const int kv_row = wt.b * KVH + wt.h / group;
         if (wi > 0) mbar_wait(&bar_q_empty, (wi - 1) & 1);  // the previous Q is no longer read
         mbar_arrive_expect_tx(&bar_q_full, Tile::kQBytes);
@@ -196,7 +200,7 @@ __global__ void __launch_bounds__(384, 1)
   };
 
   for (int w = blockIdx.x; w < n_work; w += gridDim.x, ++wi) {
-    const WorkTile wt = work_tile(w, n_qt, H, B, kBr);
+    const WorkTile wt = work_tile(w, n_qt, H, B, kBr, section);
     n_tiles = tiles_of(wt.q0);
     wrow0 = wt.q0 + cw * 64 + wq * 16;
     r0 = wrow0 + (lane >> 2);  // this thread's rows r0, r0 + 8
@@ -337,8 +341,9 @@ void launch_fwd_ws(void* out, float* lse, const void* q, const void* k, const vo
   const int64_t n_work = int64_t((T + Tile::kBr - 1) / Tile::kBr) * H * B;
   if (n_work > INT32_MAX) throw Error("attention_forward: too many query tiles for one launch");
   const int grid = persistent ? int(std::min<int64_t>(n_work, sm_count())) : int(n_work);
+  const int section = l2_section(int64_t(4) * T * HDR, int64_t(B) * KVH) * (H / KVH);  // K and V, bf16
   kernel<<<grid, Tile::kThreads, Tile::kSmem, stream>>>(tm_q, tm_k, tm_v, tm_o, static_cast<bf16*>(out), lse, B, T, H,
-                                                        H / KVH, kLog2e / std::sqrt(float(HDR)), tma_out);
+                                                        H / KVH, section, kLog2e / std::sqrt(float(HDR)), tma_out);
   check_launch("attention_fwd_ws_kernel");
 }
 

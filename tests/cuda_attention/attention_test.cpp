@@ -219,6 +219,58 @@ TEST(Attention, PersistentAndPerTileForwardAgree) {
   }
 }
 
+// L2 sections (MLKV_ATTN_L2_MIB; kernels/cuda/attention_launch.cuh): the warp-specialised
+// kernels number their work by sections of KV heads, of (b, KV head) pairs in the backward.
+// Small budgets cut these shapes into several sections, the last one ragged where the units do
+// not divide: the first shape's forward 5 + 1 KV heads at 1 MiB, its backward (head split on)
+// 2 + 2 + 2 pairs at 3 MiB; MHA with three KV heads a backward block, 8 sections of 1 pair at
+// 1 MiB, 6 + 2 at 4 MiB; hd 128, 2 + 2 forward units and 4 backward sections of one pair, whose
+// ordered dQ adds cross sections; hd 256 5 + 5 + 2 forward units at 3 MiB; hd 80 on the hd-128
+// kernels, 4 + 2 pairs at 3 MiB. The one-section order (0) matches the reference and every other
+// budget matches it bitwise: the numbering moves work between blocks, never the order of a sum.
+TEST(Attention, L2SectionsMatchOneSection) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  KernelFamily family(true);
+  struct Case {
+    AttnShape s;
+    const char* kv_per;
+  };
+  for (const Case& c : {Case{{3, 700, 6, 2, 64}, nullptr}, Case{{2, 300, 12, 12, 64}, "3"},
+                        Case{{2, 1000, 4, 2, 128}, nullptr}, Case{{3, 600, 4, 4, 256}, nullptr},
+                        Case{{2, 400, 6, 3, 80}, nullptr}}) {
+    const AttnShape& s = c.s;
+    if (c.kv_per) ::setenv("MLKV_ATTN_BWD_KV_PER", c.kv_per, 1);
+    std::mt19937_64 rng(0x12000000ull + s.hd * 7 + s.H);
+    Inputs in(s, rng);
+    Forward f(s);
+    Backward b(s, rng);
+    ::setenv("MLKV_ATTN_L2_MIB", "0", 1);
+    f.run(mlkv::cuda::attention_forward, s, in);
+    b.run(mlkv::cuda::attention_backward, s, in, f);
+    f.check(s, in);
+    b.check(s, in);
+    const auto out0 = download<uint16_t>(f.out, s.q_elems());
+    const auto lse0 = download<float>(f.lse, s.vec_elems());
+    const auto dq0 = b.dq_h;
+    const auto dk0 = b.dk_h, dv0 = b.dv_h;
+    for (const char* mib : {"1", "3", "4"}) {
+      ::setenv("MLKV_ATTN_L2_MIB", mib, 1);
+      poison(f.out);
+      poison(f.lse);
+      f.run(mlkv::cuda::attention_forward, s, in);
+      b.run(mlkv::cuda::attention_backward, s, in, f);  // from the same starting dk, dv
+      const std::string at = name(s) + " at " + mib + " MiB";
+      EXPECT_TRUE(download<uint16_t>(f.out, s.q_elems()) == out0) << "out " << at;
+      EXPECT_TRUE(download<float>(f.lse, s.vec_elems()) == lse0) << "lse " << at;
+      EXPECT_TRUE(b.dq_h == dq0) << "dq " << at;
+      EXPECT_TRUE(b.dk_h == dk0) << "dk " << at;
+      EXPECT_TRUE(b.dv_h == dv0) << "dv " << at;
+    }
+    ::unsetenv("MLKV_ATTN_L2_MIB");
+    ::unsetenv("MLKV_ATTN_BWD_KV_PER");
+  }
+}
+
 TEST(Attention, RejectsUnsupportedShapes) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
   DevBuf buf(1 << 20);
