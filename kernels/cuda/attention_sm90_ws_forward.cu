@@ -72,7 +72,10 @@ __device__ __forceinline__ WorkTile work_tile(int w, int n_qt, int H, int B, int
 
 // HDR: the tensors' head dim (≤ HD; the columns past it are zero in shared memory); O's
 // accumulator and P·V are acc_cols(HDR) wide.
-template <int HD, int BC, int NS, bool PINGPONG, int HDR>
+// SPLIT_KV: K and V stages have barriers of their own: K_j's stage is released once S_j has
+// retired, half a tile before P_j·V_j does, and the producer issues K_{j+1} before V_j (the
+// order the consumers use them in), so K runs further ahead of the products.
+template <int HD, int BC, int NS, bool PINGPONG, int HDR, bool SPLIT_KV>
 __global__ void __launch_bounds__(384, 1)
     attention_fwd_ws_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
                             const __grid_constant__ CUtensorMap tm_v, const __grid_constant__ CUtensorMap tm_o,
@@ -83,7 +86,9 @@ __global__ void __launch_bounds__(384, 1)
   using Tile = WsFwdTile<HD, BC, NS>;
   constexpr int kBr = Tile::kBr, kChunks = Tile::kChunks, kNC = Tile::kConsumers;
   extern __shared__ unsigned char smem_raw[];
-  __shared__ __align__(8) uint64_t bar_q_full, bar_q_empty, bar_full[NS], bar_empty[NS];
+  // bar_full/bar_empty: stage s's K and V together, or (SPLIT_KV) its K; bar_*_v: its V (SPLIT_KV).
+  __shared__ __align__(8) uint64_t bar_q_full, bar_q_empty, bar_full[NS], bar_empty[NS], bar_full_v[NS],
+      bar_empty_v[NS];
   // 128-byte-swizzled regions must start on 1024 bytes.
   bf16* sQ = reinterpret_cast<bf16*>(smem_align1024(smem_raw));
   bf16* sK = sQ + kBr * HD;      // [NS][kChunks][BC × 64]
@@ -104,6 +109,8 @@ __global__ void __launch_bounds__(384, 1)
     for (int s = 0; s < NS; ++s) {
       mbar_init(&bar_full[s], 1);
       mbar_init(&bar_empty[s], kNC * 4);
+      mbar_init(&bar_full_v[s], 1);
+      mbar_init(&bar_empty_v[s], kNC * 4);
     }
     mbar_init_fence();
   }
@@ -128,16 +135,36 @@ __global__ void __launch_bounds__(384, 1)
         for (int c = 0; c < kChunks; ++c)
           tma_load_3d(sQ + c * kBr * 64, &tm_q, c * 64, wt.q0, wt.b * H + wt.h, &bar_q_full);
         const int n_tiles = tiles_of(wt.q0);
-        for (int t = 0; t < n_tiles; ++t, ++it) {
-          const int s = it % NS;
-          if (it >= NS) mbar_wait(&bar_empty[s], (it / NS - 1) & 1);  // K/V tile it-NS released
-          mbar_arrive_expect_tx(&bar_full[s], 2 * Tile::kKVBytes);
+        // K (or K and V) of tile t into stage (it + t) % NS once its previous use is released.
+        const auto load_k = [&](int t) {
+          const int g = it + t, st = g % NS;
+          if (g >= NS) mbar_wait(&bar_empty[st], (g / NS - 1) & 1);
+          mbar_arrive_expect_tx(&bar_full[st], (SPLIT_KV ? 1 : 2) * Tile::kKVBytes);
 #pragma unroll
           for (int c = 0; c < kChunks; ++c) {
-            tma_load_3d(sK + (s * kChunks + c) * BC * 64, &tm_k, c * 64, t * BC, kv_row, &bar_full[s]);
-            tma_load_3d(sV + (s * kChunks + c) * BC * 64, &tm_v, c * 64, t * BC, kv_row, &bar_full[s]);
+            tma_load_3d(sK + (st * kChunks + c) * BC * 64, &tm_k, c * 64, t * BC, kv_row, &bar_full[st]);
+            if (!SPLIT_KV)
+              tma_load_3d(sV + (st * kChunks + c) * BC * 64, &tm_v, c * 64, t * BC, kv_row, &bar_full[st]);
           }
+        };
+        const auto load_v = [&](int t) {
+          const int g = it + t, st = g % NS;
+          if (g >= NS) mbar_wait(&bar_empty_v[st], (g / NS - 1) & 1);
+          mbar_arrive_expect_tx(&bar_full_v[st], Tile::kKVBytes);
+#pragma unroll
+          for (int c = 0; c < kChunks; ++c)
+            tma_load_3d(sV + (st * kChunks + c) * BC * 64, &tm_v, c * 64, t * BC, kv_row, &bar_full_v[st]);
+        };
+        if (SPLIT_KV) {
+          load_k(0);
+          for (int t = 0; t < n_tiles; ++t) {
+            if (t + 1 < n_tiles) load_k(t + 1);
+            load_v(t);
+          }
+        } else {
+          for (int t = 0; t < n_tiles; ++t) load_k(t);
         }
+        it += n_tiles;
       }
     }
     return;
@@ -180,11 +207,21 @@ __global__ void __launch_bounds__(384, 1)
     for (int kk = 0; kk < BC / 16; ++kk)
       WgmmaRS<NACC>::run(o, p[kk], desc_sw128(v_addr + kk * 2048, BC * 128, 1024), 1);
   };
-  auto release = [&](int j) {  // this warp is done reading tile j's stage
+  // This warp is done reading tile j's K (release_k) or V (release_v); without SPLIT_KV, K and V
+  // share one barrier and are released together by release_v.
+  auto release_k = [&](int j) {
+    if (!SPLIT_KV) return;
     __syncwarp();
     if (lane == 0) mbar_arrive(&bar_empty[(it + j) % NS]);
   };
-  auto wait_full = [&](int j) { mbar_wait(&bar_full[(it + j) % NS], ((it + j) / NS) & 1); };
+  auto release_v = [&](int j) {
+    __syncwarp();
+    if (lane == 0) mbar_arrive(SPLIT_KV ? &bar_empty_v[(it + j) % NS] : &bar_empty[(it + j) % NS]);
+  };
+  auto wait_k = [&](int j) { mbar_wait(&bar_full[(it + j) % NS], ((it + j) / NS) & 1); };
+  auto wait_v = [&](int j) {
+    if (SPLIT_KV) mbar_wait(&bar_full_v[(it + j) % NS], ((it + j) / NS) & 1);
+  };
   auto softmax = [&](int j) { online_softmax_tile<BC>(s, m, l, alpha, j * BC, wrow0, r0, T, scale_log2, lane); };
   // O *= alpha (before the newest P's product is added), then P packed as 16-key A fragments
   // (two n8 accumulator tiles each).
@@ -211,7 +248,7 @@ __global__ void __launch_bounds__(384, 1)
     if (PINGPONG && cw == 1) named_arrive(1, 256);
 
     mbar_wait(&bar_q_full, wi & 1);
-    wait_full(0);
+    wait_k(0);
     take_turn();
     fence_regs(s);
     wgmma_fence();
@@ -220,10 +257,12 @@ __global__ void __launch_bounds__(384, 1)
     pass_turn(0);
     wgmma_wait<0>();
     fence_regs(s);
+    release_k(0);
     softmax(0);
     rescale_pack();
     for (int j = 1; j < n_tiles; ++j) {
-      wait_full(j);
+      wait_k(j);
+      wait_v(j - 1);
       take_turn();
       fence_regs(s);
       fence_regs(o);
@@ -235,13 +274,15 @@ __global__ void __launch_bounds__(384, 1)
       pass_turn(j);
       wgmma_wait<1>();  // S_j done; P_{j-1}·V_{j-1} may still run
       fence_regs(s);
+      release_k(j);
       softmax(j);
       wgmma_wait<0>();  // P_{j-1}·V_{j-1} done: O and the P registers are free
       fence_regs(o);
       fence_regs_u32(p);
-      release(j - 1);
+      release_v(j - 1);
       rescale_pack();
     }
+    wait_v(n_tiles - 1);
     fence_regs(o);
     wgmma_fence();
     issue_pv(n_tiles - 1);
@@ -249,7 +290,7 @@ __global__ void __launch_bounds__(384, 1)
     wgmma_wait<0>();
     fence_regs(o);
     fence_regs_u32(p);
-    release(n_tiles - 1);
+    release_v(n_tiles - 1);
     __syncwarp();
     if (lane == 0 && !out_in_q) mbar_arrive(&bar_q_empty);  // every S of this work tile is done
     it += n_tiles;
@@ -335,8 +376,12 @@ void launch_fwd_ws(void* out, float* lse, const void* q, const void* k, const vo
   const CUtensorMap tm_o = make_tmap_bf16_heads(out, HDR, H, T, B, 64);  // 64-row boxes, clipped at column HDR
   // Measurement switch: MLKV_ATTN_FWD_TMA_OUT=0 writes O from registers at every head dim.
   const bool tma_out = env_switch("MLKV_ATTN_FWD_TMA_OUT") != 0;
-  auto kernel =
-      pingpong ? attention_fwd_ws_kernel<HD, BC, NS, true, HDR> : attention_fwd_ws_kernel<HD, BC, NS, false, HDR>;
+  // Measurement switch: MLKV_ATTN_FWD_SPLIT_KV=1 gives K and V barriers of their own.
+  const bool split_kv = env_switch("MLKV_ATTN_FWD_SPLIT_KV") == 1;
+  auto kernel = pingpong ? (split_kv ? attention_fwd_ws_kernel<HD, BC, NS, true, HDR, true>
+                                     : attention_fwd_ws_kernel<HD, BC, NS, true, HDR, false>)
+                         : (split_kv ? attention_fwd_ws_kernel<HD, BC, NS, false, HDR, true>
+                                     : attention_fwd_ws_kernel<HD, BC, NS, false, HDR, false>);
   allow_smem(kernel, Tile::kSmem);
   const int64_t n_work = int64_t((T + Tile::kBr - 1) / Tile::kBr) * H * B;
   if (n_work > INT32_MAX) throw Error("attention_forward: too many query tiles for one launch");

@@ -219,6 +219,30 @@ TEST(Attention, PersistentAndPerTileForwardAgree) {
   }
 }
 
+// The warp-specialised forward with K and V stages on barriers of their own
+// (MLKV_ATTN_FWD_SPLIT_KV=1: K released after S, loaded ahead of V) against the shared barrier:
+// every head dim, one and several K/V tiles a work tile (T 100 and 1000), persistent (hd 64) and
+// per-tile blocks; reference and bitwise equality (only the synchronisation differs).
+TEST(Attention, SplitKvBarriersForwardAgrees) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  KernelFamily family(true);
+  for (const AttnShape& s : {AttnShape{4, 700, 6, 2, 64}, AttnShape{3, 100, 4, 4, 64}, AttnShape{2, 1000, 4, 1, 128},
+                             AttnShape{2, 500, 6, 3, 80}, AttnShape{3, 600, 4, 4, 256}, AttnShape{1, 1, 2, 1, 256}}) {
+    std::mt19937_64 rng(0xabc00000ull + s.hd + s.T);
+    Inputs in(s, rng);
+    Forward shared(s), split(s);
+    shared.run(mlkv::cuda::attention_forward, s, in);
+    ::setenv("MLKV_ATTN_FWD_SPLIT_KV", "1", 1);
+    split.run(mlkv::cuda::attention_forward, s, in);
+    ::unsetenv("MLKV_ATTN_FWD_SPLIT_KV");
+    split.check(s, in);
+    EXPECT_TRUE(download<uint16_t>(split.out, s.q_elems()) == download<uint16_t>(shared.out, s.q_elems()))
+        << "out " << name(s);
+    EXPECT_TRUE(download<float>(split.lse, s.vec_elems()) == download<float>(shared.lse, s.vec_elems()))
+        << "lse " << name(s);
+  }
+}
+
 // L2 sections (MLKV_ATTN_L2_MIB; kernels/cuda/attention_launch.cuh): the warp-specialised
 // kernels number their work by sections of KV heads, of (b, KV head) pairs in the backward.
 // Small budgets cut these shapes into several sections, the last one ragged where the units do
