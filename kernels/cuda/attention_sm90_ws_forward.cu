@@ -8,7 +8,9 @@
 // the work tiles with its K/V ring running on from one to the next.
 //   producer (one thread): TMA loads of the Q tile, then of each K/V tile into an NS-stage
 //     shared-memory ring; stage s is refilled once both consumers have released it (mbarriers:
-//     full[s] counts the TMA bytes, empty[s] the consumer warps' arrivals).
+//     full[s] counts the TMA bytes, empty[s] the consumer warps' arrivals). Above hd 64 K and V
+//     have barriers of their own (SPLIT_KV): K_j is released once S_j has retired and K_{j+1}
+//     is loaded before V_j, so the K loads run a tile further ahead of the products.
 //   consumers (64 query rows each), per K/V tile j:
 //     S_j = Q·K_jᵀ            wgmma, Q and K from shared memory (K-major, 128-byte swizzle)
 //     O  += P_{j-1}·V_{j-1}   wgmma, P from registers (bf16), V from shared memory (MN-major)
@@ -376,8 +378,12 @@ void launch_fwd_ws(void* out, float* lse, const void* q, const void* k, const vo
   const CUtensorMap tm_o = make_tmap_bf16_heads(out, HDR, H, T, B, 64);  // 64-row boxes, clipped at column HDR
   // Measurement switch: MLKV_ATTN_FWD_TMA_OUT=0 writes O from registers at every head dim.
   const bool tma_out = env_switch("MLKV_ATTN_FWD_TMA_OUT") != 0;
-  // Measurement switch: MLKV_ATTN_FWD_SPLIT_KV=1 gives K and V barriers of their own.
-  const bool split_kv = env_switch("MLKV_ATTN_FWD_SPLIT_KV") == 1;
+  // K and V on barriers of their own except at hd 64 (H100, same call: 8,8,8,2048,256 0.374 →
+  // 0.287 ms, 2,16,16,8192,128 1.164 → 0.867, 4,32,4,2048,80 0.318 → 0.249; 16,12,12,2048,64
+  // 0.320 → 0.327, 16,12,1 0.287 → 0.303: ATTENTION_NOTES log 20). Measurement switch:
+  // MLKV_ATTN_FWD_SPLIT_KV=0 or =1 forces either, read per call.
+  const int split_forced = env_switch("MLKV_ATTN_FWD_SPLIT_KV");
+  const bool split_kv = split_forced < 0 ? HD != 64 : split_forced == 1;
   auto kernel = pingpong ? (split_kv ? attention_fwd_ws_kernel<HD, BC, NS, true, HDR, true>
                                      : attention_fwd_ws_kernel<HD, BC, NS, true, HDR, false>)
                          : (split_kv ? attention_fwd_ws_kernel<HD, BC, NS, false, HDR, true>

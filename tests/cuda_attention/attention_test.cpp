@@ -219,10 +219,11 @@ TEST(Attention, PersistentAndPerTileForwardAgree) {
   }
 }
 
-// The warp-specialised forward with K and V stages on barriers of their own
-// (MLKV_ATTN_FWD_SPLIT_KV=1: K released after S, loaded ahead of V) against the shared barrier:
-// every head dim, one and several K/V tiles a work tile (T 100 and 1000), persistent (hd 64) and
-// per-tile blocks; reference and bitwise equality (only the synchronisation differs).
+// The warp-specialised forward with K and V stages on barriers of their own (the default above
+// hd 64: K released after S, loaded ahead of V) against one barrier for both (hd 64's default),
+// both forced (MLKV_ATTN_FWD_SPLIT_KV=1 / =0): every head dim, one and several K/V tiles a work
+// tile (T 1 to 1000), persistent (hd 64) and per-tile blocks; reference and bitwise equality
+// (only the synchronisation differs).
 TEST(Attention, SplitKvBarriersForwardAgrees) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
   KernelFamily family(true);
@@ -231,10 +232,12 @@ TEST(Attention, SplitKvBarriersForwardAgrees) {
     std::mt19937_64 rng(0xabc00000ull + s.hd + s.T);
     Inputs in(s, rng);
     Forward shared(s), split(s);
+    ::setenv("MLKV_ATTN_FWD_SPLIT_KV", "0", 1);
     shared.run(mlkv::cuda::attention_forward, s, in);
     ::setenv("MLKV_ATTN_FWD_SPLIT_KV", "1", 1);
     split.run(mlkv::cuda::attention_forward, s, in);
     ::unsetenv("MLKV_ATTN_FWD_SPLIT_KV");
+    shared.check(s, in);
     split.check(s, in);
     EXPECT_TRUE(download<uint16_t>(split.out, s.q_elems()) == download<uint16_t>(shared.out, s.q_elems()))
         << "out " << name(s);
