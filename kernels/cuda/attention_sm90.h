@@ -19,6 +19,9 @@ bool sm90_enabled();
 // log 18). forward_sm90 takes them unless attention_use_ws_forward(false) was called.
 bool ws_kernels_take(int hd, int group);
 bool ws_pingpong();  // false after MLKV_ATTN_PINGPONG=0 (a measurement switch)
+// Whether the warp-specialised forward at hd gives K and V barriers of their own: above hd 64,
+// or as MLKV_ATTN_FWD_SPLIT_KV=0|1 forces (read per call).
+bool ws_forward_split_kv(int hd);
 void forward_sm90_ws(void* out, float* lse, const void* q, const void* k, const void* v, int B, int T, int H,
                      int KVH, int hd, cudaStream_t stream);
 void forward_sm90(void* out, float* lse, const void* q, const void* k, const void* v, int B, int T, int H, int KVH,

@@ -308,7 +308,10 @@ const char* attention_backward_kernel(int hd, int group) {
 const char* attention_forward_kernel(int hd, int group) {
   if (!attn::sm90_enabled()) return "mma.sync";
   if (!attention_ws_forward_active(hd, group)) return "lockstep wgmma";
-  return attn::ws_pingpong() ? "warp-specialised, ping-pong" : "warp-specialised, no ping-pong";
+  const bool kv_apart = attn::ws_forward_split_kv(hd);
+  if (attn::ws_pingpong())
+    return kv_apart ? "warp-specialised, ping-pong, K/V barriers apart" : "warp-specialised, ping-pong";
+  return kv_apart ? "warp-specialised, no ping-pong, K/V barriers apart" : "warp-specialised, no ping-pong";
 }
 
 }  // namespace mlkv::cuda

@@ -378,12 +378,7 @@ void launch_fwd_ws(void* out, float* lse, const void* q, const void* k, const vo
   const CUtensorMap tm_o = make_tmap_bf16_heads(out, HDR, H, T, B, 64);  // 64-row boxes, clipped at column HDR
   // Measurement switch: MLKV_ATTN_FWD_TMA_OUT=0 writes O from registers at every head dim.
   const bool tma_out = env_switch("MLKV_ATTN_FWD_TMA_OUT") != 0;
-  // K and V on barriers of their own except at hd 64 (H100, same call: 8,8,8,2048,256 0.374 →
-  // 0.287 ms, 2,16,16,8192,128 1.164 → 0.867, 4,32,4,2048,80 0.318 → 0.249; 16,12,12,2048,64
-  // 0.320 → 0.327, 16,12,1 0.287 → 0.303: ATTENTION_NOTES log 20). Measurement switch:
-  // MLKV_ATTN_FWD_SPLIT_KV=0 or =1 forces either, read per call.
-  const int split_forced = env_switch("MLKV_ATTN_FWD_SPLIT_KV");
-  const bool split_kv = split_forced < 0 ? HD != 64 : split_forced == 1;
+  const bool split_kv = ws_forward_split_kv(HD);
   auto kernel = pingpong ? (split_kv ? attention_fwd_ws_kernel<HD, BC, NS, true, HDR, true>
                                      : attention_fwd_ws_kernel<HD, BC, NS, true, HDR, false>)
                          : (split_kv ? attention_fwd_ws_kernel<HD, BC, NS, false, HDR, true>
@@ -403,6 +398,15 @@ void launch_fwd_ws(void* out, float* lse, const void* q, const void* k, const vo
 // H100, 2026-12-07, fwd + bwd ms, warp-specialised against lockstep + two-kernel: 4,32,4,2048,80
 // 1.081 against 1.394; 4,32,32,2048,80 (MHA) 1.549 against 1.427.
 bool ws_kernels_take(int hd, int group) { return hd == 64 || hd == 128 || hd == 256 || (hd == 80 && group >= 2); }
+
+// K and V on barriers of their own except at hd 64 (H100, same call: 8,8,8,2048,256 0.374 →
+// 0.287 ms, 2,16,16,8192,128 1.164 → 0.867, 4,32,4,2048,80 0.318 → 0.249; 16,12,12,2048,64
+// 0.320 → 0.327, 16,12,1 0.287 → 0.303: ATTENTION_NOTES log 20). hd is the kernel's width (hd
+// 80 runs the hd-128 kernel). Measurement switch: MLKV_ATTN_FWD_SPLIT_KV=0 or =1 forces either.
+bool ws_forward_split_kv(int hd) {
+  const int forced = env_switch("MLKV_ATTN_FWD_SPLIT_KV");
+  return forced < 0 ? hd != 64 : forced == 1;
+}
 
 // Measurement switch: MLKV_ATTN_PINGPONG=0 turns the ping-pong off (read once).
 bool ws_pingpong() {
