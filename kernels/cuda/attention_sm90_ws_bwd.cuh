@@ -171,9 +171,9 @@ __device__ __forceinline__ void ws_bwd_load(const BwdBlockWork& w, const CUtenso
 // MLKV_ATTN_BWD_KV_PER=n (a divisor of KVH) forces it, for measurements.
 int bwd_kv_per_block(int B, int T, int KVH, int key_tile, int q_tile, const DkdvSplit& split);
 
-// `split` with its L2 section (l2_section) where sections pay, for blocks of kv_per KV heads and
-// key_tile keys: a (b, KV heads) pair's blocks re-read its query heads' Q and dO (bf16) and fp32
-// dQ, and read its K and V once. A section runs all key tiles of its pairs together, so a
+// `split` with its L2 section (l2_section) where sections pay, for blocks of kv_per KV heads: a
+// (b, KV heads) pair's blocks re-read its query heads' Q and dO (bf16) and fp32 dQ, and read its
+// K and V once. A section runs all key tiles of its pairs together, so a
 // pair's later key tiles first wait for the dQ turns of the earlier ones (up to n_jt turns), where
 // the one-section order starts them a wave apart. That costs more than L2 saves in the 128-key
 // kernels (hd 64: 0.92 → 1.15 ms at 16,12,12,2048; MQA 0.81 → 1.04) and wins at hd 256, whose
