@@ -194,6 +194,25 @@ TEST(Attention, WsBackwardSeveralKvHeadsABlock) {
   ::unsetenv("MLKV_ATTN_BWD_KV_PER");
 }
 
+// The forward run with the measurement switch `var` at 1 and at 0 (one block per SM or per work
+// tile; K and V on barriers of their own or one): both match the reference and each other
+// bitwise, as the two forms differ only in scheduling and synchronisation.
+void expect_forward_switch_agrees(const char* var, const AttnShape& s, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  Inputs in(s, rng);
+  Forward on(s), off(s);
+  ::setenv(var, "1", 1);
+  on.run(mlkv::cuda::attention_forward, s, in);
+  ::setenv(var, "0", 1);
+  off.run(mlkv::cuda::attention_forward, s, in);
+  ::unsetenv(var);
+  on.check(s, in);
+  off.check(s, in);
+  const std::string at = name(s) + " (" + var + ")";
+  EXPECT_TRUE(download<uint16_t>(on.out, s.q_elems()) == download<uint16_t>(off.out, s.q_elems())) << "out " << at;
+  EXPECT_TRUE(download<float>(on.lse, s.vec_elems()) == download<float>(off.lse, s.vec_elems())) << "lse " << at;
+}
+
 // The warp-specialised forward with one block per SM walking the work tiles (its K/V ring and
 // barrier phases running on across tiles) and with one block per work tile: both match the
 // reference and each other bitwise. The shapes have more work tiles than an H100/H200 has SMs, so
@@ -201,22 +220,8 @@ TEST(Attention, WsBackwardSeveralKvHeadsABlock) {
 TEST(Attention, PersistentAndPerTileForwardAgree) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
   KernelFamily family(true);
-  for (const AttnShape& s : {AttnShape{4, 700, 6, 2, 64}, AttnShape{6, 1000, 4, 1, 128}, AttnShape{4, 600, 8, 2, 256}}) {
-    std::mt19937_64 rng(0xfeed0000ull + s.hd);
-    Inputs in(s, rng);
-    Forward per_sm(s), per_tile(s);
-    ::setenv("MLKV_ATTN_PERSISTENT", "1", 1);
-    per_sm.run(mlkv::cuda::attention_forward, s, in);
-    ::setenv("MLKV_ATTN_PERSISTENT", "0", 1);
-    per_tile.run(mlkv::cuda::attention_forward, s, in);
-    ::unsetenv("MLKV_ATTN_PERSISTENT");
-    per_sm.check(s, in);
-    per_tile.check(s, in);
-    EXPECT_TRUE(download<uint16_t>(per_sm.out, s.q_elems()) == download<uint16_t>(per_tile.out, s.q_elems()))
-        << "out " << name(s);
-    EXPECT_TRUE(download<float>(per_sm.lse, s.vec_elems()) == download<float>(per_tile.lse, s.vec_elems()))
-        << "lse " << name(s);
-  }
+  for (const AttnShape& s : {AttnShape{4, 700, 6, 2, 64}, AttnShape{6, 1000, 4, 1, 128}, AttnShape{4, 600, 8, 2, 256}})
+    expect_forward_switch_agrees("MLKV_ATTN_PERSISTENT", s, 0xfeed0000ull + s.hd);
 }
 
 // The warp-specialised forward with K and V stages on barriers of their own (the default above
@@ -228,22 +233,8 @@ TEST(Attention, SplitKvBarriersForwardAgrees) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
   KernelFamily family(true);
   for (const AttnShape& s : {AttnShape{4, 700, 6, 2, 64}, AttnShape{3, 100, 4, 4, 64}, AttnShape{2, 1000, 4, 1, 128},
-                             AttnShape{2, 500, 6, 3, 80}, AttnShape{3, 600, 4, 4, 256}, AttnShape{1, 1, 2, 1, 256}}) {
-    std::mt19937_64 rng(0xabc00000ull + s.hd + s.T);
-    Inputs in(s, rng);
-    Forward shared(s), split(s);
-    ::setenv("MLKV_ATTN_FWD_SPLIT_KV", "0", 1);
-    shared.run(mlkv::cuda::attention_forward, s, in);
-    ::setenv("MLKV_ATTN_FWD_SPLIT_KV", "1", 1);
-    split.run(mlkv::cuda::attention_forward, s, in);
-    ::unsetenv("MLKV_ATTN_FWD_SPLIT_KV");
-    shared.check(s, in);
-    split.check(s, in);
-    EXPECT_TRUE(download<uint16_t>(split.out, s.q_elems()) == download<uint16_t>(shared.out, s.q_elems()))
-        << "out " << name(s);
-    EXPECT_TRUE(download<float>(split.lse, s.vec_elems()) == download<float>(shared.lse, s.vec_elems()))
-        << "lse " << name(s);
-  }
+                             AttnShape{2, 500, 6, 3, 80}, AttnShape{3, 600, 4, 4, 256}, AttnShape{1, 1, 2, 1, 256}})
+    expect_forward_switch_agrees("MLKV_ATTN_FWD_SPLIT_KV", s, 0xabc00000ull + s.hd + s.T);
 }
 
 // L2 sections (MLKV_ATTN_L2_MIB; kernels/cuda/attention_launch.cuh): the warp-specialised
