@@ -12,12 +12,17 @@ namespace mlkv::cuda::attn {
 // called. Checked once per device with a tiny probe kernel (do not first call it under graph capture).
 bool sm90_enabled();
 
-// Whether the warp-specialised kernels (attention_sm90_ws_forward.cu, _ws_backward.cu) take head
-// dim hd with `group` query heads a KV head: hd 64, 128, 256; hd 80 (on the hd-128 kernels,
-// columns 80-127 zero-filled) when K/V are shared (group ≥ 2), where they measured faster than
-// the lockstep forward and two-kernel backward on 80 real columns, which MHA keeps (ATTENTION_NOTES
-// log 18). forward_sm90 takes them unless attention_use_ws_forward(false) was called.
-bool ws_kernels_take(int hd, int group);
+// Whether the warp-specialised forward (attention_sm90_ws_forward.cu) takes head dim hd with
+// `group` query heads a KV head: hd 64, 128, 256; hd 80 (on the hd-128 kernel, columns 80-127
+// zero-filled) when K/V are shared (group ≥ 2), or for MHA after MLKV_ATTN_FWD_WS_MHA80=1 (a
+// measurement switch); MHA hd 80 otherwise runs the lockstep forward. forward_sm90 takes it
+// unless attention_use_ws_forward(false) was called.
+bool ws_forward_takes(int hd, int group);
+// Whether the warp-specialised backward (attention_sm90_ws_backward.cu) takes hd with `group`
+// query heads a KV head: hd 64, 128, 256; hd 80 (on the hd-128 kernel) when K/V are shared
+// (group ≥ 2), where it measured faster than the two-kernel backward on 80 real columns, which
+// MHA keeps (ATTENTION_NOTES log 18).
+bool ws_backward_takes(int hd, int group);
 bool ws_pingpong();  // false after MLKV_ATTN_PINGPONG=0 (a measurement switch)
 // Whether the warp-specialised forward at hd gives K and V barriers of their own: above hd 64,
 // or as MLKV_ATTN_FWD_SPLIT_KV=0|1 forces (read per call).
@@ -56,7 +61,7 @@ WsBwdScratch ws_backward_scratch(float* base, int B, int T, int H, int hd);
 void backward_sm90_ws(void* dq, float* dk, float* dv, const void* dout, const void* q, const void* k, const void* v,
                       const void* out, const float* lse, int B, int T, int H, int KVH, int hd,
                       const DkdvSplit& split, const WsBwdScratch& ws, cudaStream_t stream);
-// sm90 on, ws_kernels_take(hd, group), not turned off by attention_use_ws_backward
+// sm90 on, ws_backward_takes(hd, group), not turned off by attention_use_ws_backward
 bool ws_backward_enabled(int hd, int group);
 
 }  // namespace mlkv::cuda::attn

@@ -253,7 +253,7 @@ void forward_sm90(void* out, float* lse, const void* q, const void* k, const voi
   bool ws = false;
   {
     std::lock_guard<std::mutex> lock(g_probe_mutex);
-    ws = g_ws_forward && ws_kernels_take(hd, H / KVH);
+    ws = g_ws_forward && ws_forward_takes(hd, H / KVH);
   }
   if (ws) return forward_sm90_ws(out, lse, q, k, v, B, T, H, KVH, hd, stream);
   switch (hd) {
@@ -267,7 +267,7 @@ void forward_sm90(void* out, float* lse, const void* q, const void* k, const voi
 }
 
 bool ws_backward_enabled(int hd, int group) {
-  if (!sm90_enabled() || !ws_kernels_take(hd, group)) return false;
+  if (!sm90_enabled() || !ws_backward_takes(hd, group)) return false;
   std::lock_guard<std::mutex> lock(g_probe_mutex);
   return g_ws_backward;
 }
@@ -287,7 +287,7 @@ void attention_use_ws_forward(bool enable) {
 }
 
 bool attention_ws_forward_active(int hd, int group) {
-  if (!attn::sm90_enabled() || !attn::ws_kernels_take(hd, group)) return false;
+  if (!attn::sm90_enabled() || !attn::ws_forward_takes(hd, group)) return false;
   std::lock_guard<std::mutex> lock(attn::g_probe_mutex);
   return attn::g_ws_forward;
 }

@@ -519,6 +519,11 @@ size_t ws_turns(int B, int T, int H) { return size_t(B) * H * ((T + kWsBrMin - 1
 
 }  // namespace
 
+// hd 80 on the hd-128 kernel only where K/V are shared: for MHA the two-kernel backward measured
+// faster (H100, 2026-12-07, fwd + bwd ms, warp-specialised against lockstep + two-kernel:
+// 4,32,4,2048,80 1.081 against 1.394; 4,32,32,2048,80 1.549 against 1.427; ATTENTION_NOTES log 18).
+bool ws_backward_takes(int hd, int group) { return hd == 64 || hd == 128 || hd == 256 || (hd == 80 && group >= 2); }
+
 int backward_ws_key_tile(int hd) { return hd == 256 ? kWideKeyTile : kWsBc; }
 
 size_t ws_backward_scratch_floats(int B, int T, int H, int hd) {

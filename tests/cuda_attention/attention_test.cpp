@@ -237,6 +237,50 @@ TEST(Attention, SplitKvBarriersForwardAgrees) {
     expect_forward_switch_agrees("MLKV_ATTN_FWD_SPLIT_KV", s, 0xabc00000ull + s.hd + s.T);
 }
 
+// hd 80 MHA on the warp-specialised forward (the hd-128 kernel, K/V barriers apart) instead of
+// the lockstep one, as MLKV_ATTN_FWD_WS_MHA80=1 selects, then the default (two-kernel) backward
+// from its output and lse: check_case's reference, determinism and assignment checks hold.
+TEST(Attention, Hd80MhaOnWarpSpecialisedForward) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  KernelFamily family(true);
+  for (const AttnShape& s : {AttnShape{2, 77, 4, 4, 80}, AttnShape{1, 300, 3, 3, 80}}) {
+    ::setenv("MLKV_ATTN_FWD_WS_MHA80", "1", 1);
+    const std::string kernel = mlkv::cuda::attention_forward_kernel(80, 1);
+    if (mlkv::cuda::attention_sm90_active())
+      EXPECT_NE(kernel.find("warp-specialised"), std::string::npos) << "the switch selected " << kernel;
+    check_case(s);
+    ::unsetenv("MLKV_ATTN_FWD_WS_MHA80");
+  }
+  EXPECT_STREQ(mlkv::cuda::attention_forward_kernel(80, 1),
+               mlkv::cuda::attention_sm90_active() ? "lockstep wgmma" : "mma.sync");
+}
+
+// A share of the hd-64 forward's exponentials on the FMA pipe (fma_exp2, kernels/cuda/
+// attention_tile.cuh; MLKV_ATTN_FWD_POLY=2|4|8: every 2nd, 4th, 8th 8-key column group): the
+// reference's tolerance holds, masked keys and ragged tails included, and the output differs
+// from the special-function unit's somewhere (so the switch took effect).
+TEST(Attention, PolynomialExp2ForwardMatchesReference) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  KernelFamily family(true);
+  for (const AttnShape& s : {AttnShape{4, 700, 6, 2, 64}, AttnShape{2, 129, 4, 4, 64}}) {
+    std::mt19937_64 rng(0xe8900000ull + s.T);
+    Inputs in(s, rng);
+    Forward unit(s);
+    unit.run(mlkv::cuda::attention_forward, s, in);
+    const auto out_unit = download<uint16_t>(unit.out, s.q_elems());
+    for (const char* every : {"2", "4", "8"}) {
+      ::setenv("MLKV_ATTN_FWD_POLY", every, 1);
+      Forward poly(s);
+      poly.run(mlkv::cuda::attention_forward, s, in);
+      ::unsetenv("MLKV_ATTN_FWD_POLY");
+      SCOPED_TRACE(name(s) + " MLKV_ATTN_FWD_POLY=" + every);
+      poly.check(s, in);
+      if (mlkv::cuda::attention_sm90_active())
+        EXPECT_FALSE(download<uint16_t>(poly.out, s.q_elems()) == out_unit) << "the switch changed nothing";
+    }
+  }
+}
+
 // L2 sections (MLKV_ATTN_L2_MIB; kernels/cuda/attention_launch.cuh): the warp-specialised
 // kernels number their work by sections of KV heads, of (b, KV head) pairs in the backward.
 // Small budgets cut these shapes into several sections, the last one ragged where the units do
