@@ -16,6 +16,8 @@
 #include <cuda_bf16.h>
 #include <cstdint>
 
+#include "kernels/cuda/fma_exp2.cuh"
+
 namespace mlkv::cuda::attn {
 
 using bf16 = __nv_bfloat16;
@@ -29,22 +31,6 @@ __device__ __forceinline__ float fast_exp2(float x) {
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
   return y;
-}
-
-// 2^x for x ≤ 0 on the FMA pipe instead of the special-function unit, whose 16 results a clock
-// per SM take as long as the tensor work at hd 64 (FlashAttention-4's remedy): x = j + f with
-// j = round(x) and f in [-0.5, 0.5]; adding 1.5·2^23 + 127 leaves j + 127 in t's low mantissa
-// bits, which shifted into the exponent field make 2^j; 2^f by a cubic fitted to the relative
-// error (at most 7.5e-5, below bf16's half-ulp of 2e-3). x below -126 gives about 2^-126, which
-// P never needs either. 2^j is a float multiply rather than an integer add into p's exponent:
-// with the add, ptxas serialises the wgmma products around the softmax (C7511).
-__device__ __forceinline__ float fma_exp2(float x) {
-  constexpr float kRound = 12582912.f + 127.f;  // 1.5·2^23, plus the exponent bias
-  x = fmaxf(x, -126.f);
-  const float t = __fadd_rn(x, kRound);  // _rn: no contraction into an FMA, which would skip the rounding
-  const float f = __fsub_rn(x, __fsub_rn(t, kRound));
-  const float p = fmaf(fmaf(fmaf(0.0551716685f, f, 0.24261114f), f, 0.693260968f), f, 0.999928057f);
-  return __uint_as_float(__float_as_uint(t) << 23) * p;
 }
 
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {

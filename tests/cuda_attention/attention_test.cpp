@@ -256,7 +256,7 @@ TEST(Attention, Hd80MhaOnWarpSpecialisedForward) {
 }
 
 // A share of the hd-64 forward's exponentials on the FMA pipe (fma_exp2, kernels/cuda/
-// attention_tile.cuh; MLKV_ATTN_FWD_POLY=2|4|8: every 2nd, 4th, 8th 8-key column group): the
+// fma_exp2.cuh; MLKV_ATTN_FWD_POLY=2|4|8: every 2nd, 4th, 8th 8-key column group): the
 // reference's tolerance holds, masked keys and ragged tails included, and the output differs
 // from the special-function unit's somewhere (so the switch took effect).
 TEST(Attention, PolynomialExp2ForwardMatchesReference) {
