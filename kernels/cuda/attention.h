@@ -55,8 +55,9 @@ bool attention_sm90_active();  // whether calls on the current device take the w
 void attention_use_ws_forward(bool enable);
 bool attention_ws_forward_active(int hd, int group);
 // The forward kernel that calls at head dim hd take on the current device, in words (benchmarks
-// and test logs): "warp-specialised, ping-pong", "warp-specialised, no ping-pong", "lockstep
-// wgmma" or "mma.sync".
+// and test logs): "warp-specialised, ping-pong", "warp-specialised, no ping-pong" (either with
+// ", K/V barriers apart" or, after MLKV_ATTN_FWD_POLY, the share of exp2 on the FMA pipe),
+// "lockstep wgmma" or "mma.sync".
 const char* attention_forward_kernel(int hd, int group);
 // Backward kernel within the sm90 family: the warp-specialised one (dQ, dK, dV in one kernel, 5
 // products per tile pair, dQ added in a fixed key-tile order; hd 80 with group ≥ 2 on the hd-128

@@ -27,6 +27,10 @@ bool ws_pingpong();  // false after MLKV_ATTN_PINGPONG=0 (a measurement switch)
 // Whether the warp-specialised forward at hd gives K and V barriers of their own: above hd 64,
 // or as MLKV_ATTN_FWD_SPLIT_KV=0|1 forces (read per call).
 bool ws_forward_split_kv(int hd);
+// Every how many 8-key column groups the warp-specialised forward at hd computes the softmax's
+// exponentials on the FMA pipe (fma_exp2): 2, 4 or 8 as MLKV_ATTN_FWD_POLY says, at hd 64 with
+// ping-pong and one K/V barrier; else 0, all on the special-function unit (read per call).
+int ws_forward_poly(int hd);
 void forward_sm90_ws(void* out, float* lse, const void* q, const void* k, const void* v, int B, int T, int H,
                      int KVH, int hd, cudaStream_t stream);
 void forward_sm90(void* out, float* lse, const void* q, const void* k, const void* v, int B, int T, int H, int KVH,

@@ -308,6 +308,12 @@ const char* attention_backward_kernel(int hd, int group) {
 const char* attention_forward_kernel(int hd, int group) {
   if (!attn::sm90_enabled()) return "mma.sync";
   if (!attention_ws_forward_active(hd, group)) return "lockstep wgmma";
+  switch (attn::ws_forward_poly(hd)) {
+    case 2: return "warp-specialised, ping-pong, 1/2 of exp2 on the FMA pipe";
+    case 4: return "warp-specialised, ping-pong, 1/4 of exp2 on the FMA pipe";
+    case 8: return "warp-specialised, ping-pong, 1/8 of exp2 on the FMA pipe";
+    default: break;
+  }
   const bool kv_apart = attn::ws_forward_split_kv(hd);
   if (attn::ws_pingpong())
     return kv_apart ? "warp-specialised, ping-pong, K/V barriers apart" : "warp-specialised, ping-pong";

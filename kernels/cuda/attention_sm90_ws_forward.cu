@@ -387,22 +387,13 @@ void launch_fwd_ws(void* out, float* lse, const void* q, const void* k, const vo
                                      : attention_fwd_ws_kernel<HD, BC, NS, true, HDR, false, 0>)
                          : (split_kv ? attention_fwd_ws_kernel<HD, BC, NS, false, HDR, true, 0>
                                      : attention_fwd_ws_kernel<HD, BC, NS, false, HDR, false, 0>);
-  // Measurement switch: MLKV_ATTN_FWD_POLY=2|4|8 puts every 2nd/4th/8th 8-key column group's
-  // exponentials on the FMA pipe (hd 64, ping-pong, one K/V barrier: the hd-64 default).
   if constexpr (HD == 64) {
-    const long poly = env_int("MLKV_ATTN_FWD_POLY", 0);
-    if (poly != 0 && poly != 2 && poly != 4 && poly != 8) {
-      // Otherwise a measurement under this name would time the default.
-      static std::atomic<bool> warned{false};
-      if (!warned.exchange(true))
-        log::warn("MLKV_ATTN_FWD_POLY=" + std::to_string(poly) + " is not 2, 4 or 8: ignored (warned once)");
+    switch (ws_forward_poly(HD)) {  // ping-pong and one K/V barrier where not 0
+      case 2: kernel = attention_fwd_ws_kernel<HD, BC, NS, true, HDR, false, 2>; break;
+      case 4: kernel = attention_fwd_ws_kernel<HD, BC, NS, true, HDR, false, 4>; break;
+      case 8: kernel = attention_fwd_ws_kernel<HD, BC, NS, true, HDR, false, 8>; break;
+      default: break;
     }
-    if (pingpong && !split_kv) switch (poly) {
-        case 2: kernel = attention_fwd_ws_kernel<HD, BC, NS, true, HDR, false, 2>; break;
-        case 4: kernel = attention_fwd_ws_kernel<HD, BC, NS, true, HDR, false, 4>; break;
-        case 8: kernel = attention_fwd_ws_kernel<HD, BC, NS, true, HDR, false, 8>; break;
-        default: break;
-      }
   }
   allow_smem(kernel, Tile::kSmem);
   const int64_t n_work = int64_t((T + Tile::kBr - 1) / Tile::kBr) * H * B;
@@ -433,6 +424,21 @@ bool ws_forward_takes(int hd, int group) {
 bool ws_forward_split_kv(int hd) {
   const int forced = env_switch("MLKV_ATTN_FWD_SPLIT_KV");
   return forced < 0 ? hd != 64 : forced == 1;
+}
+
+// Measurement switch, read per call: MLKV_ATTN_FWD_POLY=2|4|8 puts every 2nd/4th/8th 8-key
+// column group's exponentials on the FMA pipe, at hd 64 with ping-pong and one K/V barrier (the
+// hd-64 default; ATTENTION_NOTES log 21).
+int ws_forward_poly(int hd) {
+  const long n = env_int("MLKV_ATTN_FWD_POLY", 0);
+  if (n != 0 && n != 2 && n != 4 && n != 8) {
+    // Otherwise a measurement under this name would time the default.
+    static std::atomic<bool> warned{false};
+    if (!warned.exchange(true))
+      log::warn("MLKV_ATTN_FWD_POLY=" + std::to_string(n) + " is not 2, 4 or 8: ignored (warned once)");
+    return 0;
+  }
+  return hd == 64 && ws_pingpong() && !ws_forward_split_kv(hd) ? int(n) : 0;
 }
 
 // Measurement switch: MLKV_ATTN_PINGPONG=0 turns the ping-pong off (read once).

@@ -270,6 +270,9 @@ TEST(Attention, PolynomialExp2ForwardMatchesReference) {
     const auto out_unit = download<uint16_t>(unit.out, s.q_elems());
     for (const char* every : {"2", "4", "8"}) {
       ::setenv("MLKV_ATTN_FWD_POLY", every, 1);
+      if (mlkv::cuda::attention_sm90_active())
+        EXPECT_EQ(std::string(mlkv::cuda::attention_forward_kernel(64, s.H / s.KVH)),
+                  std::string("warp-specialised, ping-pong, 1/") + every + " of exp2 on the FMA pipe");
       Forward poly(s);
       poly.run(mlkv::cuda::attention_forward, s, in);
       ::unsetenv("MLKV_ATTN_FWD_POLY");
