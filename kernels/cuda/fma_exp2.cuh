@@ -14,9 +14,7 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
-#ifndef __CUDA_ARCH__
-#include <bit>
-#endif
+#include <cstring>
 
 #ifdef __CUDACC__
 #define MLKV_HOST_DEVICE __host__ __device__ __forceinline__
@@ -37,7 +35,11 @@ MLKV_HOST_DEVICE float fma_exp2(float x) {
 #else
   const float t = x + kRound;
   const float f = x - (t - kRound);
-  const float two_j = std::bit_cast<float>(std::bit_cast<uint32_t>(t) << 23);
+  uint32_t bits;  // memcpy, not std::bit_cast: the CUDA sources are C++17
+  std::memcpy(&bits, &t, sizeof bits);
+  bits <<= 23;
+  float two_j;
+  std::memcpy(&two_j, &bits, sizeof two_j);
 #endif
   const float p = fmaf(fmaf(fmaf(0.0551716685f, f, 0.24261114f), f, 0.693260968f), f, 0.999928057f);
   return two_j * p;
