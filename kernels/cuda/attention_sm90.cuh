@@ -135,7 +135,7 @@ __device__ __forceinline__ void online_softmax_tile(float (&s)[BC / 2], float (&
     for (int nt = 0; nt < BC / 8; ++nt) {
       float& x0 = s[4 * nt + 2 * r];
       float& x1 = s[4 * nt + 2 * r + 1];
-      if (POLY > 0 && nt % (POLY > 0 ? POLY : 1) == POLY - 1) {
+      if (POLY > 0 && nt % (POLY > 0 ? POLY : 1) == POLY - 1) {  // (?: only quiets a modulo-0 warning)
         x0 = fma_exp2(fmaf(x0, scale_log2, -m_use));
         x1 = fma_exp2(fmaf(x1, scale_log2, -m_use));
       } else {
