@@ -425,10 +425,14 @@ TrainResult Run::go() {
     }
     if (!last && cfg_.checkpoint.interval > 0 && st_.step % cfg_.checkpoint.interval == 0) write_checkpoint("interval");
     const int signo = signals::stop_requested();
-    if (ctx_->any_rank_true(signo != 0 || st_.step == opt_.stop_after_step)) {
+    const bool stop_after = st_.step == opt_.stop_after_step;
+    if (ctx_->any_rank_true(signo != 0 || stop_after)) {
       log_interval(true);
-      log::info(log::cat("stop requested (", signo ? signals::name(signo) : "stop_after_step", "): checkpointing at step ",
-                         st_.step, " and exiting with code ", int{kExitPreempted}));
+      // A rank may stop for another's reason: Open MPI forwards a signal to every rank, but one
+      // can see it a step after another has.
+      const char* why = signo ? signals::name(signo) : stop_after ? "stop_after_step" : "another rank's stop request";
+      log::info(log::cat("stop requested (", why, "): checkpointing at step ", st_.step, " and exiting with code ",
+                         int{kExitPreempted}));
       write_checkpoint("stop");
       return finish(kExitPreempted);
     }

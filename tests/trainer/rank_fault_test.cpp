@@ -273,12 +273,20 @@ test::Proc spawn_launcher(const TempDir& dir) {
   return p;
 }
 
-// The step every rank said it stops at on SIGUSR1 (each rank must say it, all the same), or -1.
+// The step every rank said it stops at (each rank must say it, all the same), or -1: on SIGUSR1,
+// or, for a rank that saw the forwarded signal a step after another had, on that rank's request;
+// at least one on SIGUSR1.
 int64_t agreed_stop_step(const std::string& out) {
-  const std::regex stop(R"(\[rank (\d)\] stop requested \(SIGUSR1\): checkpointing at step (\d+) and exiting)");
+  const std::regex stop(R"(\[rank (\d)\] stop requested \((SIGUSR1|another rank's stop request)\): checkpointing at )"
+                        R"(step (\d+) and exiting)");
   std::set<std::string> ranks, steps;
-  for (std::sregex_iterator m(out.begin(), out.end(), stop), e; m != e; ++m) ranks.insert((*m)[1]), steps.insert((*m)[2]);
-  if (ranks != std::set<std::string>{"0", "1"} || steps.size() != 1) return -1;
+  bool signalled = false;
+  for (std::sregex_iterator m(out.begin(), out.end(), stop), e; m != e; ++m) {
+    ranks.insert((*m)[1]);
+    steps.insert((*m)[3]);
+    signalled |= (*m)[2] == "SIGUSR1";
+  }
+  if (ranks != std::set<std::string>{"0", "1"} || steps.size() != 1 || !signalled) return -1;
   return std::stoll(*steps.begin());
 }
 
