@@ -139,9 +139,8 @@ int main(int argc, char** argv) {
     check(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties");
     std::printf("mlkv-bench-attention on %s, %s kernels, causal bf16, median of %d\n", prop.name,
                 mlkv::cuda::attention_sm90_active() ? "sm90 wgmma" : "mma.sync", iters);
-    std::printf("forward at hd 64: %s; at hd 128/256: %s; at hd 80: %s (MHA), %s (grouped)\n",
-                mlkv::cuda::attention_forward_kernel(64, 1), mlkv::cuda::attention_forward_kernel(128, 1),
-                mlkv::cuda::attention_forward_kernel(80, 1), mlkv::cuda::attention_forward_kernel(80, 2));
+    std::printf("forward at hd 64: %s; at hd 80/128/256: %s\n", mlkv::cuda::attention_forward_kernel(64),
+                mlkv::cuda::attention_forward_kernel(128));
     std::printf("backward at hd 64/128/256: %s; at hd 80: %s (MHA), %s (grouped); dK/dV %s\n",
                 mlkv::cuda::attention_backward_kernel(64, 1), mlkv::cuda::attention_backward_kernel(80, 1),
                 mlkv::cuda::attention_backward_kernel(80, 2), accumulate ? "added into fp32 sums" : "assigned (fp32)");

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # A/B of the attention kernels' measurement switches in one call (kernels/cuda/ATTENTION_NOTES.md
-# names them: MLKV_ATTN_FWD_POLY, MLKV_ATTN_FWD_WS_MHA80, MLKV_ATTN_L2_MIB, MLKV_ATTN_FWD_SPLIT_KV,
+# names them: MLKV_ATTN_L2_MIB, MLKV_ATTN_FWD_SPLIT_KV, MLKV_ATTN_PERSISTENT, MLKV_ATTN_BWD_KV_PER,
 # ...). `mlkv-bench-attention` runs the shapes with VAR unset, with each value, and unset again (the
 # two unset runs bound the drift between runs); then one line per run: the forward, backward and
 # total ms summed over the shapes.
 #   scripts/ab_attention.sh VAR "v1 v2 ..." SHAPES [BIN]      ITERS=20 by default
-# e.g. scripts/ab_attention.sh MLKV_ATTN_FWD_POLY "8 4 2" "16,12,12,2048,64;16,12,1,2048,64"
+# e.g. scripts/ab_attention.sh MLKV_ATTN_L2_MIB "32 40" "8,8,8,2048,256;8,8,2,2048,256"
 set -uo pipefail
 cd "$(dirname "$0")/.."
 [ $# -ge 3 ] || { sed -n '2,8p' "$0" >&2; exit 2; }

@@ -49,16 +49,15 @@ void attention_release_workspace();
 void attention_use_sm90(bool enable);
 bool attention_sm90_active();  // whether calls on the current device take the wgmma kernels
 // Forward kernel within the sm90 family: the warp-specialised one (TMA producer, two consumer
-// warpgroups, ping-pong; hd 80 with group = H / KVH ≥ 2 on the hd-128 kernel with zero-filled
-// columns) unless attention_use_ws_forward(false) selects the lockstep one (all warpgroups behind
-// one block barrier a tile), which hd 80 MHA runs.
+// warpgroups, ping-pong; hd 80 on the hd-128 kernel with zero-filled columns) unless
+// attention_use_ws_forward(false) selects the lockstep one (all warpgroups behind one block
+// barrier a tile).
 void attention_use_ws_forward(bool enable);
-bool attention_ws_forward_active(int hd, int group);
+bool attention_ws_forward_active(int hd);
 // The forward kernel that calls at head dim hd take on the current device, in words (benchmarks
 // and test logs): "warp-specialised, ping-pong", "warp-specialised, no ping-pong" (either with
-// ", K/V barriers apart" or, after MLKV_ATTN_FWD_POLY, the share of exp2 on the FMA pipe),
-// "lockstep wgmma" or "mma.sync".
-const char* attention_forward_kernel(int hd, int group);
+// ", K/V barriers apart"), "lockstep wgmma" or "mma.sync".
+const char* attention_forward_kernel(int hd);
 // Backward kernel within the sm90 family: the warp-specialised one (dQ, dK, dV in one kernel, 5
 // products per tile pair, dQ added in a fixed key-tile order; hd 80 with group ≥ 2 on the hd-128
 // kernel) unless attention_use_ws_backward(false) selects the two-kernel one (dq kernel + dK/dV

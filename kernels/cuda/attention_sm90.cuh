@@ -99,9 +99,7 @@ __device__ __forceinline__ void store_acc_cm(bf16* tile, int row0, const float (
 // diagonal or past T are masked, S becomes the unnormalised P = exp2(S·scale_log2 − m), and the
 // running max m and per-thread partial sums l are updated; alpha = exp2(m_old − m_new) rescales
 // what came before. Used by both sm90 forwards.
-// POLY > 0: every POLY-th 8-key column group takes fma_exp2, moving that share of the
-// exponentials off the special-function unit.
-template <int BC, int POLY = 0>
+template <int BC>
 __device__ __forceinline__ void online_softmax_tile(float (&s)[BC / 2], float (&m)[2], float (&l)[2],
                                                     float (&alpha)[2], int c0, int wrow0, int r0, int T,
                                                     float scale_log2, int lane) {
@@ -135,13 +133,8 @@ __device__ __forceinline__ void online_softmax_tile(float (&s)[BC / 2], float (&
     for (int nt = 0; nt < BC / 8; ++nt) {
       float& x0 = s[4 * nt + 2 * r];
       float& x1 = s[4 * nt + 2 * r + 1];
-      if (POLY > 0 && nt % (POLY > 0 ? POLY : 1) == POLY - 1) {  // (?: only quiets a modulo-0 warning)
-        x0 = fma_exp2(fmaf(x0, scale_log2, -m_use));
-        x1 = fma_exp2(fmaf(x1, scale_log2, -m_use));
-      } else {
-        x0 = fast_exp2(fmaf(x0, scale_log2, -m_use));
-        x1 = fast_exp2(fmaf(x1, scale_log2, -m_use));
-      }
+      x0 = fast_exp2(fmaf(x0, scale_log2, -m_use));
+      x1 = fast_exp2(fmaf(x1, scale_log2, -m_use));
       sp[nt & 3] += x0 + x1;
     }
     l[r] = l[r] * alpha[r] + ((sp[0] + sp[1]) + (sp[2] + sp[3]));

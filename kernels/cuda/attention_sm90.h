@@ -12,12 +12,10 @@ namespace mlkv::cuda::attn {
 // called. Checked once per device with a tiny probe kernel (do not first call it under graph capture).
 bool sm90_enabled();
 
-// Whether the warp-specialised forward (attention_sm90_ws_forward.cu) takes head dim hd with
-// `group` query heads a KV head: hd 64, 128, 256; hd 80 (on the hd-128 kernel, columns 80-127
-// zero-filled) when K/V are shared (group ≥ 2), or for MHA after MLKV_ATTN_FWD_WS_MHA80=1 (a
-// measurement switch); MHA hd 80 otherwise runs the lockstep forward. forward_sm90 takes it
-// unless attention_use_ws_forward(false) was called.
-bool ws_forward_takes(int hd, int group);
+// Whether the warp-specialised forward (attention_sm90_ws_forward.cu) takes head dim hd: 64, 128,
+// 256, and 80 on the hd-128 kernel (columns 80-127 zero-filled). forward_sm90 takes it unless
+// attention_use_ws_forward(false) was called.
+bool ws_forward_takes(int hd);
 // Whether the warp-specialised backward (attention_sm90_ws_backward.cu) takes hd with `group`
 // query heads a KV head: hd 64, 128, 256; hd 80 (on the hd-128 kernel) when K/V are shared
 // (group ≥ 2), where it measured faster than the two-kernel backward on 80 real columns, which
@@ -27,10 +25,6 @@ bool ws_pingpong();  // false after MLKV_ATTN_PINGPONG=0 (a measurement switch)
 // Whether the warp-specialised forward at hd gives K and V barriers of their own: above hd 64,
 // or as MLKV_ATTN_FWD_SPLIT_KV=0|1 forces (read per call).
 bool ws_forward_split_kv(int hd);
-// Every how many 8-key column groups the warp-specialised forward at hd computes the softmax's
-// exponentials on the FMA pipe (fma_exp2): 2, 4 or 8 as MLKV_ATTN_FWD_POLY says, at hd 64 with
-// ping-pong and one K/V barrier; else 0, all on the special-function unit (read per call).
-int ws_forward_poly(int hd);
 void forward_sm90_ws(void* out, float* lse, const void* q, const void* k, const void* v, int B, int T, int H,
                      int KVH, int hd, cudaStream_t stream);
 void forward_sm90(void* out, float* lse, const void* q, const void* k, const void* v, int B, int T, int H, int KVH,

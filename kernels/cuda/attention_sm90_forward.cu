@@ -253,7 +253,7 @@ void forward_sm90(void* out, float* lse, const void* q, const void* k, const voi
   bool ws = false;
   {
     std::lock_guard<std::mutex> lock(g_probe_mutex);
-    ws = g_ws_forward && ws_forward_takes(hd, H / KVH);
+    ws = g_ws_forward && ws_forward_takes(hd);
   }
   if (ws) return forward_sm90_ws(out, lse, q, k, v, B, T, H, KVH, hd, stream);
   switch (hd) {
@@ -286,8 +286,8 @@ void attention_use_ws_forward(bool enable) {
   attn::g_ws_forward = enable;
 }
 
-bool attention_ws_forward_active(int hd, int group) {
-  if (!attn::sm90_enabled() || !attn::ws_forward_takes(hd, group)) return false;
+bool attention_ws_forward_active(int hd) {
+  if (!attn::sm90_enabled() || !attn::ws_forward_takes(hd)) return false;
   std::lock_guard<std::mutex> lock(attn::g_probe_mutex);
   return attn::g_ws_forward;
 }
@@ -305,15 +305,9 @@ const char* attention_backward_kernel(int hd, int group) {
   return attn::backward_dkdv_sm90_supports(hd) ? "two-kernel wgmma" : "two-kernel wgmma (mma.sync dK/dV)";
 }
 
-const char* attention_forward_kernel(int hd, int group) {
+const char* attention_forward_kernel(int hd) {
   if (!attn::sm90_enabled()) return "mma.sync";
-  if (!attention_ws_forward_active(hd, group)) return "lockstep wgmma";
-  switch (attn::ws_forward_poly(hd)) {
-    case 2: return "warp-specialised, ping-pong, 1/2 of exp2 on the FMA pipe";
-    case 4: return "warp-specialised, ping-pong, 1/4 of exp2 on the FMA pipe";
-    case 8: return "warp-specialised, ping-pong, 1/8 of exp2 on the FMA pipe";
-    default: break;
-  }
+  if (!attention_ws_forward_active(hd)) return "lockstep wgmma";
   const bool kv_apart = attn::ws_forward_split_kv(hd);
   if (attn::ws_pingpong())
     return kv_apart ? "warp-specialised, ping-pong, K/V barriers apart" : "warp-specialised, ping-pong";

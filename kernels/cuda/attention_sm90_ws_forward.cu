@@ -23,13 +23,10 @@
 //     starts the next work tile while it drains (hd 256, short of room, stages it in its Q rows).
 // The producer gives registers to the consumers (setmaxnreg): it needs few.
 #include <algorithm>
-#include <atomic>
 #include <climits>
 #include <cmath>
-#include <string>
 
 #include "core/env.h"
-#include "core/logging.h"
 #include "kernels/cuda/attention_sm90.cuh"
 #include "kernels/cuda/attention_sm90.h"
 #include "kernels/cuda/attention_tma.cuh"
@@ -80,8 +77,7 @@ __device__ __forceinline__ WorkTile work_tile(int w, int n_qt, int H, int B, int
 // SPLIT_KV: K and V stages have barriers of their own: K_j's stage is released once S_j has
 // retired, half a tile before P_j·V_j does, and the producer issues K_{j+1} before V_j (the
 // order the consumers use them in), so K runs further ahead of the products.
-// POLY: online_softmax_tile's (a share of the exponentials on the FMA pipe; 0 = none).
-template <int HD, int BC, int NS, bool PINGPONG, int HDR, bool SPLIT_KV, int POLY>
+template <int HD, int BC, int NS, bool PINGPONG, int HDR, bool SPLIT_KV>
 __global__ void __launch_bounds__(384, 1)
     attention_fwd_ws_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
                             const __grid_constant__ CUtensorMap tm_v, const __grid_constant__ CUtensorMap tm_o,
@@ -228,7 +224,7 @@ __global__ void __launch_bounds__(384, 1)
   auto wait_v = [&](int j) {
     if (SPLIT_KV) mbar_wait(&bar_full_v[(it + j) % NS], ((it + j) / NS) & 1);
   };
-  auto softmax = [&](int j) { online_softmax_tile<BC, POLY>(s, m, l, alpha, j * BC, wrow0, r0, T, scale_log2, lane); };
+  auto softmax = [&](int j) { online_softmax_tile<BC>(s, m, l, alpha, j * BC, wrow0, r0, T, scale_log2, lane); };
   // O *= alpha (before the newest P's product is added), then P packed as 16-key A fragments
   // (two n8 accumulator tiles each).
   auto rescale_pack = [&] {
@@ -383,18 +379,10 @@ void launch_fwd_ws(void* out, float* lse, const void* q, const void* k, const vo
   // Measurement switch: MLKV_ATTN_FWD_TMA_OUT=0 writes O from registers at every head dim.
   const bool tma_out = env_switch("MLKV_ATTN_FWD_TMA_OUT") != 0;
   const bool split_kv = ws_forward_split_kv(HD);
-  auto kernel = pingpong ? (split_kv ? attention_fwd_ws_kernel<HD, BC, NS, true, HDR, true, 0>
-                                     : attention_fwd_ws_kernel<HD, BC, NS, true, HDR, false, 0>)
-                         : (split_kv ? attention_fwd_ws_kernel<HD, BC, NS, false, HDR, true, 0>
-                                     : attention_fwd_ws_kernel<HD, BC, NS, false, HDR, false, 0>);
-  if constexpr (HD == 64) {
-    switch (ws_forward_poly(HD)) {  // ping-pong and one K/V barrier where not 0
-      case 2: kernel = attention_fwd_ws_kernel<HD, BC, NS, true, HDR, false, 2>; break;
-      case 4: kernel = attention_fwd_ws_kernel<HD, BC, NS, true, HDR, false, 4>; break;
-      case 8: kernel = attention_fwd_ws_kernel<HD, BC, NS, true, HDR, false, 8>; break;
-      default: break;
-    }
-  }
+  auto kernel = pingpong ? (split_kv ? attention_fwd_ws_kernel<HD, BC, NS, true, HDR, true>
+                                     : attention_fwd_ws_kernel<HD, BC, NS, true, HDR, false>)
+                         : (split_kv ? attention_fwd_ws_kernel<HD, BC, NS, false, HDR, true>
+                                     : attention_fwd_ws_kernel<HD, BC, NS, false, HDR, false>);
   allow_smem(kernel, Tile::kSmem);
   const int64_t n_work = int64_t((T + Tile::kBr - 1) / Tile::kBr) * H * B;
   if (n_work > INT32_MAX) throw Error("attention_forward: too many query tiles for one launch");
@@ -407,15 +395,10 @@ void launch_fwd_ws(void* out, float* lse, const void* q, const void* k, const vo
 
 }  // namespace
 
-// hd 80 on the hd-128 kernel where K/V are shared: H100, 2026-12-07, fwd + bwd ms against the
-// lockstep forward + two-kernel backward, 4,32,4,2048,80 1.081 against 1.394 (ATTENTION_NOTES log
-// 18). MHA keeps the lockstep forward until the hd-128 kernel with K/V barriers apart (log 20:
-// 4,32,4,2048,80 forward 0.318 → 0.249 ms, against the lockstep's 0.346 for MHA) is measured at
-// MHA: MLKV_ATTN_FWD_WS_MHA80=1 takes it there (a measurement switch, read per call; log 21).
-bool ws_forward_takes(int hd, int group) {
-  if (hd == 80 && group < 2) return env_switch("MLKV_ATTN_FWD_WS_MHA80") == 1;
-  return hd == 64 || hd == 80 || hd == 128 || hd == 256;
-}
+// hd 80 on the hd-128 kernel (columns 80-127 zero-filled). MHA too since K and V have barriers of
+// their own: H100, 2026-12-07 21:15 UTC, 4,32,32,2048,80 forward 0.344 / 0.345 ms on the lockstep
+// kernel, 0.251 here (ATTENTION_NOTES log 21); with K/V shared it was faster already (log 18).
+bool ws_forward_takes(int hd) { return hd == 64 || hd == 80 || hd == 128 || hd == 256; }
 
 // K and V on barriers of their own except at hd 64 (H100, same call: 8,8,8,2048,256 0.374 →
 // 0.287 ms, 2,16,16,8192,128 1.164 → 0.867, 4,32,4,2048,80 0.318 → 0.249; 16,12,12,2048,64
@@ -424,21 +407,6 @@ bool ws_forward_takes(int hd, int group) {
 bool ws_forward_split_kv(int hd) {
   const int forced = env_switch("MLKV_ATTN_FWD_SPLIT_KV");
   return forced < 0 ? hd != 64 : forced == 1;
-}
-
-// Measurement switch, read per call: MLKV_ATTN_FWD_POLY=2|4|8 puts every 2nd/4th/8th 8-key
-// column group's exponentials on the FMA pipe, at hd 64 with ping-pong and one K/V barrier (the
-// hd-64 default; ATTENTION_NOTES log 21).
-int ws_forward_poly(int hd) {
-  const long n = env_int("MLKV_ATTN_FWD_POLY", 0);
-  if (n != 0 && n != 2 && n != 4 && n != 8) {
-    // Otherwise a measurement under this name would time the default.
-    static std::atomic<bool> warned{false};
-    if (!warned.exchange(true))
-      log::warn("MLKV_ATTN_FWD_POLY=" + std::to_string(n) + " is not 2, 4 or 8: ignored (warned once)");
-    return 0;
-  }
-  return hd == 64 && ws_pingpong() && !ws_forward_split_kv(hd) ? int(n) : 0;
 }
 
 // Measurement switch: MLKV_ATTN_PINGPONG=0 turns the ping-pong off (read once).

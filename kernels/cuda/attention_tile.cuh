@@ -16,8 +16,6 @@
 #include <cuda_bf16.h>
 #include <cstdint>
 
-#include "kernels/cuda/fma_exp2.cuh"
-
 namespace mlkv::cuda::attn {
 
 using bf16 = __nv_bfloat16;

@@ -51,7 +51,7 @@ TEST_P(AttentionCase, ForwardBackwardMatchReference) {
   const AttnShape& s = GetParam();
   std::printf("  [%s kernels, forward: %s, backward: %s]\n",
               mlkv::cuda::attention_sm90_active() ? "sm90 wgmma" : "mma.sync",
-              mlkv::cuda::attention_forward_kernel(s.hd, s.H / s.KVH),
+              mlkv::cuda::attention_forward_kernel(s.hd),
               mlkv::cuda::attention_backward_kernel(s.hd, s.H / s.KVH));
   check_case(GetParam());
 }
@@ -235,53 +235,6 @@ TEST(Attention, SplitKvBarriersForwardAgrees) {
   for (const AttnShape& s : {AttnShape{4, 700, 6, 2, 64}, AttnShape{3, 100, 4, 4, 64}, AttnShape{2, 1000, 4, 1, 128},
                              AttnShape{2, 500, 6, 3, 80}, AttnShape{3, 600, 4, 4, 256}, AttnShape{1, 1, 2, 1, 256}})
     expect_forward_switch_agrees("MLKV_ATTN_FWD_SPLIT_KV", s, 0xabc00000ull + s.hd + s.T);
-}
-
-// hd 80 MHA on the warp-specialised forward (the hd-128 kernel, K/V barriers apart) instead of
-// the lockstep one, as MLKV_ATTN_FWD_WS_MHA80=1 selects, then the default (two-kernel) backward
-// from its output and lse: check_case's reference, determinism and assignment checks hold.
-TEST(Attention, Hd80MhaOnWarpSpecialisedForward) {
-  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
-  KernelFamily family(true);
-  for (const AttnShape& s : {AttnShape{2, 77, 4, 4, 80}, AttnShape{1, 300, 3, 3, 80}}) {
-    ::setenv("MLKV_ATTN_FWD_WS_MHA80", "1", 1);
-    const std::string kernel = mlkv::cuda::attention_forward_kernel(80, 1);
-    if (mlkv::cuda::attention_sm90_active())
-      EXPECT_NE(kernel.find("warp-specialised"), std::string::npos) << "the switch selected " << kernel;
-    check_case(s);
-    ::unsetenv("MLKV_ATTN_FWD_WS_MHA80");
-  }
-  EXPECT_STREQ(mlkv::cuda::attention_forward_kernel(80, 1),
-               mlkv::cuda::attention_sm90_active() ? "lockstep wgmma" : "mma.sync");
-}
-
-// A share of the hd-64 forward's exponentials on the FMA pipe (fma_exp2, kernels/cuda/
-// fma_exp2.cuh; MLKV_ATTN_FWD_POLY=2|4|8: every 2nd, 4th, 8th 8-key column group): the
-// reference's tolerance holds, masked keys and ragged tails included, and the output differs
-// from the special-function unit's somewhere (so the switch took effect).
-TEST(Attention, PolynomialExp2ForwardMatchesReference) {
-  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
-  KernelFamily family(true);
-  for (const AttnShape& s : {AttnShape{4, 700, 6, 2, 64}, AttnShape{2, 129, 4, 4, 64}}) {
-    std::mt19937_64 rng(0xe8900000ull + s.T);
-    Inputs in(s, rng);
-    Forward unit(s);
-    unit.run(mlkv::cuda::attention_forward, s, in);
-    const auto out_unit = download<uint16_t>(unit.out, s.q_elems());
-    for (const char* every : {"2", "4", "8"}) {
-      ::setenv("MLKV_ATTN_FWD_POLY", every, 1);
-      if (mlkv::cuda::attention_sm90_active())
-        EXPECT_EQ(std::string(mlkv::cuda::attention_forward_kernel(64, s.H / s.KVH)),
-                  std::string("warp-specialised, ping-pong, 1/") + every + " of exp2 on the FMA pipe");
-      Forward poly(s);
-      poly.run(mlkv::cuda::attention_forward, s, in);
-      ::unsetenv("MLKV_ATTN_FWD_POLY");
-      SCOPED_TRACE(name(s) + " MLKV_ATTN_FWD_POLY=" + every);
-      poly.check(s, in);
-      if (mlkv::cuda::attention_sm90_active())
-        EXPECT_FALSE(download<uint16_t>(poly.out, s.q_elems()) == out_unit) << "the switch changed nothing";
-    }
-  }
 }
 
 // L2 sections (MLKV_ATTN_L2_MIB; kernels/cuda/attention_launch.cuh): the warp-specialised
