@@ -462,9 +462,10 @@ class CudaBackend final : public Backend {
   // through our backend on 16,12,12,2048,64 and 1.07-1.08 against 1.17-1.21 with 1-4 KV heads;
   // Pythia-160M MHA training 470.7K against 469.0K tokens/s) and at hd 80 with K/V shared
   // (4,32,{16,8,4,1},2048,80: 1.07-1.14 against 1.13-1.18), cuDNN's SDPA at the other measured
-  // shapes (hd 80 MHA 1.19×, hd 128 1.11-1.19×, hd 256 1.24-1.81× on that H100) or where ours has
-  // no kernel; ours otherwise, and in builds without cuDNN. Revisit when our kernel wins another
-  // shape.
+  // shapes (hd 80 MHA 1.19×, hd 128 1.11-1.19×, hd 256 1.24-1.81× on that H100; at 21:17 UTC the
+  // same day, after the forward changes of ATTENTION_NOTES logs 19-21: hd 80 MHA 1.339 against
+  // 1.191 ms, hd 128 1.04-1.12×, hd 256 1.05-1.19×) or where ours has no kernel; ours otherwise,
+  // and in builds without cuDNN. Revisit when our kernel wins another shape.
   AutoChoice& auto_choice(int hd, int group) {
     auto it = auto_choices_.find({hd, group});
     if (it != auto_choices_.end()) return it->second;
