@@ -55,8 +55,8 @@ bool attention_sm90_active();  // whether calls on the current device take the w
 void attention_use_ws_forward(bool enable);
 bool attention_ws_forward_active(int hd);
 // The forward kernel that calls at head dim hd take on the current device, in words (benchmarks
-// and test logs): "warp-specialised, ping-pong", "warp-specialised, no ping-pong" (either with
-// ", K/V barriers apart"), "lockstep wgmma" or "mma.sync".
+// and test logs): "warp-specialised, ping-pong", "warp-specialised, no ping-pong" (each may end
+// in ", K/V barriers apart"), "lockstep wgmma" or "mma.sync".
 const char* attention_forward_kernel(int hd);
 // Backward kernel within the sm90 family: the warp-specialised one (dQ, dK, dV in one kernel, 5
 // products per tile pair, dQ added in a fixed key-tile order; hd 80 with group ≥ 2 on the hd-128
