@@ -8,6 +8,7 @@
 #include <string>
 
 #include "core/errors.h"
+#include "kernels/cuda/attention.h"
 
 namespace mlkv::cuda::attn {
 
@@ -51,7 +52,7 @@ inline void check_shape(const char* op, int B, int T, int H, int KVH, int hd) {
     throw Error(std::string(op) + ": " + why + " (B=" + std::to_string(B) + " T=" + std::to_string(T) +
                 " H=" + std::to_string(H) + " KVH=" + std::to_string(KVH) + " hd=" + std::to_string(hd) + ")");
   };
-  if (hd != 64 && hd != 80 && hd != 128 && hd != 256)
+  if (!attention_supports_head_dim(hd))
     fail("unsupported head dim " + std::to_string(hd) + "; the CUDA attention kernels support 64, 80, 128, 256");
   if (B <= 0 || T <= 0 || H <= 0 || KVH <= 0) fail("sizes must be positive");
   if (H % KVH != 0) fail("query heads must be a multiple of KV heads");

@@ -12,10 +12,6 @@ namespace mlkv::cuda::attn {
 // called. Checked once per device with a tiny probe kernel (do not first call it under graph capture).
 bool sm90_enabled();
 
-// Whether the warp-specialised forward (attention_sm90_ws_forward.cu) takes head dim hd: 64, 128,
-// 256, and 80 on the hd-128 kernel (columns 80-127 zero-filled). forward_sm90 takes it unless
-// attention_use_ws_forward(false) was called.
-bool ws_forward_takes(int hd);
 // Whether the warp-specialised backward (attention_sm90_ws_backward.cu) takes hd with `group`
 // query heads a KV head: hd 64, 128, 256; hd 80 (on the hd-128 kernel) when K/V are shared
 // (group ≥ 2), where it measured faster than the two-kernel backward on 80 real columns, which

@@ -250,10 +250,14 @@ bool sm90_enabled() {
 
 void forward_sm90(void* out, float* lse, const void* q, const void* k, const void* v, int B, int T, int H, int KVH,
                   int hd, cudaStream_t stream) {
+  // The warp-specialised forward has a kernel for every head dim (hd 80 on the hd-128 one,
+  // columns 80-127 zero-filled), MHA included since K and V have barriers of their own: H100,
+  // 2026-12-07, 4,32,32,2048,80 forward 0.344 / 0.345 ms here, 0.251 there (ATTENTION_NOTES log
+  // 21). This lockstep kernel runs after attention_use_ws_forward(false).
   bool ws = false;
   {
     std::lock_guard<std::mutex> lock(g_probe_mutex);
-    ws = g_ws_forward && ws_forward_takes(hd);
+    ws = g_ws_forward;
   }
   if (ws) return forward_sm90_ws(out, lse, q, k, v, B, T, H, KVH, hd, stream);
   switch (hd) {
@@ -287,7 +291,7 @@ void attention_use_ws_forward(bool enable) {
 }
 
 bool attention_ws_forward_active(int hd) {
-  if (!attn::sm90_enabled() || !attn::ws_forward_takes(hd)) return false;
+  if (!attn::sm90_enabled() || !attention_supports_head_dim(hd)) return false;
   std::lock_guard<std::mutex> lock(attn::g_probe_mutex);
   return attn::g_ws_forward;
 }

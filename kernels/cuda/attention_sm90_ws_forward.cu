@@ -395,11 +395,6 @@ void launch_fwd_ws(void* out, float* lse, const void* q, const void* k, const vo
 
 }  // namespace
 
-// hd 80 on the hd-128 kernel (columns 80-127 zero-filled). MHA too since K and V have barriers of
-// their own: H100, 2026-12-07 21:15 UTC, 4,32,32,2048,80 forward 0.344 / 0.345 ms on the lockstep
-// kernel, 0.251 here (ATTENTION_NOTES log 21); with K/V shared it was faster already (log 18).
-bool ws_forward_takes(int hd) { return hd == 64 || hd == 80 || hd == 128 || hd == 256; }
-
 // K and V on barriers of their own except at hd 64 (H100, same call: 8,8,8,2048,256 0.374 →
 // 0.287 ms, 2,16,16,8192,128 1.164 → 0.867, 4,32,4,2048,80 0.318 → 0.249; 16,12,12,2048,64
 // 0.320 → 0.327, 16,12,1 0.287 → 0.303: ATTENTION_NOTES log 20). hd is the kernel's width (hd
