@@ -52,7 +52,10 @@ int l2_section(int64_t unit_bytes, int64_t units) {
   const long mib = env_int("MLKV_ATTN_L2_MIB", -1);
   const int64_t budget = mib >= 0 ? int64_t(mib) << 20 : l2_bytes() / 2;
   if (budget == 0 || units <= 1) return int(std::max<int64_t>(units, 1));
-  return int(std::clamp<int64_t>(budget / std::max<int64_t>(unit_bytes, 1), 1, units));
+  const int64_t most = std::clamp<int64_t>(budget / std::max<int64_t>(unit_bytes, 1), 1, units);
+  if (env_int("MLKV_ATTN_L2_EVEN", 0) != 1) return int(most);
+  const int64_t sections = (units + most - 1) / most;  // as few as the budget allows, of near-equal size
+  return int((units + sections - 1) / sections);
 }
 
 size_t dkdv_partial_floats(const DkdvSplit& sp, int B, int T, int KVH, int hd) {

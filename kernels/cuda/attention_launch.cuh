@@ -42,7 +42,8 @@ inline int64_t l2_bytes() {
 // at T 2048, so each re-read came from memory. Returns the units (KV heads, or (b, KV head)
 // pairs) a section of `unit_bytes` each holds within the budget, in [1, units]: half of L2, or
 // MLKV_ATTN_L2_MIB=n MiB (0: one section of all, the old order), a measurement switch that also
-// forces sections where a kernel's default leaves them off (ws_bwd_sectioned).
+// forces sections where a kernel's default leaves them off (ws_bwd_sectioned). MLKV_ATTN_L2_EVEN=1
+// (measurement) evens the sections out: as many as the budget needs, of near-equal size.
 int l2_section(int64_t unit_bytes, int64_t units);
 
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }

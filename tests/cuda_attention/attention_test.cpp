@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
@@ -246,6 +247,8 @@ TEST(Attention, SplitKvBarriersForwardAgrees) {
 // ordered dQ adds cross sections; hd 256 5 + 5 + 2 forward units at 3 MiB; hd 80 on the hd-128
 // kernels, 4 + 2 pairs at 3 MiB. The one-section order (0) matches the reference and every other
 // budget matches it bitwise: the numbering moves work between blocks, never the order of a sum.
+// "even" (MLKV_ATTN_L2_EVEN=1) makes the sections near-equal: the first shape's forward 3 + 3 KV
+// heads at 1 MiB instead of 5 + 1, hd 256's 4 + 4 + 4 units at 3 MiB instead of 5 + 5 + 2.
 TEST(Attention, L2SectionsMatchOneSection) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
   KernelFamily family(true);
@@ -271,8 +274,9 @@ TEST(Attention, L2SectionsMatchOneSection) {
     const auto lse0 = download<float>(f.lse, s.vec_elems());
     const auto dq0 = b.dq_h;
     const auto dk0 = b.dk_h, dv0 = b.dv_h;
-    for (const char* mib : {"1", "3", "4"}) {
-      ::setenv("MLKV_ATTN_L2_MIB", mib, 1);
+    for (const char* mib : {"1", "3", "4", "1 even", "3 even"}) {
+      ::setenv("MLKV_ATTN_L2_MIB", std::string(mib).substr(0, 1).c_str(), 1);
+      ::setenv("MLKV_ATTN_L2_EVEN", std::strchr(mib, 'e') ? "1" : "0", 1);
       poison(f.out);
       poison(f.lse);
       f.run(mlkv::cuda::attention_forward, s, in);
@@ -285,6 +289,7 @@ TEST(Attention, L2SectionsMatchOneSection) {
       EXPECT_TRUE(b.dv_h == dv0) << "dv " << at;
     }
     ::unsetenv("MLKV_ATTN_L2_MIB");
+    ::unsetenv("MLKV_ATTN_L2_EVEN");
     ::unsetenv("MLKV_ATTN_BWD_KV_PER");
   }
 }
