@@ -48,14 +48,17 @@ DkdvSplit choose_dkdv_split(int B, int T, int H, int KVH, int key_tile) {
   return sp;
 }
 
-int l2_section(int64_t unit_bytes, int64_t units) {
+L2Sections l2_sections(int64_t unit_bytes, int64_t units, double l2_fraction) {
   const long mib = env_int("MLKV_ATTN_L2_MIB", -1);
-  const int64_t budget = mib >= 0 ? int64_t(mib) << 20 : l2_bytes() / 2;
-  if (budget == 0 || units <= 1) return int(std::max<int64_t>(units, 1));
+  const int64_t budget = mib >= 0 ? int64_t(mib) << 20 : int64_t(double(l2_bytes()) * l2_fraction);
+  units = std::max<int64_t>(units, 1);
+  if (budget == 0) return {1, int(units), 1};
   const int64_t most = std::clamp<int64_t>(budget / std::max<int64_t>(unit_bytes, 1), 1, units);
-  if (env_int("MLKV_ATTN_L2_EVEN", 0) != 1) return int(most);
-  const int64_t sections = (units + most - 1) / most;  // as few as the budget allows, of near-equal size
-  return int((units + sections - 1) / sections);
+  const int64_t count = (units + most - 1) / most;
+  if (env_int("MLKV_ATTN_L2_EVEN", 1) == 0) return {int(units / most), int(most), int(std::max<int64_t>(units % most, 1))};
+  // count sections: units % count of them one unit larger than the rest
+  const int64_t small = units / count, big = units % count;
+  return big == 0 ? L2Sections{int(count), int(small), 1} : L2Sections{int(big), int(small + 1), int(small)};
 }
 
 size_t dkdv_partial_floats(const DkdvSplit& sp, int B, int T, int KVH, int hd) {

@@ -39,12 +39,37 @@ inline int64_t l2_bytes() {
 // Q, dO and fp32 dQ) take their heads a section at a time, so that the blocks running together
 // touch only one section's bytes and find them in L2; numbering every head at once (the order
 // before 2026-12-07) spreads the running blocks over all heads, whose bytes exceed L2 for MHA
-// at T 2048, so each re-read came from memory. Returns the units (KV heads, or (b, KV head)
-// pairs) a section of `unit_bytes` each holds within the budget, in [1, units]: half of L2, or
-// MLKV_ATTN_L2_MIB=n MiB (0: one section of all, the old order), a measurement switch that also
-// forces sections where a kernel's default leaves them off (ws_bwd_sectioned). MLKV_ATTN_L2_EVEN=1
-// (measurement) evens the sections out: as many as the budget needs, of near-equal size.
-int l2_section(int64_t unit_bytes, int64_t units);
+// at T 2048, so each re-read came from memory. The units (KV heads, or (b, KV head) pairs) are
+// cut into as few sections as keep each within the budget, of sizes that differ by at most one:
+// a small last section would start its heaviest tiles (the most causal ones, numbered first in
+// each section) when little work is left to run beside them. Measured (H100, ATTENTION_NOTES
+// log 22): the forward at 16,12,12,2048,64 0.320 ms with sections of 50, 50, 50 and 42 KV heads,
+// 0.304-0.308 with equal ones; 8,8,8,2048,256 0.26-0.28 with 12 × 5 + 4, 0.250-0.256 with 8 × 8
+// or 16 × 4.
+struct L2Sections {
+  int n_a = 1, a = 1 << 30, b = 1;  // the first n_a sections hold a units each, the rest b each
+};
+// Budget: `l2_fraction` of L2, or MLKV_ATTN_L2_MIB=n MiB for every kernel (0: one section of all,
+// the order before sections), a measurement switch that also forces sections where a kernel's
+// default leaves them off (ws_bwd_sectioned). MLKV_ATTN_L2_EVEN=0 (measurement) keeps sections
+// of the budget's full size and a ragged last one, the numbering of log 19.
+L2Sections l2_sections(int64_t unit_bytes, int64_t units, double l2_fraction);
+
+// Where work item w falls when every unit owns per_unit consecutive items of its section's
+// numbering: the section's first unit, its units, and w's index within the section.
+struct SectionPos {
+  int first, size, rest;
+};
+__host__ __device__ __forceinline__ SectionPos section_pos(int w, const L2Sections& sec, int per_unit) {
+  const int in_a = sec.n_a * sec.a * per_unit;  // items in the first n_a sections
+  if (w < in_a) {
+    const int s = w / (sec.a * per_unit);
+    return {s * sec.a, sec.a, w - s * sec.a * per_unit};
+  }
+  w -= in_a;
+  const int s = w / (sec.b * per_unit);
+  return {sec.n_a * sec.a + s * sec.b, sec.b, w - s * sec.b * per_unit};
+}
 
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
@@ -77,7 +102,7 @@ inline void allow_smem(Kernel kernel, size_t bytes) {
 // order is fixed, so the result stays bitwise deterministic without atomics.
 struct DkdvSplit {
   int split = 1, heads_per = 1;
-  int section = 0;  // (b, KV head) pairs a section of dkdv_block's numbering (0: all; l2_section)
+  L2Sections section;  // of (b, KV head) pairs, dkdv_block's numbering (default: one of all)
   bool slice0_adds = true;  // false: slice 0 assigns dk, dv (attention_backward's `accumulate`)
   float* part_k = nullptr;
   float* part_v = nullptr;
@@ -92,27 +117,23 @@ size_t dkdv_partial_floats(const DkdvSplit& sp, int B, int T, int KVH, int hd);
 void add_dkdv_partials(float* dk, float* dv, const DkdvSplit& sp, int B, int T, int KVH, int hd,
                        cudaStream_t stream);
 
-// The (key tile, b, kv head, head slice) of a dK/dV block. Numbered by L2 section (sp.section
-// (b, KV head) pairs each, the last maybe fewer), then with the key tile slowest, so that all
-// blocks of key tile 0 (the most causal query tiles) start first and the light last tiles fill
-// the SMs at the end (longest job first), and the slices of one tile run side by side. A block
-// waiting on key tile jt - 1 of its pair waits on a block numbered before it. The grid is every
-// key tile × B·KVH pairs × slices.
+// The (key tile, b, kv head, head slice) of a dK/dV block. Numbered by L2 section (sp.section),
+// then with the key tile slowest, so that all blocks of key tile 0 (the most causal query tiles)
+// start first and the light last tiles fill the SMs at the end (longest job first), and the
+// slices of one tile run side by side. A block waiting on key tile jt - 1 of its pair waits on a
+// block numbered before it. The grid is every key tile × B·KVH pairs × slices.
 struct DkdvBlock {
   int jt, b, g, slice;
 };
 __device__ __forceinline__ DkdvBlock dkdv_block(const DkdvSplit& sp, int B, int KVH) {
   const int pairs = B * KVH, n_jt = gridDim.x / (pairs * sp.split);
-  const int sec = sp.section > 0 && sp.section < pairs ? sp.section : pairs;
-  int idx = blockIdx.x;
-  const int s = idx / (sec * n_jt * sp.split);
-  idx -= s * sec * n_jt * sp.split;
-  const int in_sec = min(sec, pairs - s * sec);  // pairs in this section
+  const L2Sections sec = sp.section.a < pairs ? sp.section : L2Sections{1, pairs, 1};
+  const SectionPos at = section_pos(blockIdx.x, sec, n_jt * sp.split);
   DkdvBlock r;
-  r.slice = idx % sp.split;
-  idx /= sp.split;
-  const int pair = s * sec + idx % in_sec;
-  r.jt = idx / in_sec;
+  r.slice = at.rest % sp.split;
+  const int idx = at.rest / sp.split;
+  const int pair = at.first + idx % at.size;
+  r.jt = idx / at.size;
   r.g = pair % KVH;
   r.b = pair / KVH;
   return r;

@@ -171,7 +171,7 @@ __device__ __forceinline__ void ws_bwd_load(const BwdBlockWork& w, const CUtenso
 // MLKV_ATTN_BWD_KV_PER=n (a divisor of KVH) forces it, for measurements.
 int bwd_kv_per_block(int B, int T, int KVH, int key_tile, int q_tile, const DkdvSplit& split);
 
-// `split` with its L2 section (l2_section) where sections pay, for blocks of kv_per KV heads: a
+// `split` with its L2 sections (l2_sections) where sections pay, for blocks of kv_per KV heads: a
 // (b, KV heads) pair's blocks re-read its query heads' Q and dO (bf16) and fp32 dQ, and read its
 // K and V once. A section runs all key tiles of its pairs together, so a
 // pair's later key tiles first wait for the dQ turns of the earlier ones (up to n_jt turns), where
@@ -179,13 +179,16 @@ int bwd_kv_per_block(int B, int T, int KVH, int key_tile, int q_tile, const Dkdv
 // kernels (hd 64: 0.92 → 1.15 ms at 16,12,12,2048; MQA 0.81 → 1.04) and wins at hd 256, whose
 // 64-key steps move twice the bytes a FLOP, while the one-section order runs fewer than 16 key
 // tiles of a pair at once (MHA 2.40 → 1.51 ms, 8,8,2 1.54 → 1.32; MQA with 16, 1.50 → 1.54:
-// H100, ATTENTION_NOTES log 19). MLKV_ATTN_L2_MIB forces sections in every kernel.
+// H100, ATTENTION_NOTES log 19). The budget is 3/4 of L2, not the forward's half: at hd 256, 36
+// to 48 MiB measured 1.38-1.40 ms for MHA against 1.52 at 16 to 32 (sections of 6 pairs against
+// 4 or fewer), 8,8,2 1.28 against 1.31-1.33 (2 pairs against 1; log 22). MLKV_ATTN_L2_MIB forces
+// sections in every kernel.
 inline DkdvSplit ws_bwd_sectioned(DkdvSplit split, int B, int T, int H, int KVH, int hd, int kv_per) {
   const int64_t pairs = int64_t(B) * (KVH / kv_per);
   const bool pays = hd == 256 && sm_count() < 16 * pairs * split.split;
   if (!pays && env_int("MLKV_ATTN_L2_MIB", -1) < 0) return split;
   const int64_t row_bytes = int64_t(H / KVH) * (4 * hd + 4 * ws_dq_cols(hd)) + 4 * hd;
-  split.section = l2_section(int64_t(kv_per) * T * row_bytes, pairs);
+  split.section = l2_sections(int64_t(kv_per) * T * row_bytes, pairs, 0.75);
   return split;
 }
 

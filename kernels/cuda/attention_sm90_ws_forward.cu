@@ -57,19 +57,17 @@ struct WsFwdTile {
 constexpr int kProducerRegs = 40;
 constexpr int kConsumerRegs = 232;
 
-// Work tile w (128 query rows of one (b, h)). Numbered by L2 section (`section` query heads
-// each, the last maybe fewer: a whole number of KV heads, whose K/V the section's tiles re-read;
-// l2_section), then with the query tile slowest and from the last (the most causal K/V tiles)
-// down, so the heaviest tiles start first everywhere.
+// Work tile w (kBr query rows of one (b, h)). Numbered by L2 section (`sec`, of KV heads, whose
+// K/V the section's tiles re-read; l2_sections), then with the query tile slowest and from the
+// last (the most causal K/V tiles) down, so the heaviest tiles start first everywhere.
 struct WorkTile {
   int q0, h, b;
 };
-__device__ __forceinline__ WorkTile work_tile(int w, int n_qt, int H, int B, int br, int section) {
-  const int s = w / (section * n_qt);
-  const int rest = w - s * section * n_qt;
-  const int in_sec = min(section, B * H - s * section);  // query heads in this section
-  const int bh = s * section + rest % in_sec;
-  return {(n_qt - 1 - rest / in_sec) * br, bh % H, bh / H};
+__device__ __forceinline__ WorkTile work_tile(int w, int n_qt, int H, int group, int br, const L2Sections& sec) {
+  const SectionPos at = section_pos(w, sec, group * n_qt);
+  const int heads = at.size * group;  // query heads in this section
+  const int bh = at.first * group + at.rest % heads;
+  return {(n_qt - 1 - at.rest / heads) * br, bh % H, bh / H};
 }
 
 // HDR: the tensors' head dim (≤ HD; the columns past it are zero in shared memory); O's
@@ -82,7 +80,7 @@ __global__ void __launch_bounds__(384, 1)
     attention_fwd_ws_kernel(const __grid_constant__ CUtensorMap tm_q, const __grid_constant__ CUtensorMap tm_k,
                             const __grid_constant__ CUtensorMap tm_v, const __grid_constant__ CUtensorMap tm_o,
                             bf16* __restrict__ out,
-                            float* __restrict__ lse, int B, int T, int H, int group, int section,
+                            float* __restrict__ lse, int B, int T, int H, int group, L2Sections section,
                             float scale_log2, bool tma_out) {
 #ifdef MLKV_SM90A
   using Tile = WsFwdTile<HD, BC, NS>;
@@ -129,7 +127,7 @@ __global__ void __launch_bounds__(384, 1)
       tma_prefetch_map(&tm_v);
       int it = 0, wi = 0;
       for (int w = blockIdx.x; w < n_work; w += gridDim.x, ++wi) {
-        const WorkTile wt = work_tile(w, n_qt, H, B, kBr, section);
+        const WorkTile wt = work_tile(w, n_qt, H, group, kBr, section);
         const int kv_row = wt.b * KVH + wt.h / group;
         if (wi > 0) mbar_wait(&bar_q_empty, (wi - 1) & 1);  // the previous Q is no longer read
         mbar_arrive_expect_tx(&bar_q_full, Tile::kQBytes);
@@ -239,7 +237,7 @@ __global__ void __launch_bounds__(384, 1)
   };
 
   for (int w = blockIdx.x; w < n_work; w += gridDim.x, ++wi) {
-    const WorkTile wt = work_tile(w, n_qt, H, B, kBr, section);
+    const WorkTile wt = work_tile(w, n_qt, H, group, kBr, section);
     n_tiles = tiles_of(wt.q0);
     wrow0 = wt.q0 + cw * 64 + wq * 16;
     r0 = wrow0 + (lane >> 2);  // this thread's rows r0, r0 + 8
@@ -387,7 +385,7 @@ void launch_fwd_ws(void* out, float* lse, const void* q, const void* k, const vo
   const int64_t n_work = int64_t((T + Tile::kBr - 1) / Tile::kBr) * H * B;
   if (n_work > INT32_MAX) throw Error("attention_forward: too many query tiles for one launch");
   const int grid = persistent ? int(std::min<int64_t>(n_work, sm_count())) : int(n_work);
-  const int section = l2_section(int64_t(4) * T * HDR, int64_t(B) * KVH) * (H / KVH);  // K and V, bf16
+  const L2Sections section = l2_sections(int64_t(4) * T * HDR, int64_t(B) * KVH, 0.5);  // K and V, bf16
   kernel<<<grid, Tile::kThreads, Tile::kSmem, stream>>>(tm_q, tm_k, tm_v, tm_o, static_cast<bf16*>(out), lse, B, T, H,
                                                         H / KVH, section, kLog2e / std::sqrt(float(HDR)), tma_out);
   check_launch("attention_fwd_ws_kernel");

@@ -239,16 +239,16 @@ TEST(Attention, SplitKvBarriersForwardAgrees) {
 }
 
 // L2 sections (MLKV_ATTN_L2_MIB; kernels/cuda/attention_launch.cuh): the warp-specialised
-// kernels number their work by sections of KV heads, of (b, KV head) pairs in the backward.
-// Small budgets cut these shapes into several sections, the last one ragged where the units do
-// not divide: the first shape's forward 5 + 1 KV heads at 1 MiB, its backward (head split on)
-// 2 + 2 + 2 pairs at 3 MiB; MHA with three KV heads a backward block, 8 sections of 1 pair at
-// 1 MiB, 6 + 2 at 4 MiB; hd 128, 2 + 2 forward units and 4 backward sections of one pair, whose
-// ordered dQ adds cross sections; hd 256 5 + 5 + 2 forward units at 3 MiB; hd 80 on the hd-128
-// kernels, 4 + 2 pairs at 3 MiB. The one-section order (0) matches the reference and every other
-// budget matches it bitwise: the numbering moves work between blocks, never the order of a sum.
-// "even" (MLKV_ATTN_L2_EVEN=1) makes the sections near-equal: the first shape's forward 3 + 3 KV
-// heads at 1 MiB instead of 5 + 1, hd 256's 4 + 4 + 4 units at 3 MiB instead of 5 + 5 + 2.
+// kernels number their work by sections of KV heads, of (b, KV head) pairs in the backward, of
+// sizes that differ by at most one. Small budgets cut these shapes into several sections: the
+// first shape's forward 3 + 3 KV heads at 1 MiB, its backward (head split on) 2 + 2 + 2 pairs at
+// 3 MiB; MHA with three KV heads a backward block, 8 sections of 1 pair at 1 MiB, 4 + 4 at 4
+// MiB; hd 128, 2 + 2 forward units and 4 backward sections of one pair, whose ordered dQ adds
+// cross sections; hd 256 4 + 4 + 4 forward units at 3 MiB; hd 80 on the hd-128 kernels, 3 + 3
+// pairs at 3 MiB. "ragged" (MLKV_ATTN_L2_EVEN=0) keeps full-budget sections and a smaller last
+// one (5 + 1 KV heads, 5 + 5 + 2 hd-256 units). The one-section order (0) matches the reference
+// and every other budget matches it bitwise: the numbering moves work between blocks, never the
+// order of a sum.
 TEST(Attention, L2SectionsMatchOneSection) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
   KernelFamily family(true);
@@ -274,9 +274,9 @@ TEST(Attention, L2SectionsMatchOneSection) {
     const auto lse0 = download<float>(f.lse, s.vec_elems());
     const auto dq0 = b.dq_h;
     const auto dk0 = b.dk_h, dv0 = b.dv_h;
-    for (const char* mib : {"1", "3", "4", "1 even", "3 even"}) {
+    for (const char* mib : {"1", "3", "4", "1 ragged", "3 ragged"}) {
       ::setenv("MLKV_ATTN_L2_MIB", std::string(mib).substr(0, 1).c_str(), 1);
-      ::setenv("MLKV_ATTN_L2_EVEN", std::strchr(mib, 'e') ? "1" : "0", 1);
+      ::setenv("MLKV_ATTN_L2_EVEN", std::strchr(mib, 'r') ? "0" : "1", 1);
       poison(f.out);
       poison(f.lse);
       f.run(mlkv::cuda::attention_forward, s, in);
