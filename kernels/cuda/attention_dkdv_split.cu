@@ -2,8 +2,11 @@
 // cut a KV head's group of query heads into, and the fixed-order sum of the slices' fp32 partials
 // into the caller's dk, dv [B, KVH, T, hd].
 #include <algorithm>
+#include <atomic>
+#include <string>
 
 #include "core/env.h"
+#include "core/logging.h"
 #include "kernels/cuda/attention_launch.cuh"
 
 namespace mlkv::cuda::attn {
@@ -30,8 +33,28 @@ __global__ void add_dkdv_partials_kernel(float4* __restrict__ dk, float4* __rest
 
 }  // namespace
 
+int forced_divisor(const char* var, int of) {
+  const long forced = env_int(var, 0);
+  if (forced > 0 && of % forced == 0) return int(forced);
+  if (forced != 0) {
+    // A measurement taken with a value the shape cannot take would otherwise measure the
+    // default under the forced value's name.
+    static std::atomic<bool> warned{false};
+    if (!warned.exchange(true))
+      log::warn(std::string(var) + "=" + std::to_string(forced) + " does not divide " + std::to_string(of) +
+                " (or is negative): the default instead (warned once)");
+  }
+  return 0;
+}
+
 DkdvSplit choose_dkdv_split(int B, int T, int H, int KVH, int key_tile) {
   const int group = H / KVH;
+  if (const int forced = forced_divisor("MLKV_ATTN_BWD_SPLIT", group)) {
+    DkdvSplit sp;
+    sp.split = forced;
+    sp.heads_per = group / forced;
+    return sp;
+  }
   const int64_t blocks = int64_t(B) * KVH * ((T + key_tile - 1) / key_tile);
   // Enough blocks: 1.5 per SM. With the longest blocks started first, the light tail blocks then
   // fill the gaps, and the imbalance left is smaller than a split's cost (its partials' round

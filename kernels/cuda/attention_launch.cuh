@@ -71,6 +71,10 @@ __host__ __device__ __forceinline__ SectionPos section_pos(int w, const L2Sectio
   return {sec.n_a * sec.a + s * sec.b, sec.b, w - s * sec.b * per_unit};
 }
 
+// A measurement switch's value where it divides `of` (0 where unset; otherwise a warning, once,
+// and 0, so that the default runs and is not measured under the forced value's name).
+int forced_divisor(const char* var, int of);
+
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
 inline void check_shape(const char* op, int B, int T, int H, int KVH, int hd) {
@@ -110,6 +114,7 @@ struct DkdvSplit {
 
 // The split for a dK/dV kernel with key tiles of key_tile rows (partials unset): 1 when there are
 // enough blocks for the SMs, else the smallest divisor of the group that gives enough.
+// MLKV_ATTN_BWD_SPLIT=n (a divisor of the group) forces n slices, for measurements.
 DkdvSplit choose_dkdv_split(int B, int T, int H, int KVH, int key_tile);
 // Floats of partial scratch the split needs (part_k and part_v together).
 size_t dkdv_partial_floats(const DkdvSplit& sp, int B, int T, int KVH, int hd);

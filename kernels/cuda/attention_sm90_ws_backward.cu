@@ -34,14 +34,12 @@
 // A pre-pass writes D = rowsum(dO∘O) and lse·log2e with T padded to 128 rows (lse₂ = +inf past T,
 // so those rows' P is 0); a post-pass turns the fp32 dQ into bf16 dq.
 #include <algorithm>
-#include <atomic>
 #include <climits>
 #include <cmath>
 #include <cstdint>
 #include <string>
 
 #include "core/env.h"
-#include "core/logging.h"
 #include "kernels/cuda/attention_launch.cuh"
 #include "kernels/cuda/attention_sm90.cuh"
 #include "kernels/cuda/attention_sm90.h"
@@ -460,17 +458,7 @@ constexpr int kBlocksPerSm = 4;
 
 int bwd_kv_per_block(int B, int T, int KVH, int key_tile, int q_tile, const DkdvSplit& split) {
   if (split.split != 1) return 1;
-  const long forced = env_int("MLKV_ATTN_BWD_KV_PER", 0);
-  if (forced > 0 && KVH % forced == 0) return int(forced);
-  if (forced > 0 || forced < 0) {
-    // A measurement taken with a value the shape cannot take would otherwise measure the
-    // default under the forced value's name.
-    static std::atomic<bool> warned{false};
-    if (!warned.exchange(true))
-      log::warn("MLKV_ATTN_BWD_KV_PER=" + std::to_string(forced) + " does not divide the " + std::to_string(KVH) +
-                " KV heads (or is negative): one KV head a block (warned once)");
-    return 1;
-  }
+  if (const int forced = forced_divisor("MLKV_ATTN_BWD_KV_PER", KVH)) return forced;
   const int n_kt = (T + key_tile - 1) / key_tile, n_q = (T + q_tile - 1) / q_tile;
   int64_t q_tiles = 0;  // query tiles at or after each key tile's first, summed over key tiles
   for (int jt = 0; jt < n_kt; ++jt) q_tiles += n_q - int64_t(jt) * key_tile / q_tile;

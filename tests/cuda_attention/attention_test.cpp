@@ -195,6 +195,20 @@ TEST(Attention, WsBackwardSeveralKvHeadsABlock) {
   ::unsetenv("MLKV_ATTN_BWD_KV_PER");
 }
 
+// The head split forced where the default has none (MLKV_ATTN_BWD_SPLIT, a measurement switch):
+// 2 and 4 slices of the group at every head dim, MQA and GQA; reference, assign and determinism.
+TEST(Attention, ForcedHeadSplitMatchesReference) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  KernelFamily family(true);
+  for (const char* n : {"2", "4"}) {
+    ::setenv("MLKV_ATTN_BWD_SPLIT", n, 1);
+    for (const AttnShape& s : {AttnShape{6, 500, 8, 1, 64}, AttnShape{4, 300, 8, 2, 80}, AttnShape{3, 700, 8, 1, 128},
+                               AttnShape{4, 400, 8, 1, 256}})
+      check_case(s);
+  }
+  ::unsetenv("MLKV_ATTN_BWD_SPLIT");
+}
+
 // The forward run with the measurement switch `var` at 1 and at 0 (one block per SM or per work
 // tile; K and V on barriers of their own or one): both match the reference and each other
 // bitwise, as the two forms differ only in scheduling and synchronisation.
