@@ -411,7 +411,7 @@ size_t dvec_floats(int B, int T, int H) { return (size_t(B) * H * T + 63) / 64 *
 // The head split of whichever dK/dV kernel attention_backward will run for hd (ws: the
 // warp-specialised backward, ws_backward_enabled).
 DkdvSplit dkdv_split_for(int B, int T, int H, int KVH, int hd, bool ws) {
-  if (ws) return choose_dkdv_split(B, T, H, KVH, backward_ws_key_tile(hd));
+  if (ws) return choose_dkdv_split(B, T, H, KVH, backward_ws_key_tile(hd), hd == 256);
   const bool sm90 = sm90_enabled() && backward_dkdv_sm90_supports(hd);
   return choose_dkdv_split(B, T, H, KVH, sm90 ? backward_dkdv_sm90_key_tile(hd) : kDkdvKeyTile);
 }

@@ -47,26 +47,25 @@ int forced_divisor(const char* var, int of) {
   return 0;
 }
 
-DkdvSplit choose_dkdv_split(int B, int T, int H, int KVH, int key_tile) {
+DkdvSplit choose_dkdv_split(int B, int T, int H, int KVH, int key_tile, bool short_blocks) {
   const int group = H / KVH;
-  if (const int forced = forced_divisor("MLKV_ATTN_BWD_SPLIT", group)) {
-    DkdvSplit sp;
-    sp.split = forced;
-    sp.heads_per = group / forced;
-    return sp;
-  }
-  const int64_t blocks = int64_t(B) * KVH * ((T + key_tile - 1) / key_tile);
-  // Enough blocks: 1.5 per SM. With the longest blocks started first, the light tail blocks then
-  // fill the gaps, and the imbalance left is smaller than a split's cost (its partials' round
-  // trip through memory and the extra K/V loads). Measured: see ATTENTION_NOTES.md.
-  const int64_t want = 3 * int64_t(sm_count()) / 2;
   DkdvSplit sp;
-  sp.split = group;
-  for (int s = 1; s <= group; ++s)
-    if (group % s == 0 && blocks * s >= want) {
-      sp.split = s;
-      break;
-    }
+  if (const int forced = forced_divisor("MLKV_ATTN_BWD_SPLIT", group)) {
+    sp.split = forced;
+  } else {
+    const int64_t blocks = int64_t(B) * KVH * ((T + key_tile - 1) / key_tile);
+    // Enough blocks: 1.5 per SM. With the longest blocks started first, the light tail blocks
+    // then fill the gaps, and the imbalance left is smaller than a split's cost (its partials'
+    // round trip through memory and the extra K/V loads). Measured: see ATTENTION_NOTES.md.
+    const int64_t want = 3 * int64_t(sm_count()) / 2, plenty = 8 * int64_t(sm_count());
+    sp.split = group;
+    for (int s = 1; s <= group; ++s)
+      if (group % s == 0 && blocks * s >= want &&
+          (!short_blocks || group / s <= 2 || blocks * s >= plenty)) {
+        sp.split = s;
+        break;
+      }
+  }
   sp.heads_per = group / sp.split;
   return sp;
 }

@@ -114,8 +114,14 @@ struct DkdvSplit {
 
 // The split for a dK/dV kernel with key tiles of key_tile rows (partials unset): 1 when there are
 // enough blocks for the SMs, else the smallest divisor of the group that gives enough.
+// short_blocks (hd 256's warp-specialised backward) also splits until a block takes at most 2
+// query heads or there are 8 blocks a SM: its 64 × 64 steps are long, and with 256 blocks of a
+// whole group at 8,8,1,2048,256 the longest block alone was as long as an SM's share of the
+// work. Measured, H100, that shape's backward 1.50 ms unsplit, 1.30 in 2 slices, 1.24 in 4
+// (cuDNN 1.23); 8,8,2 1.27 → 1.25 in 2, 1.47 in 4; the 128-key kernels gained nothing (hd 64 and
+// 80 MQA/GQA 1-2 % slower in 2, 2,16,1,8192,128 the same in 4 as in 2; ATTENTION_NOTES log 22).
 // MLKV_ATTN_BWD_SPLIT=n (a divisor of the group) forces n slices, for measurements.
-DkdvSplit choose_dkdv_split(int B, int T, int H, int KVH, int key_tile);
+DkdvSplit choose_dkdv_split(int B, int T, int H, int KVH, int key_tile, bool short_blocks = false);
 // Floats of partial scratch the split needs (part_k and part_v together).
 size_t dkdv_partial_floats(const DkdvSplit& sp, int B, int T, int KVH, int hd);
 // dk, dv [B, KVH, T, hd] += Σ_{s=1..split-1} partials (s ascending). No-op for split 1.
