@@ -464,8 +464,10 @@ class CudaBackend final : public Backend {
   // (4,32,{16,8,4,1},2048,80: 1.07-1.14 against 1.13-1.18), cuDNN's SDPA at the other measured
   // shapes (hd 80 MHA 1.19×, hd 128 1.11-1.19×, hd 256 1.24-1.81× on that H100; at 21:17 UTC the
   // same day, after the forward changes of ATTENTION_NOTES logs 19-21: hd 80 MHA 1.339 against
-  // 1.191 ms, hd 128 1.04-1.12×, hd 256 1.05-1.19×) or where ours has no kernel; ours otherwise,
-  // and in builds without cuDNN. Revisit when our kernel wins another shape.
+  // 1.191 ms, hd 128 1.04-1.12×, hd 256 1.05-1.19×; at 23:36, after log 22's L2 sections: hd 256
+  // MHA 1.653 against 1.576 ms, 8,8,2 1.515 against 1.495, hd 128 8K 1.02-1.09×; the hd-256
+  // head split of 00:08 brings 8,8,1 to about 1.49 against 1.48, a tie) or where ours has no
+  // kernel; ours otherwise, and in builds without cuDNN. Revisit when our kernel wins another shape.
   AutoChoice& auto_choice(int hd, int group) {
     auto it = auto_choices_.find({hd, group});
     if (it != auto_choices_.end()) return it->second;
