@@ -77,7 +77,8 @@ L2Sections l2_sections(int64_t unit_bytes, int64_t units, double l2_fraction) {
   if (budget == 0) return {1, int(units), 1};
   const int64_t most = std::clamp<int64_t>(budget / std::max<int64_t>(unit_bytes, 1), 1, units);
   const int64_t count = (units + most - 1) / most;
-  if (env_int("MLKV_ATTN_L2_EVEN", 1) == 0) return {int(units / most), int(most), int(std::max<int64_t>(units % most, 1))};
+  if (env_int("MLKV_ATTN_L2_EVEN", 1) == 0)  // full sections, then the rest in one
+    return {int(units / most), int(most), int(std::max<int64_t>(units % most, 1))};
   // count sections: units % count of them one unit larger than the rest
   const int64_t small = units / count, big = units % count;
   return big == 0 ? L2Sections{int(count), int(small), 1} : L2Sections{int(big), int(small + 1), int(small)};

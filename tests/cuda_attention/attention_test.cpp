@@ -195,8 +195,9 @@ TEST(Attention, WsBackwardSeveralKvHeadsABlock) {
   ::unsetenv("MLKV_ATTN_BWD_KV_PER");
 }
 
-// The head split forced where the default has none (MLKV_ATTN_BWD_SPLIT, a measurement switch):
-// 2 and 4 slices of the group at every head dim, MQA and GQA; reference, assign and determinism.
+// The head split forced (MLKV_ATTN_BWD_SPLIT, a measurement switch) to 2 and 4 slices of the
+// group, fewer than these small grids take by default (one head a block): every head dim, MQA and
+// GQA; reference, assign and determinism.
 TEST(Attention, ForcedHeadSplitMatchesReference) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
   KernelFamily family(true);
