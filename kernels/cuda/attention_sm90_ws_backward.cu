@@ -510,6 +510,8 @@ size_t ws_turns(int B, int T, int H) { return size_t(B) * H * ((T + kWsBrMin - 1
 // hd 80 on the hd-128 kernel only where K/V are shared: for MHA the two-kernel backward measured
 // faster (H100, 2026-12-07, fwd + bwd ms, warp-specialised against lockstep + two-kernel:
 // 4,32,4,2048,80 1.081 against 1.394; 4,32,32,2048,80 1.549 against 1.427; ATTENTION_NOTES log 18).
+// Re-measured 2026-12-08 after logs 19-22 (H100): still slower for MHA, 4,32,32,2048,80 backward
+// 1.182 against 1.086-1.091 ms (ATTENTION_NOTES log 23).
 bool ws_backward_takes(int hd, int group) { return hd == 64 || hd == 128 || hd == 256 || (hd == 80 && group >= 2); }
 
 int backward_ws_key_tile(int hd) { return hd == 256 ? kWideKeyTile : kWsBc; }
