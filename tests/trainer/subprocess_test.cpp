@@ -243,6 +243,10 @@ TEST_F(Executables, BadInputsExit2WithTheReasonAndLoseNothing) {
   }
   EXPECT_EQ(snapshot(dir / "ckpt"), before) << "a failed start changed the checkpoints";
 
+  // A launcher variable that is no number (a broken job script): exit 2 naming it and its value.
+  EXPECT_EQ(test::run({test::bin("mlkv-train"), config}, out, {"OMPI_COMM_WORLD_RANK=first"}), kExitBadInput);
+  EXPECT_NE(out.find("OMPI_COMM_WORLD_RANK='first'"), std::string::npos) << out;
+
   // Missing data is a clear error too (exit 2 naming the path), after the directory probes.
   EXPECT_EQ(test::run({test::bin("mlkv-train"), config}, out), kExitBadInput);
   EXPECT_NE(out.find(dir / "data/train"), std::string::npos) << out;
