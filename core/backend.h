@@ -87,6 +87,12 @@ class Backend {
   // (din may alias dout: the model computes the gradient in place)
   virtual void gelu_forward(void* out, const void* in, int64_t n) = 0;
   virtual void gelu_backward(void* din, const void* in, const void* dout, int64_t n) = 0;
+  // The same over in, dout [N, C], and dbias[C] += Σ_n din: the bias gradient of the projection
+  // that produced `in`, which a backend may sum in the same pass. The default runs the two ops.
+  virtual void gelu_backward_bias(void* din, float* dbias, const void* in, const void* dout, int64_t N, int C) {
+    gelu_backward(din, in, dout, N * C);
+    matmul_backward(nullptr, nullptr, dbias, din, nullptr, nullptr, N, 0, C, false);
+  }
 
   // ---- y[n] += x[n]
   virtual void add_inplace(void* y, const void* x, int64_t n) = 0;

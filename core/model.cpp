@@ -258,9 +258,10 @@ void Model::layer_backward(int l, LayerActs& a) {
 
   // MLP branch
   be_.matmul_backward(dh_, g(lp.down_w), g(lp.down_b), dresid_, a.gelu, p(lp.down_w), N, F, d, false);
-  be_.gelu_backward(dh_, a.h, dh_, N * F);
+  // The up-projection's bias gradient is summed with the GELU backward (one read of dh_ fewer).
+  be_.gelu_backward_bias(dh_, g(lp.up_b), a.h, dh_, N, F);
   // Column-parallel: the partial dln2's all-reduce also overlaps the whole attention backward.
-  column_parallel_backward(dln2_, g(lp.up_w), g(lp.up_b), dh_, a.ln2, p(lp.up_w), N, d, F);
+  column_parallel_backward(dln2_, g(lp.up_w), nullptr, dh_, a.ln2, p(lp.up_w), N, d, F);
   // attention branch
   be_.matmul_backward(dattn_, g(lp.dense_w), g(lp.dense_b), dresid_, a.attn, p(lp.dense_w), N, H * hd, d, false);
   // The first layer of this group the backward reaches assigns the group's dK/dV sums (no

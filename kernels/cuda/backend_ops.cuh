@@ -80,6 +80,13 @@ __device__ __forceinline__ void rope_angle(int t, int i, int rot, float base, fl
   const float inv_freq = 1.0f / powf(base, static_cast<float>(2 * i) / static_cast<float>(rot));
   sincosf(static_cast<float>(t) * inv_freq, &s, &c);
 }
+// d/dx of the exact (erf) GELU x·Φ(x): Φ(x) + x·φ(x). gelu.cu's backward and colsum.cu's fused
+// GELU backward with bias gradient use this one definition, so their din are bitwise the same.
+__device__ __forceinline__ float gelu_grad(float x) {
+  const float cdf = 0.5f * (1.0f + erff(x * 0.70710678118654752f));
+  const float pdf = 0.3989422804014327f * __expf(-0.5f * x * x);
+  return cdf + x * pdf;
+}
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -124,6 +131,10 @@ void bias_grad(float* dbias, const bf16* dout, int64_t N, int C, Scratch& scratc
 // out0[c] += Σ_r part0[r, c] (and out1 from part1 when out1 is given), rows r in order.
 void add_partial_rows(float* out0, float* out1, const float* part0, const float* part1, int rows, int C,
                       cudaStream_t s);
+// din[N, C] = gelu'(in)·dout (bf16; din may alias dout) and dbias[C] += Σ_n din in one pass:
+// the same din as gelu_backward and bitwise the same dbias as bias_grad(din) after it.
+void gelu_backward_bias_grad(bf16* din, float* dbias, const bf16* in, const bf16* dout, int64_t N, int C,
+                             Scratch& scratch, cudaStream_t s);
 // dw[C] += Σ_n dout·(in − mean[n])·rstd[n],  db[C] += Σ_n dout
 void layernorm_param_grads(float* dw, float* db, const bf16* dout, const bf16* in, const float* mean,
                            const float* rstd, int64_t N, int C, Scratch& scratch, cudaStream_t s);

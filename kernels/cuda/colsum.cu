@@ -2,6 +2,8 @@
 //   bias gradient:          dbias[C] += Σ_n dout[n, :]
 //   LayerNorm param grads:  dw[C] += Σ_n dout[n, :]·xhat[n, :],  db[C] += Σ_n dout[n, :]
 //                           with xhat = (in − mean[n])·rstd[n]
+//   GELU backward + bias:   din = gelu'(in)·dout (written as bf16), dbias[C] += Σ_n din: the MLP
+//                           up-projection's bias gradient without a second read of din
 // Pass 1: block (column tile, chunk of kRowsPerChunk rows) sums its rows in a fixed order and
 // writes one fp32 partial row per chunk. Pass 2 adds the partial rows in a fixed order.
 // The chunking depends only on (N, C), so the result is bitwise the same on every run and GPU.
@@ -14,11 +16,17 @@ namespace {
 constexpr int kRowsPerChunk = 64;
 constexpr int kTx = 32, kTy = 8;  // threads along columns, along rows
 
-// part0[chunk, C] = Σ dout; part1[chunk, C] = Σ dout·xhat (XHAT only). VEC columns per thread.
-template <int VEC, bool XHAT>
-__global__ void __launch_bounds__(kTx* kTy) colsum_partial(float* part0, float* part1, const bf16* dout,
+// What colsum_partial sums: dout; dout and dout·xhat; or din = gelu'(in)·dout, which it also writes.
+enum class Sum { dout, dout_xhat, gelu_din };
+
+// part0[chunk, C] = Σ dout (or Σ din); part1[chunk, C] = Σ dout·xhat (dout_xhat only). VEC columns
+// per thread. gelu_din: din rounded to bf16 as written is what is summed, the value bias_grad would
+// read back, in the same order, so the fused sums are bitwise those of the two passes.
+template <int VEC, Sum M>
+__global__ void __launch_bounds__(kTx* kTy) colsum_partial(float* part0, float* part1, bf16* din, const bf16* dout,
                                                           const bf16* in, const float* mean, const float* rstd,
                                                           int64_t N, int C) {
+  constexpr bool XHAT = M == Sum::dout_xhat, GELU = M == Sum::gelu_din;
   __shared__ float s0[kTy][kTx * VEC];
   __shared__ float s1[XHAT ? kTy : 1][kTx * VEC];
   const int col = (blockIdx.x * kTx + threadIdx.x) * VEC;
@@ -30,10 +38,26 @@ __global__ void __launch_bounds__(kTx* kTy) colsum_partial(float* part0, float* 
       float g[VEC], x[VEC];
       if constexpr (VEC == 8) {
         load8(dout + r * C + col, g);
-        if constexpr (XHAT) load8(in + r * C + col, x);
+        if constexpr (XHAT || GELU) load8(in + r * C + col, x);
       } else {
         g[0] = __bfloat162float(dout[r * C + col]);
-        if constexpr (XHAT) x[0] = __bfloat162float(in[r * C + col]);
+        if constexpr (XHAT || GELU) x[0] = __bfloat162float(in[r * C + col]);
+      }
+      if constexpr (GELU) {  // g becomes din, rounded as stored (din may alias dout: same element)
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) g[i] *= gelu_grad(x[i]);
+        if constexpr (VEC == 8) {
+          store8(din + r * C + col, g);
+#pragma unroll
+          for (int i = 0; i < 8; i += 2) {
+            const float2 t = __bfloat1622float2(__floats2bfloat162_rn(g[i], g[i + 1]));
+            g[i] = t.x, g[i + 1] = t.y;
+          }
+        } else {
+          const bf16 b = __float2bfloat16(g[0]);
+          din[r * C + col] = b;
+          g[0] = __bfloat162float(b);
+        }
       }
 #pragma unroll
       for (int i = 0; i < VEC; ++i) {
@@ -92,21 +116,22 @@ __global__ void __launch_bounds__(32 * kFy)
   }
 }
 
-template <bool XHAT>
-void colsum(float* out0, float* out1, const bf16* dout, const bf16* in, const float* mean, const float* rstd,
-            int64_t N, int C, Scratch& scratch, cudaStream_t s) {
+template <Sum M>
+void colsum(float* out0, float* out1, bf16* din, const bf16* dout, const bf16* in, const float* mean,
+            const float* rstd, int64_t N, int C, Scratch& scratch, cudaStream_t s) {
   if (N == 0 || C == 0) return;
+  constexpr bool XHAT = M == Sum::dout_xhat;
   const int chunks = static_cast<int>(ceil_div(N, kRowsPerChunk));
   float* part0 = static_cast<float*>(scratch.get(sizeof(float) * size_t(chunks) * C * (XHAT ? 2 : 1)));
   float* part1 = XHAT ? part0 + size_t(chunks) * C : nullptr;
-  const bool vec = C % 8 == 0 && aligned16(dout) && (!XHAT || aligned16(in));
+  const bool vec = C % 8 == 0 && aligned16(dout) && (M == Sum::dout || aligned16(in)) && (!din || aligned16(din));
   const dim3 block(kTx, kTy);
   if (vec) {
     const dim3 grid(static_cast<unsigned>(ceil_div(C, kTx * 8)), chunks);
-    colsum_partial<8, XHAT><<<grid, block, 0, s>>>(part0, part1, dout, in, mean, rstd, N, C);
+    colsum_partial<8, M><<<grid, block, 0, s>>>(part0, part1, din, dout, in, mean, rstd, N, C);
   } else {
     const dim3 grid(static_cast<unsigned>(ceil_div(C, kTx)), chunks);
-    colsum_partial<1, XHAT><<<grid, block, 0, s>>>(part0, part1, dout, in, mean, rstd, N, C);
+    colsum_partial<1, M><<<grid, block, 0, s>>>(part0, part1, din, dout, in, mean, rstd, N, C);
   }
   MLKV_LAUNCH_CHECK();
   colsum_finish<<<static_cast<unsigned>(ceil_div(C, 32)), dim3(32, kFy), 0, s>>>(out0, out1, part0, part1, chunks, C);
@@ -122,13 +147,18 @@ void add_partial_rows(float* out0, float* out1, const float* part0, const float*
 }
 
 void bias_grad(float* dbias, const bf16* dout, int64_t N, int C, Scratch& scratch, cudaStream_t s) {
-  colsum<false>(dbias, nullptr, dout, nullptr, nullptr, nullptr, N, C, scratch, s);
+  colsum<Sum::dout>(dbias, nullptr, nullptr, dout, nullptr, nullptr, nullptr, N, C, scratch, s);
+}
+
+void gelu_backward_bias_grad(bf16* din, float* dbias, const bf16* in, const bf16* dout, int64_t N, int C,
+                             Scratch& scratch, cudaStream_t s) {
+  colsum<Sum::gelu_din>(dbias, nullptr, din, dout, in, nullptr, nullptr, N, C, scratch, s);
 }
 
 // Declared for layernorm.cu: db += Σ dout, dw += Σ dout·xhat.
 void layernorm_param_grads(float* dw, float* db, const bf16* dout, const bf16* in, const float* mean,
                            const float* rstd, int64_t N, int C, Scratch& scratch, cudaStream_t s) {
-  colsum<true>(db, dw, dout, in, mean, rstd, N, C, scratch, s);
+  colsum<Sum::dout_xhat>(db, dw, nullptr, dout, in, mean, rstd, N, C, scratch, s);
 }
 
 }  // namespace mlkv::cuda

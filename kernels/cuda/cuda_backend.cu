@@ -324,6 +324,12 @@ class CudaBackend final : public Backend {
     MLKV_PROFILE("gelu_backward");
     cuda::gelu_backward(B(din), B(in), B(dout), n, stream_);
   }
+  // One pass for din and the bias gradient (colsum.cu) with MLKV_GELU_BGRAD=1; else the two ops.
+  void gelu_backward_bias(void* din, float* dbias, const void* in, const void* dout, int64_t N, int C) override {
+    if (!gelu_bgrad_) return Backend::gelu_backward_bias(din, dbias, in, dout, N, C);
+    MLKV_PROFILE("gelu_backward_bias");
+    cuda::gelu_backward_bias_grad(B(din), dbias, B(in), B(dout), N, C, *scratch_, stream_);
+  }
   void add_inplace(void* y, const void* x, int64_t n) override {
     MLKV_PROFILE("add_inplace");
     cuda::add_inplace(B(y), B(x), n, stream_);
@@ -446,6 +452,8 @@ class CudaBackend final : public Backend {
   std::unique_ptr<Gemm> gemm_;
   std::unique_ptr<OpProfiler> prof_;
   const bool ln_pair_ = env_switch("MLKV_LN_PAIR") != 0;
+  // Opt-in until it has run on a GPU (tests, then measured against the two ops): MLKV_GELU_BGRAD=1.
+  const bool gelu_bgrad_ = env_switch("MLKV_GELU_BGRAD") == 1;
   enum class AttentionMode { automatic, flash, cudnn };
   // Until select_attention: our kernels. The executables select train.attention (default
   // "auto") through make_backend(TrainSection); a backend made directly (the op and model

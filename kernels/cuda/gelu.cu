@@ -10,11 +10,6 @@ namespace mlkv::cuda {
 namespace {
 
 __device__ __forceinline__ float gelu(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
-__device__ __forceinline__ float gelu_grad(float x) {
-  const float cdf = 0.5f * (1.0f + erff(x * 0.70710678118654752f));
-  const float pdf = 0.3989422804014327f * __expf(-0.5f * x * x);
-  return cdf + x * pdf;
-}
 
 // out[i] = f(a[i], b[i]) for i < n; b may be unused. VEC-wide when `vec`, scalar otherwise.
 template <typename F>

@@ -1,5 +1,9 @@
-// CUDA vs CPU: casts, exact GELU forward/backward, the residual add, AdamW and the reductions.
+// CUDA vs CPU: casts, exact GELU forward/backward (and with the bias gradient), the residual add,
+// AdamW and the reductions.
 // Sizes include a tail that is not a multiple of 8 and an unaligned start (the scalar paths).
+#include <cstdlib>
+#include <utility>
+
 #include "cuda_test_util.h"
 
 namespace mlkv::test {
@@ -44,6 +48,34 @@ TEST_F(Elementwise, GeluForwardBackward) {
       EXPECT_LT(rel_err(fwd(*gpu), fwd(*cpu)), 1e-2) << "n=" << n << " offset=" << offset;
       EXPECT_LT(rel_err(bwd(*gpu), bwd(*cpu)), 1e-2) << "n=" << n << " offset=" << offset;
     }
+  }
+}
+
+// The MLP's GELU backward with the up-projection's bias gradient summed in the same pass
+// (MLKV_GELU_BGRAD=1, colsum.cu) against the two ops (gelu_backward, then the bias sum), bitwise,
+// and both against the CPU reference. dbias accumulates onto what it held; din written in place
+// over dout as the model does; C = 3072 takes the 8-wide path, C = 1001 the scalar one.
+TEST_F(Elementwise, GeluBackwardWithBiasGradientIsTheTwoOpsBitwise) {
+  ::setenv("MLKV_GELU_BGRAD", "1", 1);
+  auto fused = make_cuda_backend(0);
+  ::unsetenv("MLKV_GELU_BGRAD");
+  for (const auto& [N, C] : {std::pair<int64_t, int>{300, 3072}, {257, 1001}, {1, 64}}) {
+    const size_t n = size_t(N) * C;
+    const auto x = randn(n, 2.0f), g = randn(n), b0 = randn(size_t(C));
+    struct Out {
+      std::vector<float> din, dbias;
+    };
+    auto run = [&](Backend& b) {
+      Buf in = act_buf(b, x), grad = act_buf(b, g), dbias = f32_buf(b, b0);
+      b.gelu_backward_bias(grad.p, dbias.f(), in.p, grad.p, N, C);
+      return Out{read_act(b, grad.p, n), read_f32(b, dbias.p, size_t(C))};
+    };
+    const Out F = run(*fused), G = run(*gpu), R = run(*cpu);
+    EXPECT_EQ(F.din, G.din) << N << " x " << C;
+    EXPECT_EQ(F.dbias, G.dbias) << N << " x " << C;
+    EXPECT_EQ(F.dbias, run(*fused).dbias) << "not deterministic";
+    EXPECT_LT(rel_err(F.din, R.din), 1e-2) << N << " x " << C;
+    EXPECT_LT(rel_err(F.dbias, R.dbias), 1e-2) << N << " x " << C;
   }
 }
 

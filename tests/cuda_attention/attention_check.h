@@ -88,7 +88,9 @@ inline void expect_close(const char* what, const Err& e, const AttnShape& s, dou
   EXPECT_EQ(e.nonfinite, 0u) << what << " " << name(s) << ": unwritten or non-finite elements";
   // A reference that is exactly zero (T = 1: dS = P∘(dP − D) cancels) has no relative error;
   // the absolute bound below still applies to it.
-  if (e.ref_max > 0) EXPECT_LE(e.rel, rel_tol) << what << " " << name(s) << " rel-L2";
+  if (e.ref_max > 0) {
+    EXPECT_LE(e.rel, rel_tol) << what << " " << name(s) << " rel-L2";
+  }
   EXPECT_LE(e.max_abs, max_tol * e.ref_max + 1e-4) << what << " " << name(s) << " max-abs (ref max " << e.ref_max
                                                   << ")";
   std::printf("  %-28s %-4s rel %.2e  max-abs %.2e  (ref max %.2e)\n", name(s).c_str(), what, e.rel, e.max_abs,
