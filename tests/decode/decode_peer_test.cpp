@@ -105,7 +105,9 @@ TEST_F(DecodePeer, AppendsSaneRowsUnderOurHeaderAndLabels) {
   EXPECT_EQ(batches["torch_sdpa"], both);
   EXPECT_EQ(batches.size(), 3u) << "no CUDA-graph rows on the CPU";
   for (const Row& r : c.rows)
-    if (r.at("impl") == "torch_sdpa") EXPECT_GT(std::stod(r.at("attn_gb_s")), 0.0);
+    if (r.at("impl") == "torch_sdpa") {
+      EXPECT_GT(std::stod(r.at("attn_gb_s")), 0.0);
+    }
 
   // Alone, into a new file, the peer writes the header mlkv-bench writes.
   const std::string fresh = dir + "/fresh.csv", alone = peer(dir, "--impl torch_sdpa --csv " + fresh);

@@ -465,10 +465,10 @@ TEST_F(CheckpointTest, FullLogDirStopsWithTheCheckpointAndWholeLines) {
 int run_with_file_limit(const test::TempDir& dir, int kib, const std::vector<std::string>& sets, std::string& out) {
   std::string cmd = "ulimit -f " + std::to_string(kib) + " && exec " + test::bin("mlkv-train") + " " +
                     test::tiny_config(dir);
-  for (const std::string& s :
+  for (const char* s :
        {"train.steps=2000", "model.layers=1", "model.d_model=16", "model.heads=2", "kv.kv_heads=1", "log.interval=1",
         "checkpoint.interval=0", "train.eval_interval=0", "train.micro_batch=1", "train.grad_accum=1"})
-    cmd += " --set " + s;
+    cmd += std::string(" --set ") + s;
   for (const std::string& s : sets) cmd += " --set " + s;
   return test::run({"/bin/bash", "-c", cmd}, out);
 }

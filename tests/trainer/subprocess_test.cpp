@@ -344,7 +344,9 @@ TEST_F(Executables, PlotScriptWritesAValidPngAndRefusesBadInput) {
     const std::string type = png.substr(at + 4, 4);
     ASSERT_LE(at + 12 + len, png.size()) << type << " overruns the file";
     EXPECT_EQ(be32(at + 8 + len), crc32_update(0, png.data() + at + 4, len + 4)) << type;
-    if (type == "IHDR") EXPECT_EQ(std::to_string(be32(at + 8)) + "x" + std::to_string(be32(at + 12)), "640x400");
+    if (type == "IHDR") {
+      EXPECT_EQ(std::to_string(be32(at + 8)) + "x" + std::to_string(be32(at + 12)), "640x400");
+    }
     const bool more_idat = type == "IDAT" && types.size() >= 5 && types.substr(types.size() - 5) == "IDAT ";
     if (!more_idat) types += type + " ";  // consecutive IDATs count as one
     at += 12 + len;
