@@ -43,21 +43,13 @@ __global__ void __launch_bounds__(kTx* kTy) colsum_partial(float* part0, float* 
         g[0] = __bfloat162float(dout[r * C + col]);
         if constexpr (XHAT || GELU) x[0] = __bfloat162float(in[r * C + col]);
       }
-      if constexpr (GELU) {  // g becomes din, rounded as stored (din may alias dout: same element)
+      if constexpr (GELU) {  // g becomes din as stored, rounded to bf16 (din may alias dout: same element)
 #pragma unroll
-        for (int i = 0; i < VEC; ++i) g[i] *= gelu_grad(x[i]);
-        if constexpr (VEC == 8) {
-          store8(din + r * C + col, g);
-#pragma unroll
-          for (int i = 0; i < 8; i += 2) {
-            const float2 t = __bfloat1622float2(__floats2bfloat162_rn(g[i], g[i + 1]));
-            g[i] = t.x, g[i + 1] = t.y;
-          }
-        } else {
-          const bf16 b = __float2bfloat16(g[0]);
-          din[r * C + col] = b;
-          g[0] = __bfloat162float(b);
-        }
+        for (int i = 0; i < VEC; ++i) g[i] = __bfloat162float(__float2bfloat16(g[i] * gelu_grad(x[i])));
+        if constexpr (VEC == 8)
+          store8(din + r * C + col, g);  // bf16 values already: stored exactly
+        else
+          din[r * C + col] = __float2bfloat16(g[0]);
       }
 #pragma unroll
       for (int i = 0; i < VEC; ++i) {
